@@ -134,8 +134,7 @@ class FinderResult:
         else:
             lo, hi = s.interval if s.interval else (s.lr, s.lr)
             head = f"suggested lr {s.lr:.3g} (interval {lo:.3g} .. {hi:.3g}, rule {s.rule!r})"
-        return (f"{head}\n  why: {s.reason}\n  stopped: {self.stop_reason} after {len(self.lrs)} steps "
-                f"(lr {self.lrs[-1]:.3g})")
+        return f"{head}\n  why: {s.reason}\n  stopped: {self.stop_reason}"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -143,6 +142,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lrkit-", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -215,7 +217,7 @@ def range_test(
     avg = EMA(smooth)
     val_avg = EMA(smooth)
     best = math.inf
-    stop_reason, stopped_at = f"reached end_lr after {num_iter} steps", None
+    stop_reason, stopped_at = f"reached end_lr ({end_lr:g}) after {num_iter} steps without diverging", None
     skipped = 0
     t0 = time.perf_counter()
     snap = trainer.snapshot()
@@ -254,12 +256,12 @@ def range_test(
                 if progress:
                     bar.set_postfix(lr=f"{lr:.2e}", loss=f"{s:.4g}", refresh=False)
                 if not math.isfinite(value):
-                    stop_reason, stopped_at = f"the loss became {value} at lr {lr:.3g}", i
+                    stop_reason, stopped_at = f"non-finite loss: the loss became {value} at step {i} (lr {lr:.3g})", i
                     break
                 if (val_every is None or val_steps and val_steps[-1] == i):
                     if i > 0 and s > diverge_factor * best:
-                        stop_reason = (f"diverged: smoothed loss {s:.4g} exceeded {diverge_factor:g}x the best "
-                                       f"({best:.4g}) at lr {lr:.3g}")
+                        stop_reason = (f"diverged at step {i} (lr {lr:.3g}): smoothed loss {s:.4g} exceeded "
+                                       f"{diverge_factor:g}x the best ({best:.4g})")
                         stopped_at = i
                         break
                     best = min(best, s)
@@ -276,8 +278,6 @@ def range_test(
         val_losses=np.asarray(val_losses) if val_every is not None else None,
         elapsed_s=time.perf_counter() - t0,
     )
-    if val_every is not None:  # the smoothed validation curve is what the rule judges
-        result.val_losses = np.asarray(val_losses)
     result.suggestion = result.suggest(rule)
     result.config["rule"] = result.suggestion.rule
     return result

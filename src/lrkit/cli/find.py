@@ -1,0 +1,115 @@
+"""``lrkit find``: run the LR range test on a built-in example or on the user's own ``module:function``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Any
+
+from lrkit.errors import LrkitError
+from lrkit.finder import FinderResult, check_range, range_test
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register ``find`` on the dispatcher's subparsers."""
+    p = sub.add_parser(
+        "find", help="run the LR range test and suggest a learning rate",
+        description="Ramp the lr over a few optimiser steps, watch the smoothed loss, stop at divergence, restore "
+                    "the model, and suggest an lr with an interval and the reason.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("target", nargs="?", metavar="MODULE:FUNCTION",
+                     help="a function returning (model, optimizer, criterion, train_loader[, val_loader]) "
+                          "or a Trainer (an object with step(lr), snapshot(), restore(snap))")
+    src.add_argument("--example", metavar="NAME", help="a built-in example task: digits, digits-cnn")
+    p.add_argument("--start-lr", type=float, default=1e-7, help="first lr of the ramp (default 1e-7)")
+    p.add_argument("--end-lr", type=float, default=10.0, help="last lr of the ramp (default 10)")
+    p.add_argument("--num-iter", type=int, default=100, help="optimiser steps in the ramp (default 100)")
+    p.add_argument("--mode", choices=["exponential", "linear"], default="exponential", help="ramp shape")
+    p.add_argument("--smooth", type=float, default=0.98, help="EMA factor of the smoothed loss (default 0.98)")
+    p.add_argument("--diverge-factor", type=float, default=4.0,
+                   help="stop when the smoothed loss exceeds this x the best (default 4)")
+    p.add_argument("--val", action="store_true", help="judge the validation loss (needs a val_loader)")
+    p.add_argument("--val-every", type=int, default=5, help="evaluate every k steps in --val mode (default 5)")
+    p.add_argument("--accumulation-steps", type=int, default=1, help="micro-batches per optimiser step")
+    p.add_argument("--max-grad-norm", type=float, default=None, help="clip the gradient norm to this value")
+    p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast dtype (fp16 adds a GradScaler)")
+    p.add_argument("--snapshot", choices=["memory", "disk"], default="memory",
+                   help="where the restore copy lives (default: CPU memory)")
+    p.add_argument("--rule", default=None, help="suggestion rule by name (see lrkit.suggest.rules())")
+    p.add_argument("-o", "--output", default="lr_find.json", help="result JSON (default lr_find.json)")
+    p.add_argument("--plot", default="lr_find.png", help="figure path (default lr_find.png)")
+    p.add_argument("--no-plot", action="store_true", help="do not write a figure")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--seed", type=int, default=0, help="seed of the built-in example (default 0)")
+    return p
+
+
+def _load_target(spec: str) -> Any:
+    """Import ``module:function`` (the current folder is importable) and call the function."""
+    if ":" not in spec:
+        raise LrkitError(f"target {spec!r} must look like module:function (e.g. my_model:make)")
+    modname, _, fname = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        mod = importlib.import_module(modname)
+    except ImportError as e:
+        raise LrkitError(f"cannot import module {modname!r} ({e}); run lrkit from the folder that holds it "
+                         "or install it") from e
+    fn = getattr(mod, fname, None)
+    if not callable(fn):
+        raise LrkitError(f"module {modname!r} has no function {fname!r}; it should return (model, optimizer, "
+                         "criterion, train_loader[, val_loader]) or a Trainer")
+    return fn()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the range test, print the suggestion, write the JSON and the figure (only when the test succeeded)."""
+    check_range(args.start_lr, args.end_lr, args.num_iter)
+    for path in [args.output] + ([] if args.no_plot else [args.plot]):
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise LrkitError(f"output folder {folder!r} does not exist; create it or choose another path")
+    if args.example:
+        from lrkit.examples import load_example
+
+        built: Any = load_example(args.example, seed=args.seed)
+    else:
+        built = _load_target(args.target)
+    common = dict(start_lr=args.start_lr, end_lr=args.end_lr, num_iter=args.num_iter, mode=args.mode,
+                  smooth=args.smooth, diverge_factor=args.diverge_factor, rule=args.rule,
+                  progress=not args.no_progress)
+    if all(callable(getattr(built, m, None)) for m in ("step", "snapshot", "restore")):
+        result = range_test(built, val_every=args.val_every if args.val else None, **common)
+    else:
+        result = _run_torch(built, args, common)
+    result.save(args.output)
+    if not args.no_plot:
+        result.plot(args.plot)
+    print(result)
+    print(f"wrote {args.output}" + ("" if args.no_plot else f" and {args.plot}"))
+    return 0
+
+
+def _run_torch(built: Any, args: argparse.Namespace, common: dict[str, Any]) -> FinderResult:
+    if not isinstance(built, (tuple, list)) or len(built) not in (4, 5):
+        raise LrkitError(f"the target returned {type(built).__name__}; it must return (model, optimizer, "
+                         "criterion, train_loader[, val_loader]) or a Trainer with step/snapshot/restore")
+    from lrkit.integrations.torch import find_lr
+
+    import torch
+
+    model, optimizer, criterion, train_loader, *rest = built
+    val_loader = rest[0] if rest and args.val else None
+    if args.val and val_loader is None:
+        raise LrkitError("--val needs a val_loader: return (model, optimizer, criterion, train_loader, val_loader)")
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.amp]
+    scaler = None
+    if args.amp == "fp16":
+        device = next(model.parameters()).device.type
+        scaler = torch.amp.GradScaler(device, enabled=device == "cuda")
+    return find_lr(model, optimizer, criterion, train_loader, val_loader=val_loader, val_every=args.val_every,
+                   accumulation_steps=args.accumulation_steps, max_grad_norm=args.max_grad_norm, amp=amp,
+                   scaler=scaler, snapshot=args.snapshot, **common)

@@ -1,0 +1,321 @@
+"""The PyTorch range test: exact restore on every exit, AMP, accumulation, batch shapes, bad input."""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+import lrkit  # noqa: E402
+from lrkit.errors import LrkitError  # noqa: E402
+from lrkit.integrations.torch import TorchTrainer, find_lr  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def make_task(seed: int = 0, n: int = 256, batch_size: int = 32, shuffle: bool = True):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 10, generator=g)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(10, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle,
+                        generator=torch.Generator().manual_seed(seed + 1))
+    crit = nn.CrossEntropyLoss()
+    # a few real steps first, so the optimiser has state (Adam moments, step counts) to restore
+    for xb, yb in list(loader)[:3]:
+        opt.zero_grad()
+        crit(model(xb), yb).backward()
+        opt.step()
+    return model, opt, crit, loader
+
+
+def full_state(model, opt, loader):
+    """Everything the range test may touch, deep-copied for a later bit-for-bit comparison."""
+    return {
+        "model": {k: v.clone() for k, v in model.state_dict().items()},
+        "opt": copy.deepcopy(opt.state_dict()),
+        "training": [m.training for m in model.modules()],
+        "torch_rng": torch.get_rng_state().clone(),
+        "np_rng": np.random.get_state(),
+        "py_rng": random.getstate(),
+        "loader_gen": loader.generator.get_state().clone() if loader.generator is not None else None,
+    }
+
+
+def assert_same_state(before, model, opt, loader):
+    after = full_state(model, opt, loader)
+    assert before["model"].keys() == after["model"].keys()
+    for k in before["model"]:
+        assert torch.equal(before["model"][k], after["model"][k]), k
+    sb, sa = before["opt"], after["opt"]
+    assert sb["param_groups"] == sa["param_groups"]  # lrs included
+    assert sb["state"].keys() == sa["state"].keys()
+    for pid in sb["state"]:
+        for key, v in sb["state"][pid].items():
+            w = sa["state"][pid][key]
+            assert torch.equal(v, w) if isinstance(v, torch.Tensor) else v == w, (pid, key)
+    assert before["training"] == after["training"]
+    assert torch.equal(before["torch_rng"], after["torch_rng"])
+    b_np, a_np = before["np_rng"], after["np_rng"]
+    assert b_np[0] == a_np[0] and np.array_equal(b_np[1], a_np[1]) and b_np[2:] == a_np[2:]
+    assert before["py_rng"] == after["py_rng"]
+    if before["loader_gen"] is not None:
+        assert torch.equal(before["loader_gen"], after["loader_gen"])
+
+
+def test_normal_exit_restores_bit_for_bit_and_suggests():
+    model, opt, crit, loader = make_task()
+    model.eval()  # a non-default mode must come back too
+    before = full_state(model, opt, loader)
+    res = find_lr(model, opt, crit, loader, num_iter=30, end_lr=1e-2, progress=False)
+    assert len(res.lrs) == 30 and res.stopped_at is None
+    assert_same_state(before, model, opt, loader)
+    assert res.suggestion.lr is not None and res.lrs[0] <= res.suggestion.lr <= res.lrs[-1]
+    assert res.suggestion == lrkit.suggest(res.lrs, res.smoothed_losses)
+
+
+def test_early_stop_restores_bit_for_bit():
+    model, opt, crit, loader = make_task()
+    before = full_state(model, opt, loader)
+    res = find_lr(model, opt, crit, loader, start_lr=1e-3, end_lr=1e4, num_iter=100, progress=False)
+    assert res.stopped_at is not None and len(res.lrs) < 100
+    assert_same_state(before, model, opt, loader)
+
+
+def test_exception_in_user_code_restores_bit_for_bit():
+    model, opt, crit, loader = make_task()
+    before = full_state(model, opt, loader)
+    calls = {"n": 0}
+
+    def flaky_loss(m, batch):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            raise RuntimeError("boom in user code")
+        x, y = batch
+        return crit(m(x), y)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        find_lr(model, opt, None, loader, loss_fn=flaky_loss, num_iter=50, progress=False)
+    assert_same_state(before, model, opt, loader)
+
+
+def test_disk_snapshot_restores_and_cleans_up(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model, opt, crit, loader = make_task()
+    before = full_state(model, opt, loader)
+    find_lr(model, opt, crit, loader, num_iter=20, snapshot="disk", progress=False)
+    assert_same_state(before, model, opt, loader)
+    assert os.listdir(tmp_path) == []
+
+
+def test_snapshot_is_a_cpu_copy_not_a_view():
+    model, opt, crit, loader = make_task()
+    snap = TorchTrainer(model, opt, crit, loader).snapshot()
+    for k, v in snap["model"].items():
+        assert v.device.type == "cpu"
+        assert v.data_ptr() != model.state_dict()[k].data_ptr()
+
+
+def test_every_param_group_is_driven_keeping_ratios():
+    model, _, crit, loader = make_task()
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 1e-2},
+                           {"params": model[4].parameters(), "lr": 1e-3}], lr=0.5, momentum=0.9)
+    seen = []
+
+    def loss_fn(m, batch):
+        seen.append([g["lr"] for g in opt.param_groups])
+        x, y = batch
+        return crit(m(x), y)
+
+    res = find_lr(model, opt, None, loader, loss_fn=loss_fn, num_iter=20, end_lr=1.0, progress=False)
+    seen = np.array(seen)
+    np.testing.assert_allclose(seen[:, 0], res.lrs, rtol=1e-12)
+    np.testing.assert_allclose(seen[:, 1] / seen[:, 0], 0.1, rtol=1e-12)
+    assert [g["lr"] for g in opt.param_groups] == [1e-2, 1e-3]
+
+
+def test_short_loader_is_cycled():
+    model, opt, crit, _ = make_task()
+    x, y = torch.randn(64, 10), torch.randint(0, 2, (64,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)  # 2 batches for 25 steps
+    res = find_lr(model, opt, crit, loader, num_iter=25, end_lr=1e-3, progress=False)
+    assert len(res.lrs) == 25
+
+
+def test_gradient_accumulation_equals_the_big_batch():
+    """4 micro-batches of 8 per step give the same points as one batch of 32 (mean loss of the window)."""
+    results = []
+    for bs, acc in ((32, 1), (8, 4)):
+        torch.manual_seed(0)  # no dropout or BatchNorm: micro-batching is then mathematically identical
+        model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 2))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        x = torch.randn(320, 10)
+        y = (x[:, 0] > 0).long()
+        loader = DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=False)
+        results.append(find_lr(model, opt, nn.CrossEntropyLoss(), loader, num_iter=10, end_lr=1e-1,
+                               accumulation_steps=acc, progress=False))
+    big, small = results
+    np.testing.assert_allclose(small.losses, big.losses, rtol=1e-5)
+    assert not np.allclose(big.losses, big.losses[0])  # the weights did move between points
+
+
+def test_gradient_clipping_bounds_the_update():
+    model, _, crit, loader = make_task()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    norms = []
+    orig = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *a, **k):
+        total = orig(params, max_norm, *a, **k)
+        params = list(params)
+        norms.append(float(torch.norm(torch.stack([p.grad.norm() for p in model.parameters()]))))
+        return total
+
+    torch.nn.utils.clip_grad_norm_ = spy
+    try:
+        find_lr(model, opt, crit, loader, num_iter=10, max_grad_norm=0.05, progress=False)
+    finally:
+        torch.nn.utils.clip_grad_norm_ = orig
+    assert len(norms) == 10 and max(norms) <= 0.05 * (1 + 1e-5)
+
+
+def test_amp_bfloat16_autocast_on_cpu():
+    model, opt, crit, loader = make_task()
+    before = full_state(model, opt, loader)
+    dtypes = []
+
+    def loss_fn(m, batch):
+        x, y = batch
+        out = m(x)
+        dtypes.append(out.dtype)
+        return crit(out.float(), y)
+
+    res = find_lr(model, opt, None, loader, loss_fn=loss_fn, amp=torch.bfloat16, num_iter=15, progress=False)
+    assert set(dtypes) == {torch.bfloat16}
+    assert np.isfinite(res.losses).all()
+    assert_same_state(before, model, opt, loader)
+
+
+def test_gradscaler_disabled_path_records_every_step():
+    model, opt, crit, loader = make_task()
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    res = find_lr(model, opt, crit, loader, scaler=scaler, num_iter=15, end_lr=1e-2, progress=False)
+    assert len(res.lrs) == 15
+
+
+def test_gradscaler_skipped_steps_are_not_points():
+    """A real GradScaler finds inf gradients, skips optimizer.step(); that step is retried, not recorded."""
+    model, opt, crit, loader = make_task()
+    before = full_state(model, opt, loader)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    calls = {"n": 0}
+
+    def loss_fn(m, batch):
+        calls["n"] += 1
+        x, y = batch
+        loss = crit(m(x), y)
+        return loss * float("inf") if calls["n"] in (3, 7) else loss  # inf gradients on two calls
+
+    res = find_lr(model, opt, None, loader, loss_fn=loss_fn, scaler=scaler, num_iter=12, end_lr=1e-2,
+                  progress=False)
+    assert calls["n"] == 14 and len(res.lrs) == 12
+    assert np.isfinite(res.losses).all()
+    assert scaler.get_scale() == 2.0**8  # the scaler's own state is restored too
+    assert_same_state(before, model, opt, loader)
+
+
+class DictModel(nn.Module):
+    def __init__(self, returns_loss: bool):
+        super().__init__()
+        self.lin = nn.Linear(10, 2)
+        self.returns_loss = returns_loss
+
+    def forward(self, features, labels=None):
+        logits = self.lin(features)
+        out = {"logits": logits}
+        if self.returns_loss and labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits, labels)
+        return out
+
+
+def dict_loader(n=128):
+    x, y = torch.randn(n, 10), torch.randint(0, 2, (n,))
+    return DataLoader([{"features": a, "labels": b} for a, b in zip(x, y)], batch_size=16)
+
+
+def test_dict_batches_with_model_loss_and_with_criterion():
+    for returns_loss, crit in ((True, None), (False, nn.CrossEntropyLoss())):
+        torch.manual_seed(0)
+        model = DictModel(returns_loss)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        w = model.lin.weight.clone()
+        res = find_lr(model, opt, crit, dict_loader(), num_iter=10, progress=False)
+        assert len(res.lrs) == 10 and np.isfinite(res.losses).all()
+        assert torch.equal(model.lin.weight, w)
+
+
+def test_validation_loss_mode():
+    model, opt, crit, loader = make_task()
+    val = DataLoader(TensorDataset(torch.randn(64, 10), torch.randint(0, 2, (64,))), batch_size=32)
+    before = full_state(model, opt, loader)
+    res = find_lr(model, opt, crit, loader, val_loader=val, val_every=4, num_iter=20, end_lr=1e-2, progress=False)
+    assert list(res.val_steps) == [0, 4, 8, 12, 16, 19]
+    assert_same_state(before, model, opt, loader)
+
+
+# -- bad input: a clear message and the model untouched ----------------------------------------------------
+
+class NoLrOptimizer(torch.optim.Optimizer):
+    def __init__(self, params):
+        super().__init__(params, defaults={})
+
+    def step(self, closure=None):
+        pass
+
+
+@pytest.mark.parametrize("case, match", [
+    ("empty loader", "no batches"),
+    ("nan first loss", "first step"),
+    ("start >= end", "smaller than end_lr"),
+    ("num_iter < 5", "num_iter"),
+    ("no lr", "no positive 'lr'"),
+    ("unusable batch", "could not produce a loss|cannot compute a loss"),
+    ("strings", "cannot compute a loss"),
+])
+def test_bad_input_is_a_clear_error_and_leaves_the_model_untouched(case, match):
+    model, opt, crit, loader = make_task()
+    kwargs = dict(num_iter=20, progress=False)
+    if case == "empty loader":
+        loader = DataLoader(TensorDataset(torch.randn(0, 10), torch.zeros(0, dtype=torch.long)), batch_size=4)
+    elif case == "nan first loss":
+        loader = DataLoader(TensorDataset(torch.full((32, 10), float("nan")), torch.zeros(32, dtype=torch.long)),
+                            batch_size=8)
+    elif case == "start >= end":
+        kwargs.update(start_lr=1.0, end_lr=0.1)
+    elif case == "num_iter < 5":
+        kwargs.update(num_iter=3)
+    elif case == "no lr":
+        opt = NoLrOptimizer(model.parameters())
+    elif case == "unusable batch":  # wrong feature width
+        loader = DataLoader(TensorDataset(torch.randn(32, 7), torch.zeros(32, dtype=torch.long)), batch_size=8)
+    elif case == "strings":
+        loader = ["a", "b"]
+    before = full_state(model, opt, loader if hasattr(loader, "generator") else DataLoader([]))
+    with pytest.raises(LrkitError, match=match) as info:
+        find_lr(model, opt, crit, loader, **kwargs)
+    assert len(str(info.value)) > 40  # says what to do, not only what failed
+    for k, v in before["model"].items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    assert torch.equal(before["torch_rng"], torch.get_rng_state())
