@@ -319,3 +319,31 @@ def test_bad_input_is_a_clear_error_and_leaves_the_model_untouched(case, match):
     for k, v in before["model"].items():
         assert torch.equal(v, model.state_dict()[k]), k
     assert torch.equal(before["torch_rng"], torch.get_rng_state())
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(num_iter=st.integers(5, 30), log_end=st.floats(-3, 3), fail_at=st.one_of(st.none(), st.integers(1, 30)),
+       seed=st.integers(0, 3), disk=st.booleans())
+def test_restore_is_exact_whatever_the_exit(num_iter, log_end, fail_at, seed, disk):
+    """Property: for any ramp, stop point and failure point, every piece of state comes back bit for bit."""
+    model, opt, crit, loader = make_task(seed=seed, n=96)
+    before = full_state(model, opt, loader)
+    calls = {"n": 0}
+
+    def loss_fn(m, batch):
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise RuntimeError("fail")
+        x, y = batch
+        return crit(m(x), y)
+
+    try:
+        find_lr(model, opt, None, loader, loss_fn=loss_fn, num_iter=num_iter, end_lr=10.0**log_end,
+                snapshot="disk" if disk else "memory", progress=False)
+    except RuntimeError:
+        assert fail_at is not None and fail_at <= num_iter
+    assert_same_state(before, model, opt, loader)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -75,3 +76,222 @@ class Curve:
     def smoothed(self, beta: float = 0.98) -> np.ndarray:
         """The bias-corrected EMA of ``values``."""
         return ema(self.values, beta)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Robust statistics shared by the doctor (whole curve) and the Monitor (online). Each idea has one implementation:
+# the online classes below are O(1) per value, and the array functions run exactly those classes over the array,
+# so ``lrkit diagnose`` on a finished log and ``Monitor`` during training see the same events at the same steps.
+# ---------------------------------------------------------------------------------------------------------------
+
+_MAD_TO_STD = 1.2533141373155  # sqrt(pi/2): mean absolute deviation -> standard deviation for a normal law
+
+
+def robust_slope(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
+    """Slope of ``y`` against ``x``, robust to outliers: the median of the slopes between points half the span
+    apart (a fast Theil–Sen, O(n)). Non-finite points are ignored; NaN when fewer than 2 remain."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    h = x.shape[0] // 2
+    if h < 1:
+        return float("nan")
+    dx = x[h:2 * h] - x[:h]
+    dy = y[h:2 * h] - y[:h]
+    good = dx != 0
+    return float(np.median(dy[good] / dx[good])) if good.any() else float("nan")
+
+
+class RobustZ:
+    """Online robust z-score of each new value against the recent past: O(1) per update.
+
+    The location is an EMA and the scale an EMA of absolute deviations (times sqrt(pi/2)), both updated with the
+    deviation clipped to ``clip`` scales (Huber), so outliers barely move them. ``beta`` sets the memory
+    (about ``1/(1-beta)`` values, default 0.95 = 20 values); the first ``min_periods`` values only warm up and
+    score 0. A non-finite value scores +inf and does not update the statistics.
+    """
+
+    __slots__ = ("beta", "clip", "min_periods", "_n", "_loc", "_scale")
+
+    def __init__(self, beta: float = 0.95, clip: float = 3.0, min_periods: int = 10) -> None:
+        if not 0.0 < beta < 1.0:
+            raise LrkitError(f"RobustZ beta must be in (0, 1), got {beta!r}")
+        self.beta, self.clip, self.min_periods = float(beta), float(clip), int(min_periods)
+        self._n, self._loc, self._scale = 0, 0.0, 0.0
+
+    def update(self, value: float) -> float:
+        """Score ``value`` against the statistics so far, then fold it in; returns the z-score."""
+        v = float(value)
+        if not math.isfinite(v):
+            return math.inf
+        self._n += 1
+        if self._n == 1:
+            self._loc = v
+            return 0.0
+        dev = v - self._loc
+        floor = 1e-8 * max(abs(self._loc), 1e-12)
+        z = dev / max(self._scale, floor) if self._n > self.min_periods else 0.0
+        if self._n <= self.min_periods:  # warm-up: plain running mean / mean absolute deviation
+            w = 1.0 / self._n
+            self._loc += w * dev
+            self._scale += w * (_MAD_TO_STD * abs(dev) - self._scale)
+            return 0.0
+        lim = self.clip * max(self._scale, floor)
+        d = min(max(dev, -lim), lim)
+        a = 1.0 - self.beta
+        self._loc += a * d
+        self._scale += a * (_MAD_TO_STD * abs(d) - self._scale)
+        return z
+
+    @property
+    def loc(self) -> float:
+        """The current robust location (the baseline a new value is compared with)."""
+        return self._loc
+
+    @property
+    def scale(self) -> float:
+        """The current robust scale (a standard deviation for normal noise)."""
+        return self._scale
+
+    def state_dict(self) -> dict:
+        return {"n": self._n, "loc": self._loc, "scale": self._scale}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._n, self._loc, self._scale = int(state["n"]), float(state["loc"]), float(state["scale"])
+
+
+def rolling_robust_z(values: Sequence[float] | np.ndarray, beta: float = 0.95, clip: float = 3.0,
+                     min_periods: int = 10) -> np.ndarray:
+    """The :class:`RobustZ` score of every value against the values before it (same numbers as online)."""
+    rz = RobustZ(beta, clip, min_periods)
+    return np.fromiter((rz.update(v) for v in np.asarray(values, dtype=np.float64)), dtype=np.float64,
+                       count=len(values))
+
+
+@dataclass
+class Spike:
+    """A persistent outlier run: where it began, peaked and ended (``end`` None: it never came back)."""
+
+    start: int
+    peak: int
+    end: int | None
+    peak_value: float
+    baseline: float
+    peak_z: float
+
+    @property
+    def recovered(self) -> bool:
+        return self.end is not None
+
+    @property
+    def ratio(self) -> float:
+        """Peak value over the baseline before the spike."""
+        return self.peak_value / self.baseline if self.baseline else float("inf")
+
+
+class SpikeDetector:
+    """Online spike rule: a value more than ``z`` robust scales above the baseline for ``persistence``
+    consecutive updates starts a spike, reported at its first step; it ends when a value is back within
+    ``z/2`` scales of the pre-spike baseline. O(1) per update; one detector per series (loss, grad norm).
+
+    ``log=True`` scores ``log(value)`` (for positive, multiplicative series such as the gradient norm).
+    """
+
+    def __init__(self, z: float = 6.0, persistence: int = 3, beta: float = 0.95, clip: float = 3.0,
+                 min_periods: int = 10, log: bool = False) -> None:
+        if persistence < 1 or z <= 0:
+            raise LrkitError(f"SpikeDetector needs z > 0 and persistence >= 1, got z={z}, persistence={persistence}")
+        self.z, self.persistence, self.log = float(z), int(persistence), bool(log)
+        self.rz = RobustZ(beta, clip, min_periods)
+        self._run: list = []  # (step, value, z) of the current outlier run
+        self._open: Spike | None = None
+        self._open_base: tuple[float, float] = (0.0, 0.0)  # pre-spike (loc, scale) in the scored space
+
+    def update(self, step: int, value: float) -> tuple[Spike | None, Spike | None]:
+        """Add one value; returns (spike that starts now or None, spike that ended now or None)."""
+        v = float(value)
+        if self.log:
+            v = math.log(v) if v > 0 else (-math.inf if v == 0 else math.nan)
+        if not math.isfinite(v):
+            return None, None  # non-finite values are the divergence check's business
+        loc, scale = self.rz.loc, self.rz.scale
+        zscore = self.rz.update(v)
+        started = ended = None
+        if self._open is not None:
+            if zscore > self._open.peak_z or v > self._score_space(self._open.peak_value):
+                self._open.peak, self._open.peak_value = step, float(value)
+                self._open.peak_z = max(self._open.peak_z, zscore)
+            base_loc, base_scale = self._open_base
+            if v <= base_loc + 0.5 * self.z * base_scale:
+                self._open.end = step
+                ended, self._open = self._open, None
+            return None, ended
+        if zscore > self.z:
+            if not self._run:
+                self._open_base = (loc, scale)
+            self._run.append((step, float(value), zscore))
+            if len(self._run) >= self.persistence:
+                first = self._run[0]
+                pk = max(self._run, key=lambda r: r[2])
+                base = math.exp(self._open_base[0]) if self.log else self._open_base[0]
+                started = self._open = Spike(first[0], pk[0], None, pk[1], base, pk[2])
+                self._run = []
+        else:
+            self._run = []
+        return started, ended
+
+    def _score_space(self, value: float) -> float:
+        return math.log(value) if self.log and value > 0 else value
+
+    def state_dict(self) -> dict:
+        o = self._open
+        return {"rz": self.rz.state_dict(), "run": list(self._run), "base": list(self._open_base),
+                "open": None if o is None else [o.start, o.peak, o.end, o.peak_value, o.baseline, o.peak_z]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rz.load_state_dict(state["rz"])
+        self._run = [tuple(r) for r in state["run"]]
+        self._open_base = tuple(state["base"])
+        self._open = None if state["open"] is None else Spike(*state["open"])
+
+
+def spikes(values: Sequence[float] | np.ndarray, steps: Sequence[int] | np.ndarray | None = None,
+           z: float = 6.0, persistence: int = 3, beta: float = 0.95, log: bool = False) -> list[Spike]:
+    """Every spike of a series by the :class:`SpikeDetector` rule (the same events the Monitor raises online)."""
+    values = np.asarray(values, dtype=np.float64)
+    steps = np.arange(len(values)) if steps is None else np.asarray(steps, dtype=np.int64)
+    det = SpikeDetector(z=z, persistence=persistence, beta=beta, log=log)
+    found: list[Spike] = []
+    for s, v in zip(steps.tolist(), values.tolist()):
+        started, _ = det.update(s, v)
+        if started is not None:
+            found.append(started)  # the same object is closed in place when the spike ends
+    return found
+
+
+@dataclass
+class Trend:
+    """Robust slopes of a (smoothed) loss over the first and the last part of a run."""
+
+    start_slope: float  # loss units per step over the first part
+    end_slope: float  # loss units per step over the last part
+    relative_drop: float  # (start level - end level) / |start level|
+
+    @property
+    def deceleration(self) -> float:
+        """end slope / start slope: ~0 for a run that has levelled off, ~1 for a steady crawl."""
+        return self.end_slope / self.start_slope if self.start_slope else float("nan")
+
+
+def trend(values: Sequence[float] | np.ndarray, steps: Sequence[int] | np.ndarray | None = None,
+          part: float = 1 / 3) -> Trend:
+    """Robust slope over the first and the last ``part`` of the curve, and the relative drop between them."""
+    y = np.asarray(values, dtype=np.float64)
+    x = np.arange(len(y), dtype=np.float64) if steps is None else np.asarray(steps, dtype=np.float64)
+    k = max(int(len(y) * part), 2)
+    head, tail = y[:k][np.isfinite(y[:k])], y[-k:][np.isfinite(y[-k:])]
+    start = float(np.median(head)) if head.size else float("nan")
+    end = float(np.median(tail)) if tail.size else float("nan")
+    drop = (start - end) / abs(start) if start else float("nan")
+    return Trend(robust_slope(x[:k], y[:k]), robust_slope(x[-k:], y[-k:]), drop)

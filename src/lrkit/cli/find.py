@@ -97,9 +97,9 @@ def _run_torch(built: Any, args: argparse.Namespace, common: dict[str, Any]) -> 
     if not isinstance(built, (tuple, list)) or len(built) not in (4, 5):
         raise LrkitError(f"the target returned {type(built).__name__}; it must return (model, optimizer, "
                          "criterion, train_loader[, val_loader]) or a Trainer with step/snapshot/restore")
-    from lrkit.integrations.torch import find_lr
-
     import torch
+
+    from lrkit.integrations.torch import find_lr
 
     model, optimizer, criterion, train_loader, *rest = built
     val_loader = rest[0] if rest and args.val else None

@@ -203,14 +203,15 @@ class TorchTrainer:
         scale = lr / self._base_lrs[0]
         for g, base in zip(self.optimizer.param_groups, self._base_lrs):
             g["lr"] = base * scale
-        self.model.train()
+        if not self.model.training:  # a model left in eval mode trains; submodules the user froze stay frozen
+            self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for _ in range(self.accumulation_steps):
-            batch = self._next_batch()
-            loss = self._loss(batch)
+        n = self.accumulation_steps
+        for _ in range(n):
+            loss = self._loss(self._next_batch())
             total += float(loss.detach())
-            scaled = loss / self.accumulation_steps
+            scaled = loss / n if n > 1 else loss
             (self.scaler.scale(scaled) if self._scaling else scaled).backward()
         if self._scaling:
             self.scaler.unscale_(self.optimizer)

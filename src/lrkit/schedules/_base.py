@@ -1,46 +1,248 @@
-"""The Schedule type: a pure function ``step -> lr`` evaluated on ints or numpy arrays."""
+"""The Schedule type: an immutable config (kind + params, children among the params) and a pure function
+``step -> lr`` evaluated on ints, numpy arrays, or arrays of any namespace with numpy's names (jax.numpy, keras.ops).
+"""
 
 from __future__ import annotations
 
+import inspect
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from lrkit.errors import LrkitError
 
+# kind -> factory; the factory's signature is the spec's signature (positional order, defaults)
+_FACTORIES: dict[str, Callable[..., Any]] = {}
+
+# operator precedence when formatting a spec: ``a >> b`` < ``a * b`` < a call
+_SHIFT, _MUL, _ATOM = 1, 2, 3
+
+
+def register(kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a factory under ``kind`` so that ``from_dict`` and ``parse`` can rebuild its schedules."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _FACTORIES[kind] = fn
+        return fn
+
+    return deco
+
 
 class Schedule:
     """A learning rate as a pure function of the optimiser step (0-based; steps count optimiser updates).
 
-    Subclasses implement ``_eval(xp, t)`` with array operations of the namespace ``xp`` (numpy here), so
-    the same code is vectorised over steps. ``s(1234) -> float``; ``s(np.arange(n)) -> ndarray``.
+    Subclasses set ``kind`` and implement ``_eval(xp, t)`` with array operations of the namespace ``xp``
+    (numpy, jax.numpy, keras.ops), so the same code is vectorised and jit-traceable. ``s(1234) -> float``;
+    ``s(np.arange(n)) -> ndarray``. Objects are immutable, compare by config, pickle, and print as a spec
+    that :func:`lrkit.schedules.parse` reads back.
     """
 
+    kind: str = "schedule"
+
+    def __init__(self, **params: Any) -> None:
+        object.__setattr__(self, "_params", params)
+
+    # ---- config -------------------------------------------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"schedules are immutable (tried to set {name!r}); build a new one instead")
+
+    def __getattr__(self, name: str) -> Any:
+        params = self.__dict__.get("_params")
+        if params is not None and name in params:
+            return params[name]
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The config (a copy): the factory's arguments, children included."""
+        return dict(self._params)
+
+    @property
+    def children(self) -> tuple[Schedule, ...]:
+        """The schedules this one is built from, in order."""
+        out: list[Schedule] = []
+        for v in self._params.values():
+            if isinstance(v, Schedule):
+                out.append(v)
+            elif isinstance(v, (list, tuple)):
+                out.extend(x for x in v if isinstance(x, Schedule))
+        return tuple(out)
+
+    @property
+    def length(self) -> float | None:
+        """Steps until the schedule settles (its ``steps``), or None where it never ends (constant, decays)."""
+        return None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Schedule) and self.kind == other.kind and self._params == other._params
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    def __str__(self) -> str:
+        return self._format()[0]
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    # ---- evaluation ---------------------------------------------------------------------------------------
     def _eval(self, xp: Any, t: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def __call__(self, step: Any) -> Any:
         t = np.asarray(step, dtype=np.float64)
-        out = np.asarray(self._eval(np, t), dtype=np.float64)
+        if t.size and not (t.min() >= 0):
+            raise LrkitError(f"steps must be >= 0 (0 is the first optimiser update), got {step!r}")
+        with np.errstate(all="ignore"):  # branches of np.where that are not selected may overflow
+            out = np.asarray(self._eval(np, t), dtype=np.float64)
         if out.shape != t.shape:
             out = np.broadcast_to(out, t.shape).copy()
         return float(out) if out.ndim == 0 else out
 
+    def phases(self) -> list[tuple[int, str]]:
+        """Steps where a phase starts (warmup end, boundaries, milestones), with a short label."""
+        out: list[tuple[int, str]] = []
+        for c in self.children:
+            out.extend(c.phases())
+        return out
+
+    # ---- composition --------------------------------------------------------------------------------------
+    def __rshift__(self, other: Any) -> Schedule:
+        from lrkit.schedules.combinators import sequence
+
+        return sequence(self, other)
+
+    def __mul__(self, other: Any) -> Schedule:
+        from lrkit.schedules.combinators import mul, scale
+
+        if isinstance(other, Schedule):
+            return mul(self, other)
+        return scale(self, other)
+
+    __rmul__ = __mul__
+
+    # ---- state (only reduce-on-plateau has any) -----------------------------------------------------------
+    def observe(self, metric: float, step: int | None = None) -> None:
+        """Report a metric (e.g. validation loss) to the stateful pieces; ``step`` routes it to the active piece
+        of a ``join`` so a plateau after a warmup ignores metrics seen during the warmup."""
+        for c in self.children:
+            c.observe(metric, step)
+
+    def _stateful(self) -> list[Schedule]:
+        out: list[Schedule] = [self] if "_state" in self.__dict__ else []
+        for c in self.children:
+            out.extend(c._stateful())
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """The mutable state (observed-metric bookkeeping of plateau pieces), JSON-friendly."""
+        return {"plateaus": [dict(p.__dict__["_state"]) for p in self._stateful()]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (from a schedule with the same config)."""
+        nodes = self._stateful()
+        saved = list(state.get("plateaus", []))
+        if len(saved) != len(nodes):
+            raise LrkitError(f"state has {len(saved)} plateau piece(s) but this schedule has {len(nodes)}; "
+                             "load it into a schedule built from the same spec")
+        for node, st in zip(nodes, saved):
+            node.__dict__["_state"].update(st)
+
+    # ---- serialisation ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """``{"kind": ..., **params}`` with children as nested dicts (JSON-friendly)."""
+        return {"kind": self.kind, **{k: _to_plain(v) for k, v in self._params.items()}}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Schedule:
+        """Rebuild a schedule from :meth:`to_dict` output (arguments validated by the factory)."""
+        return _from_plain(d)
+
+    def to_optax(self) -> Callable[[Any], Any]:
+        """An optax schedule (``count -> lr``, jit-traceable); needs jax."""
+        from lrkit.integrations.optax_schedule import optax_schedule
+
+        return optax_schedule(self)
+
+    # ---- spec formatting ----------------------------------------------------------------------------------
+    def _format(self) -> tuple[str, int]:
+        """``(text, precedence)``; the generic form is ``kind(required, ..., name=value)``."""
+        return f"{self.kind}({_format_args(self.kind, self._params)})", _ATOM
+
+
+def _to_plain(v: Any) -> Any:
+    if isinstance(v, Schedule):
+        return v.to_dict()
+    if isinstance(v, (list, tuple)):
+        return [_to_plain(x) for x in v]
+    return v
+
+
+def _from_plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        d = dict(v)
+        kind = d.pop("kind", None)
+        if kind not in _FACTORIES:
+            raise LrkitError(f"unknown schedule kind {kind!r}; known kinds: {', '.join(sorted(_FACTORIES))}")
+        return _FACTORIES[kind](**{k: _from_plain(x) for k, x in d.items()})
+    if isinstance(v, list):
+        return [_from_plain(x) for x in v]
+    return v
+
+
+def format_value(v: Any) -> str:
+    """A param value as spec text."""
+    if isinstance(v, Schedule):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(format_value(x) for x in v) + "]"
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else f"float({str(v)!r})"
+    return repr(v)
+
+
+def _format_args(kind: str, params: dict[str, Any]) -> str:
+    sig = inspect.signature(_FACTORIES[kind])
+    parts: list[str] = []
+    positional = True
+    for name, p in sig.parameters.items():
+        if name not in params:
+            continue
+        v = params[name]
+        if p.default is inspect.Parameter.empty and positional:
+            parts.append(format_value(v))
+        elif p.default is inspect.Parameter.empty or not _same(v, p.default):
+            positional = False
+            parts.append(f"{name}={format_value(v)}")
+        else:
+            positional = False
+    return ", ".join(parts)
+
+
+def _same(a: Any, b: Any) -> bool:
+    def num(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    return a == b if num(a) and num(b) else (type(a) is type(b) and a == b)
+
 
 class _Ramp(Schedule):
-    def __init__(self, start_lr: float, end_lr: float, steps: int, mode: str) -> None:
-        self.start_lr, self.end_lr, self.steps, self.mode = float(start_lr), float(end_lr), int(steps), mode
+    kind = "ramp"
+
+    @property
+    def length(self) -> float:
+        return self.steps - 1
 
     def _eval(self, xp: Any, t: Any) -> Any:
-        frac = xp.clip(t / max(self.steps - 1, 1), 0.0, 1.0)
+        frac = xp.minimum(xp.maximum(t / max(self.steps - 1, 1), 0.0), 1.0)
         if self.mode == "exponential":
             return self.start_lr * (self.end_lr / self.start_lr) ** frac
         return self.start_lr + (self.end_lr - self.start_lr) * frac
 
-    def __repr__(self) -> str:
-        return f"ramp({self.start_lr:g}, {self.end_lr:g}, {self.steps}, mode={self.mode!r})"
 
-
+@register("ramp")
 def ramp(start_lr: float, end_lr: float, steps: int, mode: str = "exponential") -> Schedule:
     """The range test's ramp: ``start_lr`` at step 0 to ``end_lr`` at step ``steps - 1``, then held.
 
@@ -55,4 +257,4 @@ def ramp(start_lr: float, end_lr: float, steps: int, mode: str = "exponential") 
                          "swap them or raise end_lr")
     if int(steps) < 2:
         raise LrkitError(f"a ramp needs at least 2 steps, got steps={steps!r}")
-    return _Ramp(start_lr, end_lr, steps, mode)
+    return _Ramp(start_lr=float(start_lr), end_lr=float(end_lr), steps=int(steps), mode=mode)
