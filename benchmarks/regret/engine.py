@@ -18,7 +18,7 @@ sys.path.insert(0, HERE)
 import tasks as default_tasks  # noqa: E402
 
 CACHE = default_tasks.CACHE
-VERSION = "v1"
+VERSION = "v2"
 torch.set_num_threads(1)
 
 
@@ -114,7 +114,9 @@ def _train(task, lr: float, seed: int, kind: str | None, mod) -> dict:
                     break
             if step >= task.steps:
                 break
-    return {"best_val": float(min(vals)), "vals": vals, "steps": step, "diverged": diverged}
+    # the score: the best validation loss after training started; a non-finite one counts as the untrained loss
+    after = [v if math.isfinite(v) else vals[0] for v in vals[1:]] or [vals[0]]
+    return {"best_val": float(min(after)), "vals": vals, "steps": step, "diverged": diverged}
 
 
 def train(task, lr: float, seed: int, kind: str | None = None, mod=default_tasks) -> dict:

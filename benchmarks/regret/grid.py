@@ -11,7 +11,7 @@ import time
 
 import engine
 
-SEEDS = (0, 1)
+SEEDS = (0, 1, 2)
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +59,7 @@ class Curve:
     lrs: np.ndarray | None = None
     name: str = "loss"
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # where it came from: format, source, columns, notes
 
     def __post_init__(self) -> None:
         self.steps = np.asarray(self.steps, dtype=np.int64)

@@ -76,3 +76,173 @@ def plot_finder(result: Any, path: str | os.PathLike | None = None, ax: Any = No
         save_figure(fig, path)
         plt.close(fig)
     return ax
+
+
+def plot_sweep(result: Any, path: str | os.PathLike | None = None, ax: Any = None) -> Any:
+    """Every trial's reported curve of an lr sweep on one figure, coloured by lr (log colour scale): failed trials
+    dashed with an x where they stopped, pruned ones dotted, the best lr thick. Saves to ``path``; returns the Axes."""
+    plt = _pyplot()
+    from matplotlib.colors import LogNorm
+
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+    trials = [t for t in result.trials if len(t.values)]
+    lrs = [t.lr for t in result.trials if t.lr > 0] or [1e-3]
+    norm = LogNorm(vmin=min(lrs), vmax=max(lrs) * (1.0001 if min(lrs) == max(lrs) else 1.0))
+    cmap = plt.get_cmap("viridis")
+    best = result.best_lr
+    finite_all: list[float] = []
+    for t in sorted(trials, key=lambda t: t.lr):
+        values = np.asarray(t.values, dtype=float)
+        ok = np.isfinite(values)
+        finite_all.extend(values[ok])
+        style = {"failed": "--", "pruned": ":"}.get(t.state, "-")
+        ax.plot(np.asarray(t.steps)[ok], values[ok], style, color=cmap(norm(t.lr)),
+                lw=2.5 if best is not None and t.lr == best else 1.2)
+        if t.state == "failed" and ok.any():
+            ax.plot(np.asarray(t.steps)[ok][-1], values[ok][-1], "x", color=cmap(norm(t.lr)), ms=8)
+    if finite_all:  # a diverged trial must not squash the others: cap at 3x the largest starting value
+        first = [float(np.asarray(t.values)[0]) for t in trials if np.isfinite(np.asarray(t.values)[0])]
+        lo, hi = min(finite_all), max(finite_all)
+        cap = 3.0 * max(first) if first else hi
+        if hi > cap > lo:
+            ax.set_ylim(top=cap)
+    sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+    ax.figure.colorbar(sm, ax=ax, label="learning rate")
+    ax.set_xlabel("step")
+    ax.set_ylabel("reported value")
+    title = f"lr sweep: {len(result.trials)} trials"
+    if best is not None:
+        title += f", best lr {best:.3g}"
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.25)
+    if own and path is not None:
+        save_figure(fig, path)
+        plt.close(fig)
+    return ax
+
+
+def plot_stepwise(result: Any, path: str | os.PathLike | None = None) -> Any:
+    """A stepwise search on one figure: score against lr (every seed, the mean, the choice, the edge) and, when
+    the trials have curves (sweep engine runs), every trial's curve via :func:`plot_sweep`. Returns the Figure."""
+    from types import SimpleNamespace
+
+    plt = _pyplot()
+    records = [t.record for t in result.trials if t.record is not None and len(getattr(t.record, "values", ()))]
+    fig, axes = plt.subplots(1, 2 if records else 1, figsize=(13 if records else 7, 4.5), squeeze=False)
+    ax = axes[0, 0]
+    ok = [t for t in result.trials if t.status == "ok"]
+    bad = [t for t in result.trials if t.status != "ok"]
+    ax.plot([t.lr for t in ok], [t.score for t in ok], "o", color="C0", ms=4, alpha=0.7, label="trial (seed)")
+    rows = [r for r in result.by_lr() if np.isfinite(r["mean_score"])]
+    ax.plot([r["lr"] for r in rows], [r["mean_score"] for r in rows], "-", color="C0", lw=1.5, label="mean")
+    if bad:
+        top = max([t.score for t in ok], default=1.0)
+        ax.plot([t.lr for t in bad], [top] * len(bad), "x", color="C3", ms=8, label="failed / diverged")
+    if result.edge_lr is not None:
+        ax.axvline(result.edge_lr, color="C3", ls="--", lw=1, label=f"edge {result.edge_lr:.3g}")
+    ax.axvline(result.lr, color="C2", lw=2, label=f"chosen {result.lr:.3g} ({result.rule})")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("score")
+    cost = f"{result.cost_trials} trials" + ("" if result.cost_steps is None else f", {result.cost_steps} steps")
+    ax.set_title(f"stepwise lr search — {cost}", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.25)
+    if records:
+        plot_sweep(SimpleNamespace(trials=records, best_lr=result.lr), ax=axes[0, 1])
+    if path is not None:
+        save_figure(fig, path)
+        plt.close(fig)
+    return fig
+
+
+def plot_schedule(schedule: Any, steps: int, path: str | os.PathLike | None = None, ax: Any = None,
+                  log: bool = False, momentum: Any = None) -> Any:
+    """An lrkit schedule over steps ``0..steps-1``: the lr curve, its peak and phase starts marked (``log``: log y
+    axis; ``momentum``: a companion schedule on a second axis). Saves to ``path`` when given; returns the Axes."""
+    plt = _pyplot()
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(7, 4))
+    t = np.arange(int(steps))
+    lrs = schedule(t)
+    ax.plot(t, lrs, "-", color="C0", lw=1.8, label="lr")
+    kp = schedule.key_points(steps)
+    ax.plot([kp["peak_step"]], [kp["peak"]], "o", color="C3", ms=5, label=f"peak {kp['peak']:.3g} @ {kp['peak_step']}")
+    for k, (s, label) in enumerate(kp["phases"]):
+        ax.axvline(s, color="0.6", ls=":", lw=1, label="phase change" if k == 0 else None)
+        ax.annotate(label, (s, ax.get_ylim()[1]), fontsize=7, rotation=90, va="top", ha="right", color="0.4")
+    if log:
+        ax.set_yscale("log")
+    if momentum is not None:
+        ax2 = ax.twinx()
+        ax2.plot(t, momentum(t), "--", color="C1", lw=1, label="momentum")
+        ax2.set_ylabel("momentum")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("learning rate")
+    title = str(schedule)
+    ax.set_title(title if len(title) <= 90 else title[:87] + "...", fontsize=9)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(True, alpha=0.25)
+    if own and path is not None:
+        save_figure(fig, path)
+        plt.close(fig)
+    return ax
+
+
+def plot_diagnosis(diagnosis: Any, path: str | os.PathLike | None = None, ax: Any = None) -> Any:
+    """The loss against the step (raw and smoothed), each finding marked where it happens (spikes, divergence,
+    oscillation), the lr on a second axis when known; the verdict and the recommendation in the title.
+    Saves to ``path`` (atomically) when given; returns the Axes."""
+    from lrkit.curve import ema
+
+    plt = _pyplot()
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+    c = diagnosis.curve
+    steps, y = np.asarray(c.steps), np.asarray(c.values, dtype=np.float64)
+    finite = np.isfinite(y)
+    ax.plot(steps[finite], y[finite], "-", color="0.75", lw=0.8, label=f"{diagnosis.metric} (raw)")
+    if finite.sum() >= 3:
+        valid = int(np.argmax(~finite)) if not finite.all() else len(y)
+        sm = ema(y[:valid], 1.0 - 1.0 / max(5.0, valid / 30))
+        ax.plot(steps[:valid], sm, "-", color="C0", lw=2, label="smoothed")
+        lo, hi = np.nanpercentile(y[:valid], [0.5, 99.5]) if valid else (0, 1)
+        pad = 0.1 * (hi - lo + 1e-12)
+        ax.set_ylim(lo - pad, hi + 3 * pad)
+    colors = {"diverging": "C3", "spiking": "C1", "oscillating": "C4", "too_slow": "C2", "plateau": "C2"}
+    for f in diagnosis.findings:
+        col = colors.get(f.kind)
+        if col is None or not f.steps:
+            continue
+        if f.kind == "spiking":
+            for k, s in enumerate(f.data.get("spikes", [])):
+                end = s["end"] if s["end"] is not None else steps[-1]
+                ax.axvspan(s["start"], max(end, s["start"] + 1), color=col, alpha=0.25,
+                           label="spike" if k == 0 else None)
+                ax.annotate(f"spike @{s['start']}", (s["start"], ax.get_ylim()[1]), fontsize=7, color=col,
+                            rotation=90, va="top", ha="right")
+        elif f.kind == "diverging":
+            ax.axvline(f.steps[0], color=col, ls="--", lw=1.5, label=f"diverging from step {f.steps[0]}")
+        else:
+            ax.axvspan(f.steps[0], f.steps[-1], color=col, alpha=0.08, label=f.kind.replace("_", " "))
+    ax.set_xlabel("step")
+    ax.set_ylabel(diagnosis.metric)
+    if c.lrs is not None and np.isfinite(c.lrs).any():
+        ax2 = ax.twinx()
+        ax2.plot(steps, c.lrs, "-", color="C7", lw=1, alpha=0.7, label="lr")
+        ax2.set_ylabel("learning rate", color="C7")
+        ax2.tick_params(axis="y", colors="C7")
+    r = diagnosis.recommendation
+    what = {"raise": f"raise lr ~{r.factor:.3g}x", "lower": f"lower lr ~{1 / r.factor:.3g}x", "keep": "keep lr"}
+    ax.set_title(f"{diagnosis.verdict}: {what.get(r.action, r.action)}"
+                 + (f" — {c.meta['source']}" if c.meta.get("source") else ""), fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(True, alpha=0.25)
+    if own and path is not None:
+        save_figure(fig, path)
+        plt.close(fig)
+    return ax

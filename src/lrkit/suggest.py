@@ -38,16 +38,27 @@ class Suggestion:
                    reason=d.get("reason", ""), confidence=float(d.get("confidence", 0.5)))
 
 
-Rule = Callable[[np.ndarray, np.ndarray], Suggestion]
+Rule = Callable[..., Suggestion]
 _RULES: dict[str, Rule] = {}
+_WANTS_END: set[str] = set()
+_WANTS_FAMILY: set[str] = set()
 DEFAULT_RULE = "valley"
 
 
-def register(name: str) -> Callable[[Rule], Rule]:
-    """Decorator: register ``fn(lrs, losses) -> Suggestion`` under ``name`` so ``suggest(..., rule=name)`` finds it."""
+def register(name: str, *, wants_end: bool = False, wants_family: bool = False) -> Callable[[Rule], Rule]:
+    """Decorator: register ``fn(lrs, losses) -> Suggestion`` under ``name`` so ``suggest(..., rule=name)`` finds it.
+
+    With ``wants_end=True`` the rule is also told ``ended_nonfinite=True|False``: whether the recorded curve was
+    cut at a NaN/inf loss (the strongest sign of divergence); with ``wants_family=True`` it is also passed
+    ``family=`` and ``momentum=`` (see :func:`suggest`).
+    """
 
     def deco(fn: Rule) -> Rule:
         _RULES[name] = fn
+        if wants_end:
+            _WANTS_END.add(name)
+        if wants_family:
+            _WANTS_FAMILY.add(name)
         return fn
 
     return deco
@@ -58,16 +69,27 @@ def rules() -> list[str]:
     return sorted(_RULES)
 
 
-def suggest(lrs, losses, rule: str | None = None) -> Suggestion:
-    """Apply the rule ``rule`` (default :data:`DEFAULT_RULE`) to a curve of lrs and (smoothed) losses."""
+def suggest(lrs, losses, rule: str | None = None, *, family: str | None = None,
+            momentum: float | None = None) -> Suggestion:
+    """Apply the rule ``rule`` (default :data:`DEFAULT_RULE`) to a curve of lrs and losses.
+
+    ``family`` ("adam" for Adam-like optimisers: Adam, AdamW, RMSprop, Adagrad...; "sgd") and ``momentum`` (SGD's,
+    default 0) are passed to rules registered with ``wants_family=True``; the others ignore them.
+    """
     name = rule or DEFAULT_RULE
     if name not in _RULES:
         raise LrkitError(f"unknown suggestion rule {name!r}; choose one of: {', '.join(rules())}")
+    n_in = len(np.asarray(lrs))
     lrs, losses = _clean(lrs, losses)
     if len(lrs) < 5:
         return Suggestion(None, None, name, f"only {len(lrs)} finite points were recorded, too few to judge; "
                           "lower start_lr or raise num_iter so that more steps run before the loss diverges", 0.0)
-    return _RULES[name](lrs, losses)
+    kwargs: dict = {}
+    if name in _WANTS_END:
+        kwargs["ended_nonfinite"] = len(lrs) < n_in
+    if name in _WANTS_FAMILY:
+        kwargs.update(family=family, momentum=momentum)
+    return _RULES[name](lrs, losses, **kwargs)
 
 
 def _clean(lrs, losses) -> tuple[np.ndarray, np.ndarray]:
@@ -125,3 +147,170 @@ def valley(lrs: np.ndarray, losses: np.ndarray) -> Suggestion:
     return Suggestion(float(lrs[i]), _interval(lrs, lo, hi), "valley",
                       f"two thirds along the longest steady descent of the loss ({lrs[lo]:.3g} to {lrs[hi]:.3g}, "
                       f"{hi - lo} steps of {n})", 0.5)
+
+
+# ---- the curve model shared by the robust rules ----------------------------------------------------------------
+@dataclass(frozen=True)
+class CurveFit:
+    """A robust smooth fit of loss against log10(lr) and the landmarks read off it (lrs in the curve's units)."""
+
+    log_lrs: np.ndarray
+    fitted: np.ndarray         # the smooth loss at each recorded lr
+    noise: float               # robust std of the raw points around the fit
+    start_loss: float          # fitted loss at the low end of the ramp
+    min_loss: float            # lowest fitted loss
+    lr_min: float              # lr at the lowest fitted loss
+    lr_diverge: float | None   # first lr past the minimum where the fit climbs back above the start loss
+    lr_steep: float            # lr where the fit falls fastest per decade
+    steep_interval: tuple[float, float]  # where the fit falls at >= half its fastest rate
+    diverged: bool             # the curve turned up clearly (or ended in NaN/inf) after its minimum
+    rise: float                # how far the fit climbed after the minimum, in units of the descent
+
+
+def _local_linear(x: np.ndarray, y: np.ndarray, h: float, w0: np.ndarray) -> np.ndarray:
+    """Kernel-weighted local linear regression of y on x (Gaussian kernel of bandwidth ``h``) at every x."""
+    d = x[None, :] - x[:, None]
+    k = np.exp(-0.5 * (d / h) ** 2) * w0[None, :]
+    s0, s1, s2 = k.sum(1), (k * d).sum(1), (k * d * d).sum(1)
+    t0, t1 = (k * y[None, :]).sum(1), (k * d * y[None, :]).sum(1)
+    det = s0 * s2 - s1 * s1
+    ok = det > 1e-12 * np.maximum(s0 * s2, 1e-300)
+    return np.where(ok, (s2 * t0 - s1 * t1) / np.where(ok, det, 1.0), t0 / np.maximum(s0, 1e-300))
+
+
+def fit_curve(lrs: np.ndarray, losses: np.ndarray, bandwidth: float | None = None,
+              ended_nonfinite: bool = False, diverge_level: float = 0.25) -> CurveFit:
+    """Fit a robust LOESS (local linear, Gaussian kernel, bisquare re-weighting against spikes) to loss vs log10(lr).
+
+    ``bandwidth`` is in decades of lr (default: 0.2 decades or 2.5 point spacings, whichever is wider). The
+    divergence point is the first lr past the minimum where the fit climbs ``diverge_level`` (default 0.25) times
+    the descent depth (start loss - minimum) above its minimum.
+    """
+    x = np.log10(np.asarray(lrs, dtype=np.float64))
+    y = np.asarray(losses, dtype=np.float64)
+    n = len(x)
+    spacing = float(np.median(np.diff(x))) if n > 1 else 1.0
+    h = bandwidth if bandwidth is not None else max(0.2, 2.5 * spacing)
+    w = np.ones(n)
+    fitted = _local_linear(x, y, h, w)
+    for _ in range(2):  # robustness iterations: points far off the fit (spikes) lose their weight
+        r = y - fitted
+        s = 6.0 * max(float(np.median(np.abs(r))), 1e-12)
+        w = np.clip(1.0 - (r / s) ** 2, 0.0, None) ** 2
+        # the final run of points above the fit is the divergence itself, not a spike: keep its weight
+        below = np.flatnonzero(r <= 0)
+        w[(below[-1] + 1) if below.size else 0:] = 1.0
+        if w.sum() < 3:
+            w = np.ones(n)
+        fitted = _local_linear(x, y, h, w)
+    noise = 1.4826 * float(np.median(np.abs(y - fitted)))
+    i_min = int(np.argmin(fitted))
+    start = float(np.median(fitted[: max(3, n // 20)]))
+    lo = float(fitted[i_min])
+    depth = max(start - lo, 1e-12)
+    after = fitted[i_min:]
+    above = np.flatnonzero(after > lo + diverge_level * depth)
+    lr_div = float(10 ** x[i_min + above[0]]) if above.size else None
+    rise = float((after.max() - lo) / depth)
+    diverged = ended_nonfinite or lr_div is not None or rise > 0.5
+    if lr_div is None and diverged:
+        lr_div = float(10 ** x[-1]) if ended_nonfinite or rise > 0.5 else None
+    slope = np.gradient(fitted, x) if n > 1 else np.zeros(1)
+    pre = slope[: i_min + 1]
+    j = int(np.argmin(pre))
+    fast = np.flatnonzero(pre <= 0.5 * pre[j]) if pre[j] < 0 else np.array([j])
+    # the contiguous run of fast descent around the steepest point
+    a = b = j
+    fast_set = set(fast.tolist())
+    while a - 1 in fast_set:
+        a -= 1
+    while b + 1 in fast_set:
+        b += 1
+    return CurveFit(x, fitted, noise, start, lo, float(10 ** x[i_min]), lr_div, float(10 ** x[j]),
+                    (float(10 ** x[a]), float(10 ** x[b])), diverged, rise)
+
+
+#: How far below the divergence point the robust rule picks, per optimiser family (measured on
+#: benchmarks/regret, tuning part): Adam-like optimisers train best about 10x below where a 100-step ramp
+#: diverges; SGD about ``SGD_BASE + SGD_PER_MOMENTUM * momentum`` below (1.2 plain, 3.9 at momentum 0.9), since
+#: a ramp outruns the momentum buffer; when the family is unknown the geometric middle of the two.
+ADAM_FACTOR = 10.0
+SGD_BASE, SGD_PER_MOMENTUM = 1.2, 3.0
+UNKNOWN_FACTOR = 6.0
+FAMILIES = ("adam", "sgd")
+
+
+def divergence_factor(family: str | None, momentum: float | None = None) -> float:
+    """How many times below the ramp's divergence point to train, for an optimiser family ("adam", "sgd", None)."""
+    if family is None:
+        return UNKNOWN_FACTOR
+    if family not in FAMILIES:
+        raise LrkitError(f"unknown optimiser family {family!r}; use 'adam' (Adam, AdamW, RMSprop, Adagrad...), "
+                         "'sgd', or None when unknown")
+    if family == "adam":
+        return ADAM_FACTOR
+    m = 0.0 if momentum is None else float(momentum)
+    if not 0.0 <= m < 1.0:
+        raise LrkitError(f"momentum must be in [0, 1), got {momentum!r}")
+    return SGD_BASE + SGD_PER_MOMENTUM * m
+
+
+@register("robust", wants_end=True, wants_family=True)
+def robust(lrs: np.ndarray, losses: np.ndarray, *, ended_nonfinite: bool = False, family: str | None = None,
+           momentum: float | None = None) -> Suggestion:
+    """A fixed fraction of the lr where a robust smooth fit of the curve diverges (lrkit's default).
+
+    Fits a robust LOESS to loss vs log-lr (:func:`fit_curve`) instead of differentiating noise, finds where the fit
+    climbs back a quarter of its descent above its minimum (or where the loss became NaN/inf), and picks
+    :func:`divergence_factor` (family-aware) below it. Best on the raw (unsmoothed) per-step losses.
+    """
+    name = "robust"
+    lrs = np.asarray(lrs, dtype=np.float64)
+    losses = np.asarray(losses, dtype=np.float64)
+    factor = divergence_factor(family, momentum)
+    fit = fit_curve(lrs, losses, ended_nonfinite=ended_nonfinite)
+    n = len(lrs)
+    depth = fit.start_loss - fit.min_loss
+    # noise of the fit, not of a point: about sqrt(points under the kernel) smaller
+    spacing = float(np.median(np.diff(np.log10(lrs))))
+    k_eff = max(1.0, np.sqrt(2 * np.pi) * max(0.2, 2.5 * spacing) / max(spacing, 1e-12))
+    fit_noise = fit.noise / np.sqrt(k_eff)
+    significance = depth / max(fit_noise, 1e-12 * max(abs(fit.start_loss), 1.0))
+    span = float(np.log10(lrs[-1] / lrs[0]))
+    i_min = int(np.argmin(fit.fitted))
+    family_note = ("" if family else f"; the optimiser family is unknown, so {factor:g}x (between Adam-like 10x and "
+                   "SGD's 1.2-4x) is used: pass family='adam'|'sgd' for a sharper pick")
+    if depth <= 0 or significance < 3.0 or depth < 0.01 * abs(fit.start_loss):
+        return Suggestion(None, None, name, f"the loss never fell clearly (a descent of {depth:.3g} against noise "
+                          f"{fit_noise:.3g}): no trustworthy suggestion. Raise end_lr (the ramp may stop before "
+                          "the lr matters), run more steps (num_iter), or check that the model can learn at all",
+                          0.0)
+    if i_min < max(3, n // 10) and fit.diverged:
+        return Suggestion(None, None, name, f"the loss rose almost from the start (lowest at {fit.lr_min:.3g}, step "
+                          f"{i_min} of {n}): the ramp began too high. Lower start_lr (e.g. to "
+                          f"{lrs[0] / 100:.3g}) and run again", 0.0)
+    if fit.diverged and fit.lr_diverge is not None:
+        lr_div = fit.lr_diverge
+        why_div = ("the loss became NaN/inf" if ended_nonfinite and fit.rise <= 0.25
+                   else "the smoothed loss climbs back a quarter of its descent")
+        lr = lr_div / factor
+        lo = max(lr / 3.0, float(lrs[0]))
+        hi = min(lr * 2.5, lr_div / 1.2)
+        confidence = float(np.clip(0.1 * np.log2(significance) + (0.1 if span >= 4 else 0.0), 0.2, 0.95))
+        if family is None:
+            confidence *= 0.8
+        noisy = significance < 8
+        reason = (f"{why_div} at lr {lr_div:.3g}; {factor:g}x below that is {lr:.3g} "
+                  f"(the fit falls fastest between {fit.steep_interval[0]:.3g} and {fit.steep_interval[1]:.3g}, "
+                  f"lowest at {fit.lr_min:.3g})" + family_note)
+        if noisy:
+            reason += (f". The curve is noisy (descent only {significance:.1f}x the noise): run more steps "
+                       "(num_iter) or a larger batch for a surer pick")
+        return Suggestion(float(lr), (float(lo), float(max(hi, lo))), name, reason, confidence)
+    # fell but never turned up: the divergence point lies beyond end_lr, so end_lr bounds it from below
+    lr_end = float(lrs[-1])
+    lr = lr_end / factor
+    return Suggestion(float(lr), (float(max(lr / 3.0, lrs[0])), float(lr_end)), name,
+                      f"the loss was still falling at the end of the ramp ({lr_end:.3g}) without diverging, so "
+                      f"{lr:.3g} ({factor:g}x below the end) is only a lower bound of a good lr. Raise end_lr "
+                      f"(e.g. to {lr_end * 100:.3g}) so the ramp reaches divergence" + family_note, 0.25)

@@ -57,20 +57,24 @@ def parse_lrs(spec: str | Sequence[float]) -> list[float]:
     """Candidate lrs from ``"lo:hi:n"`` (n log-spaced values, ends included), ``"a,b,c"``, or a sequence."""
     if isinstance(spec, str):
         text = spec.strip()
-        try:
-            if ":" in text:
-                parts = text.split(":")
-                if len(parts) != 3:
-                    raise ValueError
+        unreadable = LrkitError(f"cannot read lrs {spec!r}; write lo:hi:n (e.g. 1e-4:1e-1:7 for 7 log-spaced "
+                                "lrs) or a comma-separated list (e.g. 1e-3,3e-3,1e-2)")
+        if ":" in text:
+            parts = text.split(":")
+            try:
                 lo, hi, n = float(parts[0]), float(parts[1]), int(parts[2])
-                if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi and n >= 2):
-                    raise LrkitError(f"bad lr range {spec!r}: need 0 < lo < hi and n >= 2, e.g. 1e-4:1e-1:7 "
-                                     "(7 log-spaced lrs from 1e-4 to 1e-1)")
-                return [_clean_lr(v) for v in np.geomspace(lo, hi, n)]
+            except (ValueError, IndexError):
+                raise unreadable from None
+            if len(parts) != 3:
+                raise unreadable
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi and n >= 2):
+                raise LrkitError(f"bad lr range {spec!r}: need 0 < lo < hi and n >= 2, e.g. 1e-4:1e-1:7 "
+                                 "(7 log-spaced lrs from 1e-4 to 1e-1)")
+            return [_clean_lr(v) for v in np.geomspace(lo, hi, n)]
+        try:
             values = [float(v) for v in text.split(",") if v.strip()]
         except ValueError:
-            raise LrkitError(f"cannot read lrs {spec!r}; write lo:hi:n (e.g. 1e-4:1e-1:7 for 7 log-spaced lrs) "
-                             "or a comma-separated list (e.g. 1e-3,3e-3,1e-2)") from None
+            raise unreadable from None
     else:
         try:
             values = [float(v) for v in np.asarray(spec, dtype=np.float64).ravel()]
@@ -314,10 +318,11 @@ class SweepStudy:
         if self.kind == "sqlite":
             kwargs["engine_kwargs"] = {"creator": _sqlite_connector(_sqlite_path(self.storage))}
         if self.heartbeat_interval:
+            with _no_experimental_warnings():
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)
             kwargs.update(heartbeat_interval=int(self.heartbeat_interval),
                           grace_period=int(self.grace_period or 3 * self.heartbeat_interval),
-                          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                              max_retry=self.max_retry))
+                          heartbeat_stale_trial_callback=retry)
         try:
             with _no_experimental_warnings():
                 return optuna.storages.RDBStorage(_with_driver(self.storage), **kwargs)
@@ -500,11 +505,16 @@ def _fail_dead_local_trials(study: Any, storage: Any) -> None:
                 storage.set_trial_state_values(t._trial_id, state=ts.FAIL)
 
 
-def _take_waiting(study: Any, storage: Any, spec: SweepStudy, locked: bool = False) -> int | None:
-    """Atomically move one WAITING trial (oldest first) to RUNNING for this worker; its id, or None."""
+def _take_waiting(study: Any, storage: Any, spec: SweepStudy, locked: bool = False,
+                  order: dict | None = None) -> int | None:
+    """Atomically move one WAITING trial to RUNNING for this worker; its id, or None. Trials of the points in
+    ``order`` (key -> position) come first, in that order (a requeued point keeps its place); then oldest first."""
     ts = _optuna().trial.TrialState
     with contextlib.nullcontext() if locked else spec.lock():
-        for t in study.get_trials(deepcopy=False, states=(ts.WAITING,)):
+        waiting = study.get_trials(deepcopy=False, states=(ts.WAITING,))
+        if order:
+            waiting.sort(key=lambda t: (order.get(_trial_key(t), len(order)), t.number))
+        for t in waiting:
             try:
                 if storage.set_trial_state_values(t._trial_id, state=ts.RUNNING):
                     return t._trial_id
@@ -645,9 +655,10 @@ def _worker_loop(spec: SweepStudy, train_fn: TrainFn, points: Sequence[tuple[flo
                         tid = study.ask()._trial_id
                         storage.set_trial_user_attr(tid, "seed", default_seed)
                 _run_trial(study, storage, tid, train_fn, spec, lr_bounds, default_seed)
+        order = {_key(*p): i for i, p in enumerate(points)}
         while True:
             _fail_stale(study)  # a dead worker's trial (no heartbeat for grace_period) is failed and requeued
-            tid = _take_waiting(study, storage, spec)
+            tid = _take_waiting(study, storage, spec, order=order)
             if tid is not None:
                 _run_trial(study, storage, tid, train_fn, spec, lr_bounds, default_seed)
                 continue

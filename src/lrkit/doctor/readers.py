@@ -102,7 +102,7 @@ def _read_dir(path: str) -> Columns:
                    key=lambda e: int(e.split("-")[1]))
     if ckpts:  # a Trainer output_dir: the latest checkpoint's state holds the whole history
         return read_trainer_state(os.path.join(path, ckpts[-1], "trainer_state.json"))
-    for root, _, files in os.walk(path):
+    for _root, _, files in os.walk(path):
         if any("tfevents" in f for f in files):
             return read_tensorboard(path)
     for root, _, files in os.walk(path):
@@ -129,23 +129,23 @@ def read_csv(path: str) -> Columns:
     cols = Columns("lightning" if os.path.basename(path) == "metrics.csv" and "epoch" in header else "csv")
     try:
         data = _csv_dense(path, header, delim)
+        present = None
     except ValueError:
-        data = _csv_sparse(path, header, delim)
+        data, present = _csv_sparse(path, header, delim)
     if data.shape[0] == 0:
         raise LrkitError(f"{path}: the CSV has a header ({', '.join(header[:12])}) but no data rows")
-    numeric = [j for j in range(len(header)) if np.isfinite(data[:, j]).any() or np.isnan(data[:, j]).all()
-               and False]
-    step_j = next((header.index(k) for k in STEP_KEYS if k in header), None)
-    if step_j is None:
-        lower = [h.lower() for h in header]
-        step_j = next((lower.index(k) for k in STEP_KEYS if k in lower), None)
+    lower = [h.lower() for h in header]
+    step_j = next((lower.index(k) for k in STEP_KEYS if k in lower), None)
     steps = data[:, step_j] if step_j is not None else np.arange(data.shape[0], dtype=np.float64)
     if step_j is None:
         cols.notes.append("no step column: used the row number as the step")
+    has_step = np.isfinite(steps)
     for j, h in enumerate(header):
-        if j == step_j or j not in numeric and not np.isfinite(data[:, j]).any():
+        if j == step_j:
             continue
-        cols[h] = (steps, data[:, j])
+        keep = has_step if present is None else has_step & present[:, j]
+        if keep.any():
+            cols[h] = (steps[keep], data[keep, j])
     cols.header = header  # type: ignore[attr-defined]
     return cols
 
@@ -175,8 +175,8 @@ def _csv_dense(path: str, header: list[str], delim: str) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty((0, len(header)))
 
 
-def _csv_sparse(path: str, header: list[str], delim: str) -> np.ndarray:
-    """Slow path: empty cells are missing (NaN), text cells are dropped; literal ``nan``/``inf`` are kept."""
+def _csv_sparse(path: str, header: list[str], delim: str) -> tuple[np.ndarray, np.ndarray]:
+    """Slow path: empty and text cells are missing, literal ``nan``/``inf`` are kept; returns (data, present)."""
     rows: list[list[float]] = []
     width = len(header)
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
@@ -194,7 +194,21 @@ def _csv_sparse(path: str, header: list[str], delim: str) -> np.ndarray:
                     except ValueError:
                         pass
             rows.append(vals)
-    return np.asarray(rows, dtype=np.float64).reshape(-1, width)
+    data = np.asarray(rows, dtype=np.float64).reshape(-1, width)
+    present = ~np.isnan(data)
+    # a literal nan/inf counts as present (a diverged loss), an empty or text cell as missing
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.reader(f, delimiter=delim)
+        next(reader, None)
+        i = 0
+        for row in reader:
+            if not row:
+                continue
+            for j, cell in enumerate(row[:width]):
+                if cell.strip().lower() in ("nan", "-nan", "inf", "-inf", "infinity"):
+                    present[i, j] = True
+            i += 1
+    return data, present
 
 
 # ---------------------------------------------------------------------------------------------------- JSON lines
@@ -391,8 +405,6 @@ def columns_to_curve(cols: Columns, metric: str | None, source: str = "") -> Cur
                              "choose one with --metric NAME (metric=NAME in Python)")
     notes = list(cols.notes)
     steps, values = cols[chosen]
-    keep = ~np.isnan(values) | _literal_nan_mask(values)
-    steps, values = steps[keep], values[keep]
     if values.size == 0:
         raise LrkitError(f"{source}: the column {chosen!r} has no values; choose another with --metric")
     steps, values, order_notes = _order(steps, values)
@@ -417,10 +429,6 @@ def columns_to_curve(cols: Columns, metric: str | None, source: str = "") -> Cur
             "update_ratio_column": ur_name, "columns": names, "notes": notes, "semantics": cols.semantics,
             "window": getattr(cols, "window", None)}
     return Curve(steps.astype(np.int64), values, lrs, name=chosen, extra=extra, meta=meta)
-
-
-def _literal_nan_mask(values: np.ndarray) -> np.ndarray:
-    return np.zeros(values.shape, dtype=bool)
 
 
 def _order(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:

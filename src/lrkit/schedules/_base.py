@@ -43,16 +43,11 @@ class Schedule:
 
     def __init__(self, **params: Any) -> None:
         object.__setattr__(self, "_params", params)
+        self.__dict__.update(params)  # params read as plain attributes (fast: the adapters call once per step)
 
     # ---- config -------------------------------------------------------------------------------------------
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"schedules are immutable (tried to set {name!r}); build a new one instead")
-
-    def __getattr__(self, name: str) -> Any:
-        params = self.__dict__.get("_params")
-        if params is not None and name in params:
-            return params[name]
-        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
     @property
     def params(self) -> dict[str, Any]:
@@ -72,7 +67,8 @@ class Schedule:
 
     @property
     def length(self) -> float | None:
-        """Steps until the schedule settles (its ``steps``), or None where it never ends (constant, decays)."""
+        """Steps the schedule occupies before ``>>`` starts the next piece (its ``steps``; a warmup adds its own),
+        or None where it never ends (constant without steps, exponential, restarts, cyclical)."""
         return None
 
     def __eq__(self, other: object) -> bool:
@@ -92,6 +88,11 @@ class Schedule:
         raise NotImplementedError
 
     def __call__(self, step: Any) -> Any:
+        if isinstance(step, (int, float)) and not isinstance(step, bool) and step >= 0:
+            try:  # fast scalar path (the torch adapter calls this once per step)
+                return float(self._eval(_scalar, float(step)))
+            except (OverflowError, ValueError, ZeroDivisionError):
+                pass  # numpy gives inf/nan/0 where Python floats raise
         t = np.asarray(step, dtype=np.float64)
         if t.size and not (t.min() >= 0):
             raise LrkitError(f"steps must be >= 0 (0 is the first optimiser update), got {step!r}")
@@ -107,6 +108,17 @@ class Schedule:
         for c in self.children:
             out.extend(c.phases())
         return out
+
+    def key_points(self, steps: int | None = None) -> dict[str, Any]:
+        """Peak, final and minimum lr over steps ``0..steps-1`` (default: the length) and where phases start."""
+        n = int(steps if steps is not None else (math.ceil(self.length) + 1 if self.length is not None else 0))
+        if n < 1:
+            raise LrkitError(f"{self} never ends; say how many steps to look at (steps=N, or --steps N)")
+        v = self(np.arange(n))
+        peak = int(np.argmax(v))
+        return {"steps": n, "first": float(v[0]), "peak": float(v[peak]), "peak_step": peak,
+                "final": float(v[-1]), "min": float(v.min()),
+                "phases": [(int(t), label) for t, label in self.phases() if 0 <= t < n]}
 
     # ---- composition --------------------------------------------------------------------------------------
     def __rshift__(self, other: Any) -> Schedule:
@@ -172,6 +184,20 @@ class Schedule:
         return f"{self.kind}({_format_args(self.kind, self._params)})", _ATOM
 
 
+class _ScalarNamespace:
+    """numpy's names for Python floats, so ``_eval`` runs on one step without array overhead."""
+
+    cos, sqrt, log, exp, floor = math.cos, math.sqrt, math.log, math.exp, math.floor
+    minimum, maximum = staticmethod(min), staticmethod(max)
+
+    @staticmethod
+    def where(cond: Any, a: Any, b: Any) -> Any:
+        return a if cond else b
+
+
+_scalar = _ScalarNamespace()
+
+
 def _to_plain(v: Any) -> Any:
     if isinstance(v, Schedule):
         return v.to_dict()
@@ -233,7 +259,7 @@ class _Ramp(Schedule):
 
     @property
     def length(self) -> float:
-        return self.steps - 1
+        return self.steps
 
     def _eval(self, xp: Any, t: Any) -> Any:
         frac = xp.minimum(xp.maximum(t / max(self.steps - 1, 1), 0.0), 1.0)

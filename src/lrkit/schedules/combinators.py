@@ -8,7 +8,7 @@ from typing import Any
 
 from lrkit.errors import LrkitError
 from lrkit.schedules import _check as ck
-from lrkit.schedules._base import _ATOM, _MUL, _SHIFT, Schedule, format_value, register
+from lrkit.schedules._base import _ATOM, _MUL, _SHIFT, Schedule, _scalar, format_value, register
 from lrkit.schedules.conventions import anneal, progress, switched
 
 
@@ -22,6 +22,10 @@ def _wrap(s: Schedule, prec: int) -> str:
 class _Warmup(Schedule):
     kind = "warmup"
 
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.__dict__["_fixed_peak"] = not self.schedule._stateful()  # peak = schedule(0) can be a constant
+
     @property
     def length(self) -> float | None:
         n = self.schedule.length
@@ -29,16 +33,22 @@ class _Warmup(Schedule):
 
     def _eval(self, xp: Any, t: Any) -> Any:
         w = self.steps
+        if xp is _scalar and t >= w:  # one step: evaluate the active piece only
+            return self.schedule._eval(xp, t - w)
         after = self.schedule._eval(xp, xp.maximum(t - w, 0.0))
         if self.mode == "none":
             return after
-        peak = self.schedule._eval(xp, t * 0.0)
+        peak = self.schedule._eval(_scalar, 0.0) if self.__dict__["_fixed_peak"] else self.schedule._eval(xp, 0.0)
         p = progress(xp, t, w)
         if self.mode == "linear":
             ramp = peak * (self.start + (1.0 - self.start) * p)
         else:
             ramp = anneal(xp, "exp", self.start, 1.0, p) * peak
         return xp.where(switched(t, w), after, ramp)
+
+    def observe(self, metric: float, step: int | None = None) -> None:
+        if step is None or step >= self.steps:  # metrics seen during the warmup are ignored
+            self.schedule.observe(metric, None if step is None else step - self.steps)
 
     def phases(self) -> list[tuple[int, str]]:
         return [(self.steps, "warmup end")] + [(s + self.steps, n) for s, n in self.schedule.phases()]
@@ -112,6 +122,9 @@ class _Join(Schedule):
 
     def _eval(self, xp: Any, t: Any) -> Any:
         bounds = [0, *self.boundaries]
+        if xp is _scalar:  # one step: evaluate the active piece only
+            i = sum(t >= b for b in self.boundaries)
+            return self.schedules[i]._eval(xp, t - bounds[i])
         out = self.schedules[-1]._eval(xp, xp.maximum(t - bounds[-1], 0.0))
         for s, b, nxt in reversed(list(zip(self.schedules[:-1], bounds[:-1], bounds[1:]))):
             out = xp.where(switched(t, nxt), out, s._eval(xp, xp.maximum(t - b, 0.0)))

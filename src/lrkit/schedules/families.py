@@ -150,7 +150,8 @@ class _Linear(Schedule):
         return self.steps
 
     def _eval(self, xp: Any, t: Any) -> Any:
-        return self.start + (self.end - self.start) * progress(xp, t, self.steps)
+        p = progress(xp, t, self.steps)
+        return self.start * (1.0 - p) + self.end * p  # exact at both ends
 
 
 @register("linear")
@@ -194,50 +195,58 @@ class _CosineRestarts(Schedule):
     kind = "cosine_restarts"
 
     def _cycle(self, xp: Any, t: Any) -> tuple[Any, Any, Any]:
+        """(cycle index i, step within the cycle, cycle length)."""
         p, m = self.period, self.period_mult
         if m == 1.0:
             i = xp.floor(t / p)
             return i, t - i * p, t * 0.0 + p
         i = xp.floor(xp.log(1.0 + t * (m - 1.0) / p) / math.log(m))
-        for _ in range(2):  # repair float rounding at exact restart steps
-            start = p * (m**i - 1.0) / (m - 1.0)
-            i = xp.where(t - start >= p * m**i, i + 1.0, xp.where(t < start, i - 1.0, i))
-        start = p * (m**i - 1.0) / (m - 1.0)
-        return i, t - start, p * m**i
+        mi = m**i
+        start = p * (mi - 1.0) / (m - 1.0)
+        # repair float rounding of the log at exact restart steps (off by one cycle at most)
+        up = t - start >= p * mi
+        i, start, mi = xp.where(up, i + 1.0, i), xp.where(up, start + p * mi, start), xp.where(up, mi * m, mi)
+        down = t < start
+        i, mi = xp.where(down, i - 1.0, i), xp.where(down, mi / m, mi)
+        start = xp.where(down, start - p * mi, start)
+        return i, t - start, p * mi
 
     def _eval(self, xp: Any, t: Any) -> Any:
         i, tc, length = self._cycle(xp, t)
-        scale = self.decay**i
-        hi = self.peak * scale
-        lo = self.final * scale if self.scale_final else self.final
-        return lo + (hi - lo) * (1.0 + xp.cos(math.pi * tc / length)) / 2.0
+        scale = self.decay**i if self.decay != 1.0 else 1.0
+        lo = self.final
+        span = (self.peak - lo) * scale if self.decay_span else self.peak * scale - lo
+        return lo + span * (1.0 + xp.cos(math.pi * tc / length)) / 2.0
 
 
 @register("cosine_restarts")
 def cosine_restarts(peak: float, period: float, final: float = 0.0, period_mult: float = 1.0, decay: float = 1.0,
-                    scale_final: bool = False) -> Schedule:
+                    decay_span: bool = False) -> Schedule:
     """SGDR: cosine from ``peak * decay**i`` to ``final`` over cycle i of ``period * period_mult**i`` steps.
 
-    torch ``CosineAnnealingWarmRestarts(T_0, T_mult, eta_min)`` is ``decay=1``; Keras ``CosineDecayRestarts``
-    (``m_mul``) also decays the floor: ``scale_final=True, final=alpha*peak``; timm decays the peak only.
+    torch ``CosineAnnealingWarmRestarts(T_0, T_mult, eta_min)`` is ``decay=1``; timm (``cycle_decay``) decays the
+    peak as here; Keras ``CosineDecayRestarts(m_mul)`` decays the span above the floor instead, peak_i =
+    final + (peak - final) * decay**i: ``decay_span=True, final=alpha*peak``.
     """
     w = "cosine_restarts"
     return _CosineRestarts(
         peak=ck.lr(w, "peak", peak), period=ck.number(w, "period", period, low=0.0, low_open=True),
         final=ck.lr(w, "final", final), period_mult=ck.number(w, "period_mult", period_mult, low=1.0),
-        decay=ck.number(w, "decay", decay, low=0.0, low_open=True), scale_final=bool(scale_final))
+        decay=ck.number(w, "decay", decay, low=0.0, low_open=True), decay_span=bool(decay_span))
 
 
 # ---- one-cycle: piecewise annealing between points -------------------------------------------------------------
 
-def _onecycle_points(where: str, steps: int, pct_start: float, three_phase: bool, convention: str) -> list[float]:
+def _onecycle_points(where: str, steps: int, pct_start: float, three_phase: bool, convention: str,
+                     pct_end: float | None) -> list[float]:
     a = pct_start * steps
-    if convention == "torch":  # torch OneCycleLR: phase ends at pct*T - 1 (float), last at T - 1
-        xs = [0.0, a - 1, 2 * a - 2, steps - 1.0] if three_phase else [0.0, a - 1, steps - 1.0]
-    elif convention == "optax":  # optax *_onecycle_schedule: int(pct*T), T
-        xs = [0.0, float(int(a)), float(int(2 * a)), float(steps)] if three_phase else [0.0, float(int(a)), float(steps)]
+    b = (2 * pct_start if pct_end is None else pct_end) * steps
+    if convention == "torch":  # torch OneCycleLR: phase ends at pct*T - 1 and 2*pct*T - 2 (floats), last at T - 1
+        xs = [0.0, a - 1, b - 2, steps - 1.0] if three_phase else [0.0, a - 1, steps - 1.0]
+    elif convention == "optax":  # optax *_onecycle_schedule: int(pct*T), int(pct_final*T), T
+        xs = [0.0, float(int(a)), float(int(b)), float(steps)] if three_phase else [0.0, float(int(a)), float(steps)]
     else:  # fastai fit_one_cycle: position i/T, phases at pct*T, final at T (never reached)
-        xs = [0.0, a, 2 * a, float(steps)] if three_phase else [0.0, a, float(steps)]
+        xs = [0.0, a, b, float(steps)] if three_phase else [0.0, a, float(steps)]
     if any(b <= x for x, b in zip(xs, xs[1:])):
         raise LrkitError(f"{where}: steps={steps} with pct_start={pct_start} leaves an empty phase "
                          f"(phase ends {xs}); use more steps or a pct_start in (1/steps, 0.5)")
@@ -247,42 +256,58 @@ def _onecycle_points(where: str, steps: int, pct_start: float, three_phase: bool
 class _Piecewise(Schedule):
     """Annealing through (step, value) points with ``self.anneal``; before/after: first/last value."""
 
-    def _points(self) -> tuple[list[float], list[float]]:  # pragma: no cover - abstract
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.__dict__["_cached_points"] = self._compute_points()  # also checks that no phase is empty
+
+    def _points(self) -> tuple[list[float], list[float]]:
+        return self.__dict__["_cached_points"]
+
+    def _compute_points(self) -> tuple[list[float], list[float]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     @property
     def length(self) -> float:
-        return self._points()[0][-1]
+        return self.steps  # the steps it occupies in a sequence (torch's last value is at steps - 1)
 
     def _eval(self, xp: Any, t: Any) -> Any:
         xs, vs = self._points()
-        out = t * 0.0 + vs[-1]
-        for i in reversed(range(len(xs) - 1)):
-            pct = xp.minimum(xp.maximum((t - xs[i]) / (xs[i + 1] - xs[i]), 0.0), 1.0)
-            out = xp.where(t <= xs[i + 1], anneal(xp, self.anneal, vs[i], vs[i + 1], pct), out)
-        return out
+        # pick the segment with cheap selects, then anneal once (torch's rule: step <= phase end stays in it)
+        x0, x1, v0, v1 = xs[0], xs[1], vs[0], vs[1]
+        for i in range(1, len(xs) - 1):
+            later = t > xs[i]
+            x0, x1 = xp.where(later, xs[i], x0), xp.where(later, xs[i + 1], x1)
+            v0, v1 = xp.where(later, vs[i], v0), xp.where(later, vs[i + 1], v1)
+        pct = xp.minimum(xp.maximum((t - x0) / (x1 - x0), 0.0), 1.0)
+        return anneal(xp, self.anneal, v0, v1, pct)
 
     def phases(self) -> list[tuple[int, str]]:
-        xs, _ = self._points()
-        return [(math.ceil(x), f"phase {i + 2}") for i, x in enumerate(xs[1:-1])]
+        xs, vs = self._points()
+        return [(math.ceil(x), f"at {v:.3g}") for x, v in zip(xs[1:-1], vs[1:-1])]
 
 
 class _OneCycle(_Piecewise):
     kind = "onecycle"
 
-    def _points(self) -> tuple[list[float], list[float]]:
-        xs = _onecycle_points("onecycle", self.steps, self.pct_start, self.three_phase, self.convention)
+    def _compute_points(self) -> tuple[list[float], list[float]]:
+        xs = _onecycle_points("onecycle", self.steps, self.pct_start, self.three_phase, self.convention,
+                              self.pct_end)
         init = self.peak / self.div
         low = init / self.final_div
         return xs, ([init, self.peak, init, low] if self.three_phase else [init, self.peak, low])
 
     def momentum(self, low: float = 0.85, high: float = 0.95) -> Schedule:
         """The companion momentum (or Adam beta1) schedule: ``high`` -> ``low`` while the lr rises, back after."""
-        return onecycle_momentum(self.steps, low, high, self.pct_start, self.anneal, self.three_phase, self.convention)
+        return onecycle_momentum(self.steps, low, high, self.pct_start, self.anneal, self.three_phase,
+                                 self.convention, self.pct_end)
 
 
-def _onecycle_common(w: str, steps: Any, pct_start: Any, anneal_: Any, three_phase: Any, convention: Any) -> dict:
-    return dict(steps=ck.count(w, "steps", steps, low=2),
+def _onecycle_common(w: str, steps: Any, pct_start: Any, anneal_: Any, three_phase: Any, convention: Any,
+                     pct_end: Any) -> dict:
+    if pct_end is not None:
+        pct_end = ck.number(w, "pct_end", pct_end, low=pct_start, high=1.0, low_open=True,
+                            fix="pct_end (three-phase) is where the lr is back at peak/div, after pct_start")
+    return dict(steps=ck.count(w, "steps", steps, low=2), pct_end=pct_end,
                 pct_start=ck.number(w, "pct_start", pct_start, low=0.0, high=1.0, low_open=True, high_open=True),
                 anneal=ck.choice(w, "anneal", anneal_, ANNEALS[:2]), three_phase=bool(three_phase),
                 convention=ck.choice(w, "convention", convention, ("torch", "optax", "fastai")))
@@ -290,21 +315,22 @@ def _onecycle_common(w: str, steps: Any, pct_start: Any, anneal_: Any, three_pha
 
 @register("onecycle")
 def onecycle(peak: float, steps: int, pct_start: float = 0.3, anneal: str = "cos", div: float = 25.0,
-             final_div: float = 1e4, three_phase: bool = False, convention: str = "torch") -> Schedule:
+             final_div: float = 1e4, three_phase: bool = False, convention: str = "torch",
+             pct_end: float | None = None) -> Schedule:
     """One-cycle (Smith 2018): ``peak/div`` -> ``peak`` over ``pct_start`` of ``steps``, then down to
     ``peak/(div*final_div)``; ``three_phase`` goes back to ``peak/div`` first (as the paper).
 
     ``convention`` places the phase ends: "torch" (``OneCycleLR``: pct*T-1 and T-1, the default), "optax"
     (``cosine_onecycle_schedule``/``linear_onecycle_schedule``, which is three-phase: int(pct*T) and T), "fastai"
     (pct*T and T; fastai's defaults are pct_start=0.25, final_div=1e5: see :func:`onecycle_fastai`).
+    ``pct_end`` (three-phase): where the lr is back at ``peak/div``; default ``2*pct_start`` (torch, the paper);
+    optax's ``linear_onecycle_schedule`` uses ``pct_final=0.85``.
     Past the end the lr holds at its final value (no "Tried to step N times" error).
     """
     w = "onecycle"
-    common = _onecycle_common(w, steps, pct_start, anneal, three_phase, convention)
-    s = _OneCycle(peak=ck.lr(w, "peak", peak), div=ck.number(w, "div", div, low=0.0, low_open=True),
-                  final_div=ck.number(w, "final_div", final_div, low=0.0, low_open=True), **common)
-    s._points()  # checks the phases are non-empty
-    return s
+    common = _onecycle_common(w, steps, pct_start, anneal, three_phase, convention, pct_end)
+    return _OneCycle(peak=ck.lr(w, "peak", peak), div=ck.number(w, "div", div, low=0.0, low_open=True),
+                     final_div=ck.number(w, "final_div", final_div, low=0.0, low_open=True), **common)
 
 
 def onecycle_fastai(peak: float, steps: int, pct_start: float = 0.25, div: float = 25.0,
@@ -316,23 +342,24 @@ def onecycle_fastai(peak: float, steps: int, pct_start: float = 0.25, div: float
 class _OneCycleMomentum(_Piecewise):
     kind = "onecycle_momentum"
 
-    def _points(self) -> tuple[list[float], list[float]]:
-        xs = _onecycle_points(self.kind, self.steps, self.pct_start, self.three_phase, self.convention)
+    def _compute_points(self) -> tuple[list[float], list[float]]:
+        xs = _onecycle_points(self.kind, self.steps, self.pct_start, self.three_phase, self.convention,
+                              self.pct_end)
         hi, lo = self.high, self.low
         return xs, ([hi, lo, hi, hi] if self.three_phase else [hi, lo, hi])
 
 
 @register("onecycle_momentum")
 def onecycle_momentum(steps: int, low: float = 0.85, high: float = 0.95, pct_start: float = 0.3,
-                      anneal: str = "cos", three_phase: bool = False, convention: str = "torch") -> Schedule:
+                      anneal: str = "cos", three_phase: bool = False, convention: str = "torch",
+                      pct_end: float | None = None) -> Schedule:
     """Momentum (or beta1) for one-cycle: ``high`` -> ``low`` as the lr rises, then back to ``high`` (torch
     ``OneCycleLR(cycle_momentum=True)``: base_momentum=0.85, max_momentum=0.95)."""
     w = "onecycle_momentum"
     lo = ck.number(w, "low", low, low=0.0, high=1.0)
     hi = ck.number(w, "high", high, low=lo, high=1.0, fix="high must be >= low")
-    s = _OneCycleMomentum(low=lo, high=hi, **_onecycle_common(w, steps, pct_start, anneal, three_phase, convention))
-    s._points()
-    return s
+    return _OneCycleMomentum(low=lo, high=hi,
+                             **_onecycle_common(w, steps, pct_start, anneal, three_phase, convention, pct_end))
 
 
 # ---- cyclical (CLR) ---------------------------------------------------------------------------------------------
@@ -428,6 +455,8 @@ def wsd(peak: float, steps: int, warmup: int = 0, decay: float = 0.2, cooldown: 
     if warm + d > steps:
         raise LrkitError(f"wsd: warmup ({warm}) + decay ({d}) exceed steps ({steps}); shorten them or raise steps")
     pk = ck.lr(w, "peak", peak)
+    cooldown = "cos" if cooldown == "cosine" else cooldown
+    warmup_mode = "cos" if warmup_mode == "cosine" else warmup_mode
     return _WSD(peak=pk, steps=steps, warmup=warm, decay=dec, cooldown=ck.choice(w, "cooldown", cooldown, _SHAPES),
                 final=ck.number(w, "final", final, low=0.0, high=pk, fix="final is an absolute lr <= peak"),
                 warmup_mode=ck.choice(w, "warmup_mode", warmup_mode, _SHAPES))

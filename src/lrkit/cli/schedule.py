@@ -1,0 +1,54 @@
+"""``lrkit schedule SPEC``: plot a schedule and print its key points (peak, final, where phases change)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from lrkit.errors import LrkitError
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register ``schedule`` on the dispatcher's subparsers."""
+    p = sub.add_parser(
+        "schedule", help="plot a learning-rate schedule from a text spec and print its key points",
+        description='Example: lrkit schedule "warmup(500) >> cosine(3e-4, 10000, final=3e-5)" -o schedule.png')
+    p.add_argument("spec", help="schedule spec, e.g. \"warmup(500) >> cosine(3e-4, 10000)\"")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimiser steps to show (default: the schedule's length; required if it never ends)")
+    p.add_argument("-o", "--output", default=None, help="figure path (e.g. schedule.png); none: print only")
+    p.add_argument("--log", action="store_true", help="log-scale lr axis")
+    p.add_argument("--json", action="store_true", help="print the key points and spec as JSON")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Parse, summarise, optionally plot; a bad spec raises LrkitError (one line) before any file is written."""
+    from lrkit.schedules import SpecError, parse
+
+    try:
+        schedule = parse(args.spec)
+    except SpecError as e:
+        raise LrkitError(e.one_line()) from None
+    if args.steps is not None and args.steps < 1:
+        raise LrkitError(f"--steps must be >= 1, got {args.steps}")
+    kp = schedule.key_points(args.steps)
+    if args.output:
+        from lrkit.plot import plot_schedule
+
+        plot_schedule(schedule, kp["steps"], args.output, log=args.log)
+    if args.json:
+        print(json.dumps({"spec": str(schedule), **kp}))
+        return 0
+    print(f"schedule: {schedule}")
+    print(f"steps:    0..{kp['steps'] - 1}")
+    print(f"first:    {kp['first']:.6g}")
+    print(f"peak:     {kp['peak']:.6g} at step {kp['peak_step']}")
+    print(f"final:    {kp['final']:.6g} at step {kp['steps'] - 1}")
+    print(f"min:      {kp['min']:.6g}")
+    for t, label in kp["phases"]:
+        print(f"phase:    step {t}: {label}  (lr {schedule(t):.6g})")
+    if args.output:
+        print(f"plot:     {args.output}")
+    return 0

@@ -1,0 +1,400 @@
+"""The checks: a :class:`~lrkit.curve.Curve` -> :class:`Diagnosis` (findings with evidence, and a recommendation).
+
+Every check reads a handful of robust statistics of the curve (:func:`features`); the thresholds live in
+:class:`Thresholds` and were tuned on the tuning half of ``benchmarks/doctor`` (real curves over lr grids),
+never on its held-out half.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lrkit.curve import Curve, ema, spikes, trend
+from lrkit.errors import LrkitError
+
+MAX_POINTS = 20_000  # longer curves are averaged into this many bins before the checks (a 10M-row log stays fast)
+KINDS = ("diverging", "spiking", "oscillating", "too_slow", "plateau", "healthy")
+
+
+@dataclass
+class Thresholds:
+    """Every threshold of the doctor (defaults tuned on the benchmark's tuning set)."""
+
+    early_blowup: float = 1.5  # smoothed loss above this x its initial value in the first 30%: lr too high
+    rise: float = 0.2  # final level climbed back this fraction of (initial - best): diverging
+    noise: float = 1.2  # robust noise of the last half over (initial - best): oscillating
+    slow_drop: float = 0.2  # relative drop below this ...
+    slow_decel: float = 0.3  # ... or the end slope still above this fraction of the start slope ...
+    flat_drop: float = 0.03  # relative drop below this: flat (plateau from the start)
+    spike_z: float = 6.0  # robust z-score of a spike
+    spike_persistence: int = 3  # consecutive outliers (in logged points) that make a spike
+    update_ratio_high: float = 1e-2  # update/weight ratio above this: lr too high (rule of thumb ~1e-3)
+    update_ratio_low: float = 1e-4  # below this: lr too low
+
+
+@dataclass
+class Finding:
+    """One thing the doctor saw: its kind, the steps that show it, and the evidence in words (plus numbers)."""
+
+    kind: str
+    steps: list[int]
+    evidence: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "steps": [int(s) for s in self.steps], "evidence": self.evidence,
+                "data": _jsonable(self.data)}
+
+
+@dataclass
+class Recommendation:
+    """What to do with the lr: ``action`` raise/lower/keep, ``factor`` (multiply the lr by it), why, and extras
+    such as "add warmup" or "add decay"."""
+
+    action: str
+    factor: float
+    reason: str
+    advice: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "factor": float(self.factor), "reason": self.reason, "advice": list(self.advice)}
+
+
+@dataclass
+class Diagnosis:
+    """The doctor's verdict on one curve: findings (most severe first), a recommendation, the metric used."""
+
+    metric: str
+    findings: list[Finding]
+    recommendation: Recommendation
+    curve: Curve | None = None
+    notes: list[str] = field(default_factory=list)
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        """The kind of the most severe finding ("healthy" when nothing is wrong)."""
+        return self.findings[0].kind if self.findings else "healthy"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: ``recommendation``, ``findings``, ``metric`` (plus ``verdict``, ``notes``, ``stats``)."""
+        d = {"recommendation": self.recommendation.to_dict(), "findings": [f.to_dict() for f in self.findings],
+             "metric": self.metric, "verdict": self.verdict, "notes": list(self.notes), "stats": _jsonable(self.stats)}
+        if self.curve is not None and self.curve.meta.get("source"):
+            d["source"] = self.curve.meta["source"]
+        return d
+
+    def __str__(self) -> str:
+        r = self.recommendation
+        head = {"raise": f"raise the lr about {r.factor:.3g}x", "lower": f"lower the lr about {1 / r.factor:.3g}x "
+                f"(multiply by {r.factor:.3g})", "keep": "keep the lr"}[r.action]
+        lines = [f"verdict: {self.verdict} — {head}", f"  why: {r.reason}"]
+        lines += [f"  also: {a}" for a in r.advice]
+        lines += [f"  [{f.kind}] {f.evidence}" for f in self.findings if f.kind != "healthy"]
+        lines.append(f"  metric: {self.metric}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def plot(self, path: Any = None, ax: Any = None) -> Any:
+        """The curve annotated with the findings (see :func:`lrkit.plot.plot_diagnosis`)."""
+        from lrkit.plot import plot_diagnosis
+
+        return plot_diagnosis(self, path=path, ax=ax)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    return x
+
+
+# --------------------------------------------------------------------------------------------------- preparation
+def prepare(curve: Curve) -> tuple[Curve, list[str]]:
+    """Sorted, de-duplicated steps; at most :data:`MAX_POINTS` points (bin means). Returns (curve, notes)."""
+    notes: list[str] = list(curve.meta.get("notes", []))
+    steps, values = curve.steps, curve.values
+    lrs = curve.lrs
+    extra = {k: v for k, v in curve.extra.items() if v.ndim == 1 and v.shape == values.shape}
+    d = np.diff(steps)
+    if d.size and (d <= 0).any():
+        order = np.argsort(steps, kind="stable")
+        keep_last = np.r_[steps[order][1:] != steps[order][:-1], True]
+        idx = order[keep_last]
+        notes.append(f"steps were not strictly increasing: sorted, kept the last of {len(steps) - len(idx)} "
+                     "repeated step(s)")
+        steps, values = steps[idx], values[idx]
+        lrs = lrs[idx] if lrs is not None else None
+        extra = {k: v[idx] for k, v in extra.items()}
+    n = len(values)
+    if n > MAX_POINTS:
+        b = int(math.ceil(n / MAX_POINTS))
+        m = n // b * b
+        notes.append(f"{n} points: averaged in bins of {b} steps for the checks")
+
+        def binned(a: np.ndarray, how: str = "mean") -> np.ndarray:
+            head = a[:m].reshape(-1, b)
+            out = head[:, 0] if how == "first" else (head.mean(axis=1) if how == "mean" else head[:, -1])
+            if m < n:
+                tail = a[m:]
+                out = np.r_[out, tail[0] if how == "first" else (tail.mean() if how == "mean" else tail[-1])]
+            return out
+
+        steps, values = binned(steps, "first").astype(np.int64), binned(values)
+        lrs = binned(lrs, "last") if lrs is not None else None
+        extra = {k: binned(v) for k, v in extra.items()}
+    extra.update({k: v for k, v in curve.extra.items() if k not in extra and k not in curve.extra or
+                  (v.ndim != 1 or v.shape != curve.values.shape)})
+    return Curve(steps, values, lrs, name=curve.name, extra=extra, meta=dict(curve.meta)), notes
+
+
+# ------------------------------------------------------------------------------------------------------ features
+def features(curve: Curve) -> dict[str, float]:
+    """The robust statistics the checks read (all dimensionless where possible)."""
+    y = curve.values
+    n = len(y)
+    finite = np.isfinite(y)
+    nan_idx = int(np.argmax(~finite)) if not finite.all() else -1
+    yf = y[:nan_idx] if nan_idx >= 0 else y
+    f: dict[str, float] = {"n": float(n), "nan_index": float(nan_idx)}
+    if len(yf) < 8:
+        return f
+    m = len(yf)
+    k = max(3, m // 50)
+    head_med = float(np.median(yf[:k]))
+    init = float(yf[0]) if head_med > 2 * abs(yf[0]) else head_med  # it blew up within the first k points
+    window = max(5.0, m / 30)
+    sm = ema(yf, 1.0 - 1.0 / window)
+    tail = yf[-max(3, m // 10):]
+    final = float(np.median(tail))
+    best = float(np.min(sm[m // 10:])) if m >= 20 else float(np.min(sm))
+    span = max(init - best, 1e-12 * max(abs(init), 1.0))
+    # early blow-up: a short running median (robust to one bad batch) over the first 30%
+    early = yf[: max(5, int(0.3 * m))]
+    med5 = np.median(np.lib.stride_tricks.sliding_window_view(early, min(5, len(early))), axis=1)
+    resid = yf[m // 2:] - sm[m // 2:]
+    noise = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+    tr = trend(sm, part=1 / 3)
+    w = max(3, m // 10)
+    mid = float(np.median(yf[2 * m // 3 - w: 2 * m // 3])) if 2 * m // 3 - w >= 0 else float("nan")
+    noise_abs = max(noise, 1e-12 * max(abs(final), 1.0))
+    total = init - final
+    if total > 0:
+        below = np.nonzero(sm <= init - 0.5 * total)[0]
+        half = float(below[0]) / m if below.size else 1.0
+        below = np.nonzero(sm <= init - 0.9 * total)[0]
+        ninety = float(below[0]) / m if below.size else 1.0
+    else:
+        half = ninety = float("nan")
+    f.update(init=init, final=final, best=best, span=span, half_time=half, ninety_time=ninety,
+             early_peak=float(np.max(med5)) / init if init > 0 else float("nan"),
+             rise=(final - best) / span, noise=noise / span, noise_level=noise / max(abs(final), 1e-12),
+             drop=(init - final) / abs(init) if init else float("nan"),
+             relative_drop=tr.relative_drop, deceleration=tr.deceleration,
+             start_slope=tr.start_slope, end_slope=tr.end_slope, noise_abs=noise,
+             progress=(mid - final) / noise_abs)
+    return f
+
+
+# -------------------------------------------------------------------------------------------------------- checks
+def diagnose(curve: Curve, thresholds: Thresholds | None = None, **overrides: float) -> Diagnosis:
+    """Diagnose one loss curve: findings (most severe first) and a recommendation for the lr.
+
+    ``thresholds`` (or keyword overrides of :class:`Thresholds` fields) tune the checks."""
+    if not isinstance(curve, Curve):
+        raise LrkitError(f"diagnose needs a Curve or a log path, got {type(curve).__name__}")
+    t = thresholds or Thresholds()
+    if overrides:
+        bad = [k for k in overrides if k not in Thresholds.__dataclass_fields__]
+        if bad:
+            raise LrkitError(f"unknown threshold(s) {bad}; choose from {list(Thresholds.__dataclass_fields__)}")
+        t = Thresholds(**{**t.__dict__, **overrides})
+    c, notes = prepare(curve)
+    metric = c.name
+    if len(c) < 8 and np.isfinite(c.values).all():
+        raise LrkitError(f"{metric}: only {len(c)} logged point(s); the doctor needs at least 8 to judge a trend "
+                         "(log the loss more often, or train longer)")
+    f = features(c)
+    steps = c.steps
+    findings: list[Finding] = []
+    window = c.meta.get("window")
+    if window:
+        notes.append(f"each point is a mean over {window} steps, so one bad batch is diluted and a spike that "
+                     "shows in one point lasted or was large")
+
+    # ----- non-finite loss
+    if f["nan_index"] >= 0:
+        i = int(f["nan_index"])
+        findings.append(Finding("diverging", [int(steps[i])], f"the loss became {c.values[i]} at step {steps[i]} "
+                                f"(last finite value {c.values[i - 1]:.4g} at step {steps[i - 1]})" if i else
+                                f"the loss is {c.values[i]} from the first step", {"nan_step": int(steps[i])}))
+    valid = int(f["nan_index"]) if f["nan_index"] >= 0 else len(c)
+    ys, ss = c.values[:valid], steps[:valid]
+
+    # ----- spikes: loss (and grad norm) persistently far above its recent robust baseline
+    persistence = t.spike_persistence if not window else 1
+    loss_spikes = spikes(ys, ss, z=t.spike_z, persistence=persistence) if valid >= 16 else []
+    gn = c.extra.get("grad_norm")
+    gn_spikes = []
+    if gn is not None and gn.shape == c.values.shape and np.isfinite(gn[:valid]).sum() >= 16:
+        g = gn[:valid]
+        ok = np.isfinite(g) & (g > 0)
+        gn_spikes = spikes(g[ok], ss[ok], z=t.spike_z, persistence=persistence, log=True)
+    if loss_spikes:
+        findings.append(_spike_finding(loss_spikes, gn_spikes, c, ss))
+
+    verdicts = classify(f, t)
+    if "init" in f:
+        init, final, best = f["init"], f["final"], f["best"]
+        # ----- diverging: early blow-up, or the level climbed back up / ended above the start
+        if "early_blowup" in verdicts:
+            i0 = int(np.argmax(ys[: max(5, int(0.3 * valid))]))
+            findings.append(Finding("diverging", [int(ss[i0])], f"early blow-up: the loss reached "
+                                    f"{f['early_peak']:.3g}x its initial value {init:.4g} by step {ss[i0]}",
+                                    {"early_peak_ratio": f["early_peak"], "initial": init}))
+        elif "rise" in verdicts:
+            ib = int(np.argmin(ema(ys, 1 - 1 / max(5.0, valid / 30))[valid // 10:])) + valid // 10
+            findings.append(Finding("diverging", [int(ss[ib]), int(ss[-1])], f"the loss went down to {best:.4g} "
+                                    f"(step {ss[ib]}) and climbed back to {final:.4g}: {f['rise']:.0%} of the "
+                                    "progress lost", {"rise": f["rise"], "best": best, "final": final}))
+        elif "ended_higher" in verdicts:
+            findings.append(Finding("diverging", [int(ss[0]), int(ss[-1])], f"the loss ended higher ({final:.4g}) "
+                                    f"than it started ({init:.4g})", {"drop": f["drop"]}))
+        # ----- oscillating: large noise around the trend relative to the progress made
+        if "oscillating" in verdicts:
+            findings.append(Finding("oscillating", [int(ss[valid // 2]), int(ss[-1])], f"over the second half the "
+                                    f"loss swings by ±{f['noise_abs']:.3g} around its trend, {f['noise']:.2f}x the "
+                                    f"total progress ({init - best:.3g})", {"noise_ratio": f["noise"]}))
+        # ----- too slow / plateau
+        if True:
+            if "plateau" in verdicts:
+                findings.append(Finding("plateau", [int(ss[0]), int(ss[-1])], f"the loss is flat from the start: "
+                                        f"{init:.4g} -> {final:.4g} ({f['drop']:.1%} lower)", {"drop": f["drop"]}))
+            elif "too_slow" in verdicts:
+                findings.append(Finding("too_slow", [int(ss[0]), int(ss[-1])], f"the loss fell only {f['drop']:.0%} "
+                                        f"({init:.4g} -> {final:.4g}) and is still falling at "
+                                        f"{f['deceleration']:.0%} of its initial rate in the last third",
+                                        {"drop": f["drop"], "deceleration": f["deceleration"]}))
+    _update_ratio_findings(c, t, findings)
+    if not findings:
+        findings.append(Finding("healthy", [], "the loss fell and levelled off without spikes, divergence or "
+                                "large oscillation", {}))
+    findings.sort(key=lambda x: KINDS.index(x.kind))
+    rec = recommend(findings, f, c, valid)
+    return Diagnosis(metric, findings, rec, curve=c, notes=notes, stats=f)
+
+
+def classify(f: dict[str, float], t: Thresholds) -> set[str]:
+    """Which trend checks fire on the :func:`features` ``f`` (a pure, cheap function: the benchmark tunes it)."""
+    out: set[str] = set()
+    if "init" not in f:
+        return out
+    # progress that stands out of the batch-to-batch noise (else "rise" and "noise" ratios are noise over noise)
+    progress = f["init"] - f["best"] > 0.05 * abs(f["init"])
+    clear = progress and f["init"] - f["best"] > 3 * f["noise_abs"]
+    if f["early_peak"] > t.early_blowup:
+        out.add("early_blowup")
+    elif clear and f["rise"] > t.rise:
+        out.add("rise")
+    elif f["drop"] < -0.05 and f["final"] - f["init"] > 2 * f["noise_abs"]:
+        out.add("ended_higher")
+    diverging = bool(out) or f["nan_index"] >= 0
+    if progress and f["noise"] > t.noise and not diverging:
+        out.add("oscillating")
+    if not diverging and "oscillating" not in out:
+        if f["drop"] < t.flat_drop:
+            out.add("plateau")
+        elif f["drop"] < t.slow_drop or f["deceleration"] > t.slow_decel:
+            out.add("too_slow")
+    return out
+
+
+def _spike_finding(loss_spikes: list, gn_spikes: list, c: Curve, ss: np.ndarray) -> Finding:
+    parts = []
+    for sp in loss_spikes[:5]:
+        back = f"recovered by step {sp.end}" if sp.recovered else "did not recover"
+        parts.append(f"step {sp.start} (peak {sp.peak_value:.4g} = {sp.ratio:.2f}x the baseline "
+                     f"{sp.baseline:.4g} at step {sp.peak}, {back})")
+    more = f" and {len(loss_spikes) - 5} more" if len(loss_spikes) > 5 else ""
+    ev = f"{len(loss_spikes)} loss spike(s): " + "; ".join(parts) + more
+    gn_starts = {s.start for s in gn_spikes}
+    with_gn = [s for s in loss_spikes if any(abs(s.start - g) <= 3 for g in gn_starts)]
+    if with_gn:
+        ev += f"; the gradient norm spiked with {len(with_gn)} of them"
+    data: dict[str, Any] = {"spikes": [{"start": s.start, "peak": s.peak, "end": s.end, "ratio": s.ratio}
+                                       for s in loss_spikes]}
+    if c.lrs is not None and np.isfinite(c.lrs).any():
+        lrs = c.lrs
+        peak_i = int(np.nanargmax(lrs))
+        peak_step = int(c.steps[peak_i])
+        first = loss_spikes[0].start
+        rising = peak_i > 0 and lrs[0] < 0.5 * lrs[peak_i]
+        if rising and abs(first - peak_step) <= max(0.1 * (c.steps[-1] - c.steps[0]), 3):
+            ev += (f"; the first spike began at step {first}, when warmup brought the lr to its peak "
+                   f"{lrs[peak_i]:.3g} (step {peak_step})")
+            data["near_lr_peak"] = True
+        data["lr_at_first_spike"] = float(np.interp(first, c.steps, lrs))
+    return Finding("spiking", [s.start for s in loss_spikes], ev, data)
+
+
+def _update_ratio_findings(c: Curve, t: Thresholds, findings: list[Finding]) -> None:
+    ur = c.extra.get("update_ratio")
+    if ur is None or ur.shape != c.values.shape or not np.isfinite(ur).any():
+        return
+    med = float(np.nanmedian(ur[len(ur) // 2:]))
+    if med > t.update_ratio_high and not any(f.kind == "diverging" for f in findings):
+        findings.append(Finding("oscillating", [int(c.steps[len(ur) // 2]), int(c.steps[-1])],
+                                f"the update-to-weight ratio is {med:.2g} (rule of thumb: about 1e-3): "
+                                "each step moves the weights a lot", {"update_ratio": med}))
+    elif med < t.update_ratio_low and not any(f.kind in ("too_slow", "plateau") for f in findings):
+        findings.append(Finding("too_slow", [int(c.steps[len(ur) // 2]), int(c.steps[-1])],
+                                f"the update-to-weight ratio is {med:.2g} (rule of thumb: about 1e-3): the "
+                                "weights barely move", {"update_ratio": med}))
+
+
+def recommend(findings: list[Finding], f: dict[str, float], c: Curve, valid: int) -> Recommendation:
+    """The lr recommendation for a set of findings (the most severe decides)."""
+    kinds = {x.kind for x in findings}
+    advice: list[str] = []
+    lr_known = c.lrs is not None and np.isfinite(c.lrs).any()
+    warm = lr_known and c.lrs[0] < 0.5 * np.nanmax(c.lrs)
+    if "diverging" in kinds:
+        d = next(x for x in findings if x.kind == "diverging")
+        severe = f["nan_index"] >= 0 or f.get("early_peak", 1.0) > 10 or f.get("drop", 0.0) < -0.5
+        factor = 0.1 if severe else 0.3
+        early = f["nan_index"] >= 0 and f["nan_index"] < 0.3 * f["n"] or f.get("early_peak", 1.0) > 2.0
+        if early and not warm:
+            advice.append("add a warmup (a few hundred steps) so the first updates are small")
+        return Recommendation("lower", factor, f"the run diverged: {d.evidence}", advice)
+    if "spiking" in kinds:
+        sp = next(x for x in findings if x.kind == "spiking")
+        if sp.data.get("near_lr_peak"):
+            advice.append("lengthen the warmup or lower the peak lr: spikes start where warmup ends")
+        advice.append("clip gradients (e.g. max norm 1.0)")
+        return Recommendation("lower", 0.5, f"the loss spikes: {sp.evidence}", advice)
+    if "oscillating" in kinds:
+        o = next(x for x in findings if x.kind == "oscillating")
+        if not lr_known or np.nanmin(c.lrs) > 0.5 * np.nanmax(c.lrs):
+            advice.append("add decay (cosine or linear to ~10% of the peak) to settle the noise late in training")
+        return Recommendation("lower", 0.3, f"the loss oscillates: {o.evidence}", advice)
+    if "plateau" in kinds:
+        p = next(x for x in findings if x.kind == "plateau")
+        return Recommendation("raise", 10.0, f"nothing is happening: {p.evidence}", advice)
+    if "too_slow" in kinds:
+        s = next(x for x in findings if x.kind == "too_slow")
+        drop = f.get("drop", 0.0)
+        factor = 10.0 if drop < 0.1 else 3.0
+        return Recommendation("raise", factor, f"training crawls: {s.evidence}", advice)
+    if lr_known and np.nanmin(c.lrs[valid // 2: valid]) > 0.5 * np.nanmax(c.lrs[:valid]):
+        advice.append("add decay (cosine or linear) to settle late in training")
+    return Recommendation("keep", 1.0, "the loss fell quickly and levelled off, without divergence, spikes or "
+                          "large oscillation", advice)

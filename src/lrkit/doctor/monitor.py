@@ -1,0 +1,217 @@
+"""The live doctor: :class:`Monitor` runs the doctor's checks online, O(1) work per step.
+
+Feed it ``update(step, loss, lr=None, grad_norm=None)`` after each optimiser step; it returns the
+:class:`Event` s that step raised (a spike, divergence, NaN, plateau, or a crawl), each with a suggested action
+and lr factor. Acting on them (restore a snapshot, skip batches, change the lr) is the framework helpers' job:
+``lrkit.integrations.torch_monitor``, ``lightning_monitor``, ``transformers_monitor``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from lrkit.curve import EMA, Curve, SpikeDetector
+from lrkit.doctor.checks import MAX_POINTS, Diagnosis, Thresholds, diagnose
+from lrkit.errors import LrkitError
+
+ACTIONS = ("warn", "rollback", "lower_lr", "raise_lr", "skip_batches")
+
+
+@dataclass
+class Event:
+    """One thing the Monitor saw at ``step``: ``kind`` (spike, divergence, nan, plateau, too_slow), a message, the
+    suggested ``action`` (warn, rollback, lower_lr, raise_lr, skip_batches) and lr ``factor`` (or None)."""
+
+    kind: str
+    step: int
+    message: str
+    action: str
+    factor: float | None = None
+
+
+class Monitor:
+    """Online lr doctor: the same statistics and thresholds as :func:`lrkit.diagnose`, O(1) per update.
+
+    Keyword arguments: any :class:`~lrkit.doctor.checks.Thresholds` field, plus ``beta`` (loss smoothing,
+    default 0.98), ``patience`` (steps without improvement before a plateau event, default 500),
+    ``check_after`` (first step the crawl check may fire, default 100), ``cooldown`` (steps before the same kind
+    of event may fire again, default 100), ``window`` (the loss is a mean over this many steps, as in Hugging Face
+    logs: spikes then need no persistence), ``spike_action`` ("skip_batches" or "rollback").
+    """
+
+    def __init__(self, *, beta: float = 0.98, patience: int = 500, check_after: int = 100, cooldown: int = 100,
+                 window: int | None = None, spike_action: str = "skip_batches", **thresholds: float) -> None:
+        bad = [k for k in thresholds if k not in Thresholds.__dataclass_fields__]
+        if bad:
+            raise LrkitError(f"unknown Monitor threshold(s) {bad}; choose from "
+                             f"{list(Thresholds.__dataclass_fields__)} or beta, patience, check_after, cooldown")
+        if spike_action not in ("skip_batches", "rollback", "warn"):
+            raise LrkitError(f"spike_action must be 'skip_batches', 'rollback' or 'warn', got {spike_action!r}")
+        self.t = Thresholds(**thresholds)
+        self.beta, self.patience, self.check_after, self.cooldown = float(beta), int(patience), int(check_after), \
+            int(cooldown)
+        self.window, self.spike_action = window, spike_action
+        persistence = 1 if window else self.t.spike_persistence
+        self._loss_spikes = SpikeDetector(z=self.t.spike_z, persistence=persistence)
+        self._gn_spikes = SpikeDetector(z=self.t.spike_z, persistence=persistence, log=True)
+        self._ema = EMA(self.beta)
+        self._spread = EMA(self.beta)  # EWM of |loss - smoothed| : the batch-to-batch spread
+        self._n = 0
+        self._init = math.nan
+        self._first: list[float] = []
+        self._best, self._best_step = math.inf, -1
+        self._last_fired: dict[str, int] = {}
+        self._diverged = False
+        self._hist: list[list[float]] = [[], [], [], []]  # steps, loss, lr, grad_norm (downsampled when long)
+        self._stride, self._pending = 1, []
+        self.events: list[Event] = []
+
+    # ------------------------------------------------------------------------------------------------ updating
+    def update(self, step: int, loss: float, lr: float | None = None, grad_norm: float | None = None) -> list[Event]:
+        """Record one optimiser step; returns the events it raised (usually none)."""
+        step, loss = int(step), float(loss)
+        self._record(step, loss, lr, grad_norm)
+        out: list[Event] = []
+        if not math.isfinite(loss):
+            self._fire(out, "nan", step, f"the loss is {loss} at step {step}", "rollback", 0.5)
+            self._diverged = True
+            return out
+        self._n += 1
+        sm = self._ema.update(loss)
+        if self._n > 1:
+            self._spread.update(abs(loss - sm))
+        if len(self._first) < 3:
+            self._first.append(loss)
+            self._init = min(self._first[0], float(np.median(self._first)))
+        if sm < self._best:
+            self._best, self._best_step = sm, step
+        started, _ = self._loss_spikes.update(step, loss)
+        gn_started = None
+        if grad_norm is not None and math.isfinite(grad_norm) and grad_norm > 0:
+            gn_started, _ = self._gn_spikes.update(step, grad_norm)
+        if started is not None:
+            gn = " (the gradient norm spiked too)" if gn_started is not None else ""
+            self._fire(out, "spike", started.start, f"loss spike from step {started.start}: {started.peak_value:.4g} "
+                       f"= {started.ratio:.2f}x the baseline {started.baseline:.4g}{gn}", self.spike_action,
+                       None if self.spike_action == "skip_batches" else 0.5, now=step)
+        init, t = self._init, self.t
+        span = init - self._best
+        if self._n >= 5 and init > 0 and sm > t.early_blowup * init:
+            self._fire(out, "divergence", step, f"the smoothed loss {sm:.4g} is {sm / init:.2f}x its initial "
+                       f"value {init:.4g}", "rollback", 0.3)
+        elif span > 0.05 * abs(init) and (sm - self._best) / span > t.rise and self._n >= 20:
+            self._fire(out, "divergence", step, f"the smoothed loss climbed from its best {self._best:.4g} "
+                       f"(step {self._best_step}) to {sm:.4g}: {(sm - self._best) / span:.0%} of the progress lost",
+                       "rollback", 0.5)
+        if self._n >= self.check_after and not self._diverged:
+            drop = (init - sm) / abs(init) if init else 0.0
+            if step - self._best_step >= self.patience and drop >= t.slow_drop:
+                self._fire(out, "plateau", step, f"no improvement of the smoothed loss ({self._best:.4g}) for "
+                           f"{step - self._best_step} steps", "lower_lr", 0.5)
+            elif drop < t.flat_drop:
+                self._fire(out, "too_slow", step, f"after {self._n} steps the loss is flat ({init:.4g} -> {sm:.4g}): "
+                           "raise the lr about 10x", "raise_lr", 10.0)
+            elif drop < t.slow_drop:
+                factor = 10.0 if drop < 0.1 else 3.0
+                self._fire(out, "too_slow", step, f"after {self._n} steps the loss fell only {drop:.0%} "
+                           f"({init:.4g} -> {sm:.4g}): raise the lr about {factor:g}x", "raise_lr", factor)
+        return out
+
+    def _fire(self, out: list[Event], kind: str, step: int, msg: str, action: str, factor: float | None,
+              now: int | None = None) -> None:
+        now = step if now is None else now
+        if kind in ("divergence", "nan") and self._diverged:
+            return  # once per divergence: re-armed by reset_after_rollback()
+        last = self._last_fired.get(kind)
+        if last is not None and now - last < self.cooldown:
+            return
+        self._last_fired[kind] = now
+        if kind in ("divergence", "nan"):
+            self._diverged = True
+        ev = Event(kind, int(step), msg, action, factor)
+        out.append(ev)
+        self.events.append(ev)
+
+    def reset_after_rollback(self, step: int) -> None:
+        """Tell the Monitor the model was restored (the lr may have changed): re-arm the divergence checks."""
+        self._diverged = False
+        self._ema = EMA(self.beta)
+        self._best, self._best_step = math.inf, int(step)
+
+    @property
+    def healthy(self) -> bool:
+        """No spike in progress and no divergence since the last reset: a good moment for a snapshot."""
+        return not self._diverged and self._loss_spikes._open is None and not self._loss_spikes._run
+
+    # ------------------------------------------------------------------------------------------------- history
+    def _record(self, step: int, loss: float, lr: float | None, gn: float | None) -> None:
+        """Keep a bounded history for :meth:`diagnosis`: past 2*MAX_POINTS points, pairs are averaged (O(1)
+        amortised per step)."""
+        self._pending.append((step, loss, math.nan if lr is None else float(lr), math.nan if gn is None else
+                              float(gn)))
+        if len(self._pending) < self._stride:
+            return
+        p = self._pending
+        self._pending = []
+        vals = [x[1] for x in p]
+        finite = [v for v in vals if math.isfinite(v)]
+        loss_v = sum(finite) / len(finite) if len(finite) == len(vals) else math.nan
+        for h, v in zip(self._hist, (p[0][0], loss_v, p[-1][2], max((x[3] for x in p), default=math.nan))):
+            h.append(v)
+        if len(self._hist[0]) >= 2 * MAX_POINTS:
+            s, lo, lr_, g = self._hist
+            self._hist = [s[0::2], [(a + b) / 2 for a, b in zip(lo[0::2], lo[1::2])], lr_[1::2],
+                          [max(a, b) for a, b in zip(g[0::2], g[1::2])]]
+            self._stride *= 2
+
+    def curve(self) -> Curve:
+        """The recorded history as a Curve (downsampled by averaging when the run is long)."""
+        s, lo, lr, g = (np.asarray(h, dtype=np.float64) for h in self._hist)
+        n = min(len(s), len(lo), len(lr), len(g))
+        s, lo, lr, g = s[:n], lo[:n], lr[:n], g[:n]
+        extra = {"grad_norm": g} if np.isfinite(g).any() else {}
+        return Curve(s.astype(np.int64), lo, lr if np.isfinite(lr).any() else None, name="loss", extra=extra,
+                     meta={"format": "monitor", "window": self.window})
+
+    def diagnosis(self) -> Diagnosis:
+        """The offline doctor's verdict on everything seen so far (the same checks as ``lrkit.diagnose``)."""
+        c = self.curve()
+        if len(c) < 8 and (len(c) == 0 or np.isfinite(c.values).all()):
+            raise LrkitError(f"the Monitor has seen {len(c)} step(s); the doctor needs at least 8")
+        return diagnose(c, **self.t.__dict__)
+
+    # --------------------------------------------------------------------------------------------- persistence
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly (plain Python types, JSON/pickle friendly)."""
+        return {"thresholds": dict(self.t.__dict__), "beta": self.beta, "patience": self.patience,
+                "check_after": self.check_after, "cooldown": self.cooldown, "window": self.window,
+                "spike_action": self.spike_action,
+                "loss_spikes": self._loss_spikes.state_dict(), "gn_spikes": self._gn_spikes.state_dict(),
+                "ema": [self._ema._avg, self._ema._n], "spread": [self._spread._avg, self._spread._n],
+                "n": self._n, "init": self._init, "first": list(self._first), "best": [self._best, self._best_step],
+                "last_fired": dict(self._last_fired), "diverged": self._diverged,
+                "hist": [list(h) for h in self._hist], "stride": self._stride, "pending": [list(p) for p in
+                                                                                           self._pending],
+                "events": [asdict(e) for e in self.events]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (thresholds included)."""
+        self.__init__(beta=state["beta"], patience=state["patience"], check_after=state["check_after"],
+                      cooldown=state["cooldown"], window=state["window"], spike_action=state["spike_action"],
+                      **state["thresholds"])
+        self._loss_spikes.load_state_dict(state["loss_spikes"])
+        self._gn_spikes.load_state_dict(state["gn_spikes"])
+        self._ema._avg, self._ema._n = float(state["ema"][0]), int(state["ema"][1])
+        self._spread._avg, self._spread._n = float(state["spread"][0]), int(state["spread"][1])
+        self._n, self._init, self._first = int(state["n"]), float(state["init"]), list(state["first"])
+        self._best, self._best_step = float(state["best"][0]), int(state["best"][1])
+        self._last_fired = {k: int(v) for k, v in state["last_fired"].items()}
+        self._diverged = bool(state["diverged"])
+        self._hist = [list(h) for h in state["hist"]]
+        self._stride = int(state["stride"])
+        self._pending = [tuple(p) for p in state["pending"]]
+        self.events = [Event(**e) for e in state["events"]]

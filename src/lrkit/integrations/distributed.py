@@ -1,0 +1,147 @@
+"""The range test under ``torch.distributed`` (DDP): every rank records the same curve and takes the same decisions.
+
+Each rank trains on its own shard; :class:`DistributedTrainer` gathers the per-rank losses and gives every rank
+their mean, computed in rank order in float64, so the curve, the stop decision and the suggestion are bit-for-bit
+the same on all ranks. Each rank restores its own model, optimiser and RNGs (the engine's ``finally``). A failure on
+one rank is announced to the others through the same collective, so every rank raises instead of hanging.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from lrkit.errors import LrkitError, missing_extra
+from lrkit.finder import FinderResult, Trainer, check_range, range_test
+
+try:
+    import torch
+    import torch.distributed as dist
+except ImportError as e:  # pragma: no cover - exercised only without torch
+    raise missing_extra("torch", "torch") from e
+
+_OK, _SKIPPED, _ERROR = 0.0, 1.0, 2.0
+
+
+def is_distributed(group: Any = None) -> bool:
+    """True when a ``torch.distributed`` process group is initialised with more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def is_main_process(group: Any = None) -> bool:
+    """True on rank 0, or when not distributed (where progress bars and files are written)."""
+    return not is_distributed(group) or dist.get_rank(group) == 0
+
+
+class DistributedTrainer:
+    """A :class:`~lrkit.finder.Trainer` whose ``step(lr)`` returns the mean loss over all ranks of ``group``.
+
+    Wraps any Trainer (e.g. :class:`lrkit.integrations.torch.TorchTrainer` on a DDP model); ``evaluate()`` is
+    averaged the same way. A step skipped on any rank (GradScaler overflow) counts as skipped on every rank.
+    ``reduce_s`` / ``reduce_calls`` count the time spent in the collective.
+    """
+
+    def __init__(self, trainer: Trainer, group: Any = None) -> None:
+        if not (dist.is_available() and dist.is_initialized()):
+            raise LrkitError("DistributedTrainer needs an initialised process group; call "
+                             "torch.distributed.init_process_group(...) on every rank first")
+        self.trainer, self.group = trainer, group
+        self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
+        backend = dist.get_backend(group)
+        self._device = (torch.device("cuda", torch.cuda.current_device()) if backend == "nccl"
+                        else torch.device("cpu"))
+        self.reduce_s, self.reduce_calls = 0.0, 0
+        # the engine checks callable(trainer.evaluate) for the validation-loss mode
+        self.evaluate: Callable[[], float] | None = (
+            self._evaluate if callable(getattr(trainer, "evaluate", None)) else None)
+
+    def _mean(self, compute: Callable[[], float | None], what: str) -> float | None:
+        """Run ``compute`` on this rank and return the rank-order mean of every rank's value (None if skipped)."""
+        error: BaseException | None = None
+        try:
+            value = compute()
+        except BaseException as e:  # tell the other ranks before raising, so none waits forever
+            error, value = e, None
+        status = _ERROR if error is not None else (_SKIPPED if value is None else _OK)
+        mine = torch.tensor([0.0 if value is None else float(value), status], dtype=torch.float64,
+                            device=self._device)
+        t0 = time.perf_counter()
+        gathered = [torch.empty_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(gathered, mine, group=self.group)
+        rows = torch.stack(gathered).cpu().tolist()
+        self.reduce_s += time.perf_counter() - t0
+        self.reduce_calls += 1
+        if error is not None:
+            raise error
+        failed = [r for r, (_, s) in enumerate(rows) if s == _ERROR]
+        if failed:
+            raise LrkitError(f"rank(s) {failed} raised an error during {what} (see their output); every rank stops "
+                             "and restores its model")
+        if any(s == _SKIPPED for _, s in rows):
+            return None
+        total = 0.0
+        for v, _ in rows:  # a fixed order, in float64: the same bits on every rank
+            total += v
+        return total / self.world_size
+
+    def step(self, lr: float) -> float | None:
+        """One step on this rank's shard at ``lr``; the mean loss over ranks (None if any rank skipped)."""
+        return self._mean(lambda: self.trainer.step(lr), f"step(lr={lr:.3g})")
+
+    def _evaluate(self) -> float:
+        value = self._mean(lambda: float(self.trainer.evaluate()), "evaluate()")
+        return float("nan") if value is None else value
+
+    def snapshot(self) -> object:
+        """This rank's snapshot (each rank keeps its own copy)."""
+        return self.trainer.snapshot()
+
+    def restore(self, snap: object) -> None:
+        """Restore this rank, then wait for every rank, so none runs ahead with a half-restored peer."""
+        self.trainer.restore(snap)
+        dist.barrier(group=self.group)
+
+
+def maybe_distributed(trainer: Trainer, group: Any = None) -> Trainer:
+    """``trainer`` wrapped in :class:`DistributedTrainer` when a multi-rank process group is initialised;
+    otherwise ``trainer`` itself. The hook for adapters' ``find_lr``."""
+    if isinstance(trainer, DistributedTrainer) or not is_distributed(group):
+        return trainer
+    return DistributedTrainer(trainer, group)
+
+
+def distributed_range_test(trainer: Trainer, group: Any = None, progress: bool = True, **kwargs: Any
+                           ) -> FinderResult:
+    """:func:`lrkit.range_test` on every rank with the loss averaged over ranks: the same result everywhere.
+
+    Call it on every rank (each with its own shard). The progress bar shows on rank 0 only. ``kwargs`` as for
+    :func:`~lrkit.finder.range_test`. ``result.config["world_size"]`` records the number of ranks.
+    """
+    wrapped = maybe_distributed(trainer, group)
+    result = range_test(wrapped, progress=progress and is_main_process(group), **kwargs)
+    result.config["world_size"] = dist.get_world_size(group) if is_distributed(group) else 1
+    return result
+
+
+def find_lr(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: Callable[..., Any] | None = None,
+            train_loader: Iterable[Any] | None = None, *, group: Any = None, start_lr: float = 1e-7,
+            end_lr: float = 10.0, num_iter: int = 100, mode: str = "exponential", smooth: float = 0.98,
+            diverge_factor: float = 4.0, val_loader: Iterable[Any] | None = None, val_every: int = 5,
+            rule: str | None = None, progress: bool = True, **trainer_kwargs: Any) -> FinderResult:
+    """:func:`lrkit.integrations.torch.find_lr` for a DDP model: call on every rank with its shard's loader.
+
+    ``trainer_kwargs`` go to :class:`~lrkit.integrations.torch.TorchTrainer` (loss_fn, accumulation_steps,
+    max_grad_norm, amp, scaler, snapshot). Without a multi-rank process group it is the single-process test.
+    """
+    from lrkit.integrations.torch import TorchTrainer
+
+    check_range(start_lr, end_lr, num_iter)
+    trainer = TorchTrainer(model, optimizer, criterion, train_loader, val_loader=val_loader, **trainer_kwargs)
+    return distributed_range_test(trainer, group=group, progress=progress, start_lr=start_lr, end_lr=end_lr,
+                                  num_iter=num_iter, mode=mode, smooth=smooth, diverge_factor=diverge_factor,
+                                  val_every=val_every if val_loader is not None else None, rule=rule)
+
+
+__all__ = ["DistributedTrainer", "distributed_range_test", "find_lr", "is_distributed", "is_main_process",
+           "maybe_distributed"]

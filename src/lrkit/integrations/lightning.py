@@ -1,0 +1,280 @@
+"""Lightning adapter: the range test on a LightningModule's own ``training_step`` and optimiser, a callback that
+runs it at fit start, and a callback that drives any lrkit schedule per optimiser step.
+
+The test does not run Lightning's fit loop: it calls ``configure_optimizers`` and ``training_step`` through
+:class:`~lrkit.integrations.torch.TorchTrainer` (accumulation, clipping and mixed precision taken from the
+``Trainer``), so the trainer's loop state (global step, epoch, callbacks, loggers) is never touched and a
+``trainer.fit`` right after starts from step 0. ``self.log`` calls inside ``training_step`` are ignored during
+the test. Manual optimisation (``automatic_optimization = False``) is not supported.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from lrkit.errors import LrkitError, missing_extra
+from lrkit.finder import FinderResult, check_range, range_test
+
+try:
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+    from lightning.pytorch.utilities.parsing import lightning_hasattr, lightning_setattr
+    from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
+except ImportError as e:
+    raise missing_extra("lightning", "lightning") from e
+
+from lrkit.integrations.torch import TorchTrainer
+from lrkit.integrations.torch_scheduler import ScheduleLR, lightning_scheduler
+from lrkit.schedules import Schedule, parse
+
+
+def _ignore_log(*args: Any, **kwargs: Any) -> None:
+    """Stands in for ``LightningModule.log``/``log_dict`` during the range test."""
+
+
+class LightningTrainer(TorchTrainer):
+    """A :class:`TorchTrainer` whose loss is the module's own ``training_step(batch, batch_idx)`` output
+    (a tensor, or a dict with ``"loss"``); other options as in :class:`TorchTrainer`."""
+
+    def __init__(self, module: pl.LightningModule, optimizer: torch.optim.Optimizer, train_loader: Iterable[Any],
+                 **kwargs: Any) -> None:
+        if not isinstance(module, pl.LightningModule):
+            raise LrkitError(f"module must be a lightning.pytorch.LightningModule, got {type(module).__name__}")
+        if not module.automatic_optimization:
+            raise LrkitError("the range test drives the optimiser itself, so it needs automatic optimisation; this "
+                             "module sets automatic_optimization = False. Use lrkit.integrations.torch.find_lr "
+                             "with loss_fn=lambda model, batch: ... instead")
+        self.module = module
+        self._batch_idx = 0
+        self._with_idx = is_param_in_hook_signature(module.training_step, "batch_idx", min_args=2)
+        super().__init__(module, optimizer, None, train_loader, loss_fn=self._training_step_loss, **kwargs)
+
+    def _training_step_loss(self, module: Any, batch: Any) -> torch.Tensor:
+        idx = self._batch_idx
+        self._batch_idx += 1
+        batch = module.on_after_batch_transfer(module.on_before_batch_transfer(batch, 0), 0)
+        out = module.training_step(batch, idx) if self._with_idx else module.training_step(batch)
+        loss = out.get("loss") if isinstance(out, Mapping) else out
+        if not isinstance(loss, torch.Tensor):
+            raise LrkitError(f"training_step returned {type(out).__name__} for batch {idx}, not a loss tensor or a "
+                             "dict with 'loss'; the range test needs the loss of every batch")
+        return loss
+
+    def restore(self, snap: Any) -> None:
+        """Put everything back (see :meth:`TorchTrainer.restore`) and restart the batch index."""
+        super().restore(snap)
+        self._batch_idx = 0
+
+
+class _Attached:
+    """Attach the module to ``trainer`` and silence ``self.log`` for the duration; undo both on exit."""
+
+    def __init__(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.trainer, self.module = trainer, module
+
+    def __enter__(self) -> _Attached:
+        m = self.module
+        self._prev_trainer = m._trainer
+        self._had = {name: name in m.__dict__ for name in ("log", "log_dict")}
+        m.trainer = self.trainer
+        m.log = _ignore_log
+        m.log_dict = _ignore_log
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        m = self.module
+        for name, had in self._had.items():
+            if not had:
+                m.__dict__.pop(name, None)
+        m.trainer = self._prev_trainer
+
+
+def _precision_options(trainer: pl.Trainer, device: torch.device) -> dict[str, Any]:
+    precision = str(trainer.precision)
+    if precision == "16-mixed":
+        return {"amp": torch.float16, "scaler": torch.amp.GradScaler(device.type)}
+    if precision == "bf16-mixed":
+        return {"amp": torch.bfloat16}
+    return {}
+
+
+def _clip_options(trainer: pl.Trainer) -> dict[str, Any]:
+    val = trainer.gradient_clip_val
+    if not val:
+        return {}
+    if str(trainer.gradient_clip_algorithm) not in ("norm", "GradClipAlgorithmType.NORM"):
+        warnings.warn("the range test clips gradients by norm only; Trainer(gradient_clip_algorithm='value') is "
+                      "not applied during the test", stacklevel=3)
+        return {}
+    return {"max_grad_norm": float(val)}
+
+
+def _lr_attr_name(module: pl.LightningModule, update_attr: bool | str) -> str | None:
+    if update_attr is False or update_attr is None:
+        return None
+    if isinstance(update_attr, str):
+        if not lightning_hasattr(module, update_attr):
+            raise LrkitError(f"update_attr={update_attr!r}: the module has no attribute or hparam of that name; "
+                             "pass the name configure_optimizers reads the lr from")
+        return update_attr
+    for name in ("lr", "learning_rate"):
+        if lightning_hasattr(module, name):
+            return name
+    raise LrkitError("update_attr=True but the module has neither 'lr' nor 'learning_rate' (attribute or hparam); "
+                     "pass update_attr='<name>' or set self.lr in __init__")
+
+
+def _single_optimizer(trainer: pl.Trainer, module: pl.LightningModule) -> torch.optim.Optimizer:
+    optimizers, _ = _init_optimizers_and_lr_schedulers(module)
+    if len(optimizers) != 1:
+        raise LrkitError(f"configure_optimizers returned {len(optimizers)} optimizers; the range test drives "
+                         "exactly one. Run it with lrkit.integrations.torch.find_lr on the optimiser to tune")
+    return optimizers[0]
+
+
+def _train_loader(trainer: pl.Trainer, module: pl.LightningModule, datamodule: Any,
+                  train_dataloaders: Any) -> Iterable[Any]:
+    if isinstance(train_dataloaders, pl.LightningDataModule):
+        datamodule, train_dataloaders = train_dataloaders, None
+    if train_dataloaders is not None:
+        return train_dataloaders
+    if datamodule is not None:
+        datamodule.trainer = trainer
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        return datamodule.train_dataloader()
+    if is_overridden("train_dataloader", module):
+        module.prepare_data()
+        module.setup("fit")
+        return module.train_dataloader()
+    raise LrkitError("no training data: pass datamodule=, train_dataloaders=, or define train_dataloader() "
+                     "on the module")
+
+
+def _run(trainer: pl.Trainer, module: pl.LightningModule, optimizer: torch.optim.Optimizer | None,
+         loader: Iterable[Any], test_kwargs: dict[str, Any], device: torch.device) -> FinderResult:
+    with _Attached(trainer, module):
+        if optimizer is None:
+            optimizer = _single_optimizer(trainer, module)
+        accumulation = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
+        lt = LightningTrainer(module, optimizer, loader, accumulation_steps=accumulation, device=device,
+                              **_clip_options(trainer), **_precision_options(trainer, device))
+        return range_test(lt, **test_kwargs)
+
+
+def find_lr(
+    trainer: pl.Trainer,
+    module: pl.LightningModule,
+    datamodule: pl.LightningDataModule | None = None,
+    train_dataloaders: Iterable[Any] | None = None,
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_iter: int = 100,
+    mode: str = "exponential",
+    smooth: float = 0.98,
+    diverge_factor: float = 4.0,
+    rule: str | None = None,
+    update_attr: bool | str = False,
+    progress: bool = True,
+) -> FinderResult:
+    """Run lrkit's range test on a LightningModule's ``training_step`` and ``configure_optimizers`` optimiser.
+
+    Data come from ``train_dataloaders``, ``datamodule`` or the module's ``train_dataloader()``; accumulation,
+    gradient clipping (by norm) and mixed precision from ``trainer``. Weights, buffers, RNGs and the trainer
+    are left exactly as they were. ``update_attr`` (True: ``lr`` or ``learning_rate``; or a name) sets the
+    module's attribute/hparam to the suggestion (unchanged when there is none). Range options as in
+    :func:`lrkit.range_test`.
+    """
+    check_range(start_lr, end_lr, num_iter)
+    if not isinstance(trainer, pl.Trainer):
+        raise LrkitError(f"trainer must be a lightning.pytorch.Trainer, got {type(trainer).__name__}")
+    attr = _lr_attr_name(module, update_attr)
+    loader = _train_loader(trainer, module, datamodule, train_dataloaders)
+    device = trainer.strategy.root_device
+    original = next(module.parameters()).device if any(True for _ in module.parameters()) else device
+    kwargs = dict(start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
+                  diverge_factor=diverge_factor, rule=rule, progress=progress)
+    try:
+        module.to(device)
+        result = _run(trainer, module, None, loader, kwargs, device)
+    finally:
+        module.to(original)
+    if attr is not None and result.suggestion.lr is not None:
+        lightning_setattr(module, attr, result.suggestion.lr)
+    return result
+
+
+class LRFinder(pl.Callback):
+    """Run lrkit's range test at the start of ``trainer.fit`` on the optimiser fit has just built, restore
+    everything, and (``update_attr``, default True) set the module's lr attribute to the suggestion and rebuild
+    the optimisers and schedulers from ``configure_optimizers``. The result is kept in ``self.result``."""
+
+    def __init__(self, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100,
+                 mode: str = "exponential", smooth: float = 0.98, diverge_factor: float = 4.0,
+                 rule: str | None = None, update_attr: bool | str = True, progress: bool = False) -> None:
+        check_range(start_lr, end_lr, num_iter)
+        self.update_attr = update_attr
+        self.kwargs = dict(start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
+                           diverge_factor=diverge_factor, rule=rule, progress=progress)
+        self.result: FinderResult | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        attr = _lr_attr_name(pl_module, self.update_attr)
+        if len(trainer.optimizers) != 1:
+            raise LrkitError(f"LRFinder drives exactly one optimiser; fit built {len(trainer.optimizers)}")
+        loader = trainer.fit_loop._data_source.dataloader()
+        self.result = _run(trainer, pl_module, trainer.optimizers[0], loader, self.kwargs,
+                           trainer.strategy.root_device)
+        if attr is not None and self.result.suggestion.lr is not None:
+            lightning_setattr(pl_module, attr, self.result.suggestion.lr)
+            trainer.strategy.setup_optimizers(trainer)
+
+
+class ScheduleCallback(pl.Callback):
+    """Drive any lrkit schedule (a Schedule or spec) per optimiser step through
+    :class:`~lrkit.integrations.torch_scheduler.ScheduleLR`: before each training batch the lrs become
+    ``schedule(trainer.global_step) * ratio`` (ratios: the groups' lrs at fit start relative to group 0;
+    ``global_step`` counts optimiser updates, so gradient accumulation is handled). ``monitor`` names a logged
+    metric fed to plateau pieces after each validation. Use it instead of a scheduler from
+    ``configure_optimizers`` (or return :func:`lightning_scheduler` from there instead of using this)."""
+
+    def __init__(self, schedule: Any, optimizer_index: int | None = None, momentum: Any = None,
+                 monitor: str | None = None) -> None:
+        self.schedule, self.momentum, self.monitor = schedule, momentum, monitor
+        self.optimizer_index = optimizer_index
+        self.schedulers: list[Any] = []
+        if isinstance(schedule, str):  # a bad spec fails here, not at fit start
+            self.schedule = parse(schedule)
+        elif not isinstance(schedule, Schedule):
+            raise LrkitError(f"schedule must be an lrkit Schedule or a spec string, got {type(schedule).__name__}")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        opts = list(trainer.optimizers)
+        if self.optimizer_index is not None:
+            if not 0 <= self.optimizer_index < len(opts):
+                raise LrkitError(f"optimizer_index={self.optimizer_index} but fit has {len(opts)} optimiser(s)")
+            opts = [opts[self.optimizer_index]]
+        self.schedulers = [ScheduleLR(opt, self.schedule, momentum=self.momentum) for opt in opts]
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        for s in self.schedulers:
+            s.step(int(trainer.global_step))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.monitor is None or trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            raise LrkitError(f"ScheduleCallback(monitor={self.monitor!r}) but no such metric was logged; "
+                             f"logged: {sorted(trainer.callback_metrics)}")
+        for s in self.schedulers:
+            s.observe(float(value))
+
+
+__all__ = ["LightningTrainer", "LRFinder", "ScheduleCallback", "find_lr", "lightning_scheduler"]

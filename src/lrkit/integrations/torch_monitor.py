@@ -1,0 +1,156 @@
+"""PyTorch helper for the live doctor: :class:`MonitorGuard` watches a training loop with a
+:class:`~lrkit.doctor.Monitor`, warns by default, and on request acts.
+
+Acting (``act=True`` or a set of actions): on a NaN/divergence restore the last good snapshot (kept in CPU memory
+every ``snapshot_every`` healthy steps) and lower the lr; on a spike roll back and skip the next batches (as
+large-model runs recover from loss spikes); on a plateau lower the lr. Raising the lr of a crawling run is only
+done when ``"raise_lr"`` is asked for explicitly.
+
+Example::
+
+    guard = MonitorGuard(model, optimizer, act=True)
+    for step, (x, y) in enumerate(loader):
+        if guard.should_skip():
+            continue
+        loss = loss_fn(model(x), y); optimizer.zero_grad(); loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        guard.update(step, loss.item(), grad_norm=float(gn))
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+from lrkit.doctor.monitor import Event, Monitor
+from lrkit.errors import LrkitError, missing_extra
+
+try:
+    import torch
+except ImportError as e:  # pragma: no cover - exercised only without torch
+    raise missing_extra("torch", "torch") from e
+
+from lrkit.integrations.torch import _to_cpu
+
+log = logging.getLogger("lrkit.monitor")
+DEFAULT_ACTIONS = frozenset({"rollback", "skip_batches", "lower_lr"})
+ALL_ACTIONS = frozenset({"rollback", "skip_batches", "lower_lr", "raise_lr"})
+
+
+def resolve_actions(act: bool | str | Iterable[str]) -> frozenset[str]:
+    """``False`` -> warn only; ``True`` -> rollback, skip_batches, lower_lr; or an explicit set of actions."""
+    if act is False or act is None:
+        return frozenset()
+    if act is True:
+        return DEFAULT_ACTIONS
+    acts = frozenset([act] if isinstance(act, str) else act)
+    bad = acts - ALL_ACTIONS
+    if bad:
+        raise LrkitError(f"unknown action(s) {sorted(bad)}; choose from {sorted(ALL_ACTIONS)} (or act=True/False)")
+    return acts
+
+
+def scale_lr(optimizer: Any, factor: float, scheduler: Any = None) -> None:
+    """Multiply every param group's lr by ``factor`` (and a scheduler's base lrs, so it keeps the change)."""
+    for g in optimizer.param_groups:
+        g["lr"] = g["lr"] * factor
+        if "initial_lr" in g:
+            g["initial_lr"] = g["initial_lr"] * factor
+    if scheduler is not None and hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = [b * factor for b in scheduler.base_lrs]
+
+
+class Snapshots:
+    """The last good state of a model and its optimiser, in CPU memory."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: Any) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.state: tuple[dict, dict] | None = None
+        self.step: int | None = None
+
+    def take(self, step: int) -> None:
+        self.state = (_to_cpu(self.model.state_dict()), _to_cpu(self.optimizer.state_dict()))
+        self.step = int(step)
+
+    def restore(self) -> bool:
+        """Put the last snapshot back, keeping the optimiser's current lrs; False when there is none yet."""
+        if self.state is None:
+            return False
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.model.load_state_dict(self.state[0])
+        self.optimizer.load_state_dict(self.state[1])
+        for g, lr in zip(self.optimizer.param_groups, lrs):
+            g["lr"] = lr
+        return True
+
+
+def handle(events: list[Event], acts: frozenset[str], snaps: Snapshots | None, monitor: Monitor, optimizer: Any,
+           step: int, scheduler: Any = None, skip_batches: int = 0) -> int:
+    """Warn about each event and carry out the allowed actions; returns how many batches to skip from now."""
+    skip = 0
+    for ev in events:
+        acted = ""
+        if ev.action in acts:
+            if ev.action in ("rollback", "skip_batches"):
+                if snaps is not None and snaps.restore():
+                    acted = f"restored the snapshot of step {snaps.step}"
+                    monitor.reset_after_rollback(step)
+                else:
+                    acted = "no snapshot yet to restore"
+                if ev.action == "skip_batches":
+                    skip = max(skip, skip_batches)
+                    acted += f", skipping the next {skip_batches} batches"
+            if ev.factor is not None and optimizer is not None and ev.action in ("rollback", "lower_lr", "raise_lr"):
+                scale_lr(optimizer, ev.factor, scheduler)
+                acted += f"{', ' if acted else ''}lr x{ev.factor:g} -> {optimizer.param_groups[0]['lr']:.3g}"
+        msg = f"lrkit monitor [{ev.kind}] step {ev.step}: {ev.message}" + (f" ({acted})" if acted else
+                                                                           f" (suggested: {ev.action})")
+        log.warning(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    return skip
+
+
+class MonitorGuard:
+    """Watch a PyTorch loop: ``update(step, loss, grad_norm=None)`` after each optimiser step.
+
+    ``act``: False (default: warn only), True (rollback, skip_batches, lower_lr) or a set of actions;
+    ``snapshot_every``: steps between last-good snapshots (default 50, CPU memory); ``skip_batches``: batches
+    to skip after a spike (default 2 x snapshot_every); ``scheduler``: an lr scheduler whose base lrs follow
+    the lr changes. Other keyword arguments go to :class:`~lrkit.doctor.Monitor`.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: Any, monitor: Monitor | None = None,
+                 act: bool | str | Iterable[str] = False, snapshot_every: int = 50, skip_batches: int | None = None,
+                 scheduler: Any = None, **monitor_kwargs: Any) -> None:
+        if snapshot_every < 1:
+            raise LrkitError(f"snapshot_every must be >= 1, got {snapshot_every}")
+        self.monitor = monitor if monitor is not None else Monitor(**monitor_kwargs)
+        self.acts = resolve_actions(act)
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.snapshots = Snapshots(model, optimizer)
+        self.snapshot_every = int(snapshot_every)
+        self.skip_batches = 2 * self.snapshot_every if skip_batches is None else int(skip_batches)
+        self._skip = 0
+        self.events: list[Event] = []
+
+    def update(self, step: int, loss: float, grad_norm: float | None = None) -> list[Event]:
+        """Record one optimiser step (the lr is read from the optimiser); warn, and act if asked."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        events = self.monitor.update(step, float(loss), lr=lr, grad_norm=grad_norm)
+        if events:
+            self.events += events
+            self._skip = max(self._skip, handle(events, self.acts, self.snapshots, self.monitor, self.optimizer,
+                                                step, self.scheduler, self.skip_batches))
+        elif self.acts and step % self.snapshot_every == 0 and self.monitor.healthy:
+            self.snapshots.take(step)
+        return events
+
+    def should_skip(self) -> bool:
+        """True while batches are being skipped after a spike (each call consumes one)."""
+        if self._skip > 0:
+            self._skip -= 1
+            return True
+        return False

@@ -1,0 +1,78 @@
+"""transformers callback for the live doctor: :class:`LrMonitorTrainerCallback` feeds each logged row (``loss``
+is the mean over the logging window, ``learning_rate``, ``grad_norm``) to a :class:`~lrkit.doctor.Monitor`
+created with ``window=args.logging_steps`` (a windowed mean needs no spike persistence). It warns by default and,
+with ``act=...``, restores the last good state and lowers the lr, rolls back and skips batches, or lowers the lr
+on a plateau. Snapshots (CPU memory) are taken every ``snapshot_every`` healthy optimiser steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from lrkit.doctor.monitor import Event, Monitor
+from lrkit.errors import missing_extra
+
+try:
+    from transformers import TrainerCallback
+except ImportError as e:  # pragma: no cover - exercised only without transformers
+    raise missing_extra("transformers", "transformers") from e
+
+from lrkit.integrations.torch_monitor import Snapshots, handle, resolve_actions
+
+
+class LrMonitorTrainerCallback(TrainerCallback):
+    """Watch a Hugging Face ``Trainer`` run with the lr doctor (see the module docstring). ``act``: False (warn),
+    True (rollback, skip_batches, lower_lr) or a set of actions; ``stop_on_nan``: stop training on a NaN loss
+    when not acting (default True). Other keyword arguments go to :class:`~lrkit.doctor.Monitor`."""
+
+    def __init__(self, monitor: Monitor | None = None, act: bool | str | Iterable[str] = False,
+                 snapshot_every: int = 50, skip_batches: int | None = None, stop_on_nan: bool = True,
+                 **monitor_kwargs: Any) -> None:
+        self.monitor = monitor
+        self._monitor_kwargs = monitor_kwargs
+        self.acts = resolve_actions(act)
+        self.snapshot_every = int(snapshot_every)
+        self.skip_batches = 2 * self.snapshot_every if skip_batches is None else int(skip_batches)
+        self.stop_on_nan = stop_on_nan
+        self.events: list[Event] = []
+        self._snaps: Snapshots | None = None
+        self._skip = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                       **kwargs: Any) -> None:
+        if self.monitor is None:
+            self.monitor = Monitor(**{"window": max(int(args.logging_steps), 1) if args.logging_steps > 1 else None,
+                                      "check_after": 10, "patience": 50, "cooldown": 10,
+                                      **self._monitor_kwargs})
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                    **kwargs: Any) -> None:
+        if self.acts and model is not None and optimizer is not None:
+            if self._snaps is None:
+                self._snaps = Snapshots(model, optimizer)
+                self._snaps.take(state.global_step)
+            elif state.global_step % self.snapshot_every == 0 and self.monitor.healthy:
+                self._snaps.take(state.global_step)
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if self._skip > 0 and model is not None:  # skipping after a spike: no gradient, no update
+            self._skip -= 1
+            for p in model.parameters():
+                p.grad = None
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, model: Any = None,
+               optimizer: Any = None, lr_scheduler: Any = None, **kwargs: Any) -> None:
+        if not logs or "loss" not in logs or self.monitor is None:
+            return
+        events = self.monitor.update(state.global_step, float(logs["loss"]), lr=logs.get("learning_rate"),
+                                     grad_norm=logs.get("grad_norm"))
+        if not events:
+            return
+        self.events += events
+        if self._snaps is None and model is not None and optimizer is not None:
+            self._snaps = Snapshots(model, optimizer)
+        self._skip = max(self._skip, handle(events, self.acts, self._snaps, self.monitor, optimizer,
+                                            state.global_step, lr_scheduler, self.skip_batches))
+        if self.stop_on_nan and not self.acts and any(e.kind == "nan" for e in events):
+            control.should_training_stop = True
