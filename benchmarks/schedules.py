@@ -27,6 +27,18 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def interleaved(a, b, repeats: int) -> tuple[float, float]:
+    """Median seconds of ``a`` and of ``b``, run alternately so that both see the same machine load."""
+    a(), b()
+    ta, tb = [], []
+    for _ in range(repeats):
+        for fn, out in ((a, ta), (b, tb)):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb)
+
+
 def vectorised(n: int, repeats: int) -> None:
     t = np.arange(n)
     cases = {
@@ -35,7 +47,7 @@ def vectorised(n: int, repeats: int) -> None:
                                                                 decay_steps=n, end_value=3e-5))),
         "onecycle": (S.onecycle(1e-2, n, convention="optax"),
                      ("cosine_onecycle_schedule", dict(transition_steps=n, peak_value=1e-2))),
-        "wsd(1-sqrt)": (S.wsd(1e-3, n, warmup=1000, cooldown="1-sqrt"), None),
+        "wsd(1-sqrt)": (S.wsd(1e-3, n, warmup=n // 100, cooldown="1-sqrt"), None),
         "sgdr x2": (S.cosine_restarts(1e-3, 1000, period_mult=2.0, decay=0.9), None),
         "step/multistep": (S.multistep(0.1, [n // 3, 2 * n // 3]),
                            ("piecewise_constant_schedule", dict(init_value=0.1,
@@ -100,16 +112,15 @@ def per_step(steps: int, repeats: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, make_peer, ours in cases:
-            tp = median_time(run(make_peer), repeats) / steps * 1e6
-            tl = median_time(run(lambda o: S.torch_scheduler(o, ours)), repeats) / steps * 1e6  # noqa: B023
-            print(f"   {name:<30}{tp:>14.2f}{tl:>15.2f}{tl / tp:>8.2f}")
+            tp, tl = interleaved(run(make_peer), run(lambda o: S.torch_scheduler(o, ours)), repeats)  # noqa: B023
+            print(f"   {name:<30}{tp / steps * 1e6:>14.2f}{tl / steps * 1e6:>15.2f}{tl / tp:>8.2f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000, help="steps for the vectorised part (default 1e6)")
     ap.add_argument("--steps", type=int, default=5_000, help="scheduler.step() calls per run (default 5000)")
-    ap.add_argument("--repeats", type=int, default=7, help="runs per measurement (median; default 7)")
+    ap.add_argument("--repeats", type=int, default=9, help="runs per measurement (median; default 9)")
     args = ap.parse_args()
     vectorised(args.n, args.repeats)
     per_step(args.steps, args.repeats)

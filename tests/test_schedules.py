@@ -45,6 +45,8 @@ EXAMPLES = [
     "join([constant(0.1), constant(0.01), cosine(0.01, 50)], [100, 200])",
     "warmup(10) >> plateau(constant(0.001), patience=2)",
     "ramp(1e-07, 10.0, 100)",
+    "shift(warmup(10) >> cosine(0.01, 100), 1)",
+    "shift(onecycle(0.01, 100), -20)",
 ]
 
 
@@ -59,6 +61,46 @@ def test_spec_dict_pickle_round_trip_and_scalar_path(spec):
     scalar = np.array([s(int(t)) for t in T[::7]])
     np.testing.assert_allclose(scalar, v[::7], rtol=1e-12, atol=0)
     assert isinstance(s(3), float)
+
+
+def test_long_arrays_are_evaluated_in_blocks_with_the_same_values():
+    s = S.parse("warmup(500) >> cosine_restarts(0.001, 1000, period_mult=2.0, decay=0.9)")
+    t = np.arange(300_000)
+    v = s(t)
+    idx = np.r_[0:5, 65530:65542, 299_990:300_000, 1500, 3500, 7500]
+    np.testing.assert_allclose(v[idx], [s(int(i)) for i in idx], rtol=1e-12)
+    assert s(t.reshape(3, -1)).shape == (3, 100_000)
+
+
+# random trees of families and combinators: spec/dict round trip is exact and values agree
+leaf = st.one_of(
+    st.builds(lambda p, n: S.cosine(p, n, final=p / 10), st.floats(1e-5, 1.0), st.integers(1, 500)),
+    st.builds(lambda p, n: S.linear(p, p / 2, n), st.floats(1e-5, 1.0), st.integers(1, 500)),
+    st.builds(lambda p, n, pct: S.onecycle(p, n, pct), st.floats(1e-5, 1.0), st.integers(50, 500),
+              st.floats(0.1, 0.5)),
+    st.builds(lambda p: S.exponential(p, 0.99), st.floats(1e-5, 1.0)),
+    st.builds(lambda p, n: S.constant(p, steps=n), st.floats(1e-5, 1.0), st.integers(1, 300)),
+)
+
+
+def _extend(children):
+    finite = children.filter(lambda s: s.length is not None)
+    return st.one_of(
+        st.builds(lambda s, w: S.warmup(s, w), children, st.integers(1, 100)),
+        st.builds(lambda a, b: a >> b, finite, children),
+        st.builds(lambda s, f: s * f, children, st.floats(0.1, 2.0)),
+        st.builds(lambda s, lo: S.clamp(s, low=lo), children, st.floats(0, 1e-4)),
+        st.builds(lambda s: S.cycle(s), finite),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(s=st.recursive(leaf, _extend, max_leaves=5))
+def test_random_trees_round_trip(s):
+    again = S.parse(str(s))
+    assert again == s and S.from_dict(s.to_dict()) == s
+    t = np.arange(0, 1500, 7)
+    np.testing.assert_allclose(again(t), s(t), rtol=1e-12)
 
 
 def test_str_is_canonical_for_the_issue_example():

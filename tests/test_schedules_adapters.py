@@ -174,6 +174,34 @@ def test_keras_schedule_config_round_trip_and_training():
         S.keras_schedule("plateau(0.1)")
 
 
+def test_every_kind_runs_in_keras_ops():
+    keras = pytest.importorskip("keras")
+    from test_schedules import EXAMPLES
+
+    t = np.arange(0, 400, 3)
+    for spec in EXAMPLES:
+        s = S.parse(spec)
+        if s._stateful():
+            continue
+        ks = S.keras_schedule(s)
+        got = np.array([float(keras.ops.convert_to_numpy(ks(int(i)))) for i in t[::9]])
+        np.testing.assert_allclose(got, s(t[::9]), rtol=2e-5, atol=1e-9, err_msg=spec)
+
+
+def test_every_kind_is_jit_traceable():
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+    from test_schedules import EXAMPLES
+
+    t = np.arange(0, 400)
+    for spec in EXAMPLES:
+        s = S.parse(spec)
+        if s._stateful():
+            continue
+        got = np.asarray(jax.jit(s.to_optax())(jnp.asarray(t)))
+        np.testing.assert_allclose(got, s(t), rtol=2e-5, atol=1e-9, err_msg=spec)
+
+
 # ---- optax ------------------------------------------------------------------------------------------------------
 
 def test_optax_schedule_under_jit_and_inject_hyperparams():

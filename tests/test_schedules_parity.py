@@ -140,6 +140,24 @@ def test_transformers_parity(name, kw, ours, n):
     np.testing.assert_allclose(ours(np.arange(n)), hf_lrs(name, n, **kw), rtol=RTOL, atol=1e-15)
 
 
+@pytest.mark.parametrize("name, kw", [
+    ("linear", {}), ("cosine", {}), ("cosine_with_restarts", {"num_cycles": 2}), ("polynomial", {"power": 3.0}),
+    ("constant", {}), ("constant_with_warmup", {}), ("inverse_sqrt", {}), ("cosine_with_min_lr", {"min_lr": 1e-3}),
+    ("cosine_warmup_with_min_lr", {"min_lr_rate": 0.1}),
+    ("warmup_stable_decay", {"num_decay_steps": 50, "min_lr_ratio": 0.1}),
+])
+def test_transformers_presets_match_get_scheduler(name, kw):
+    ours = S.presets.transformers(name, LR, W, N, **kw)
+    n = N if "cosine" in name else N + 20  # past N transformers' cosines swing back up; lrkit holds
+    np.testing.assert_allclose(ours(np.arange(n)), hf_lrs(name, n, **kw), rtol=RTOL, atol=1e-15, err_msg=str(ours))
+
+
+def test_transformers_cosine_warmup_with_min_lr_is_one_step_ahead():
+    theirs = hf_lrs("cosine_warmup_with_min_lr", 3, min_lr_rate=0.1)
+    assert theirs[0] == pytest.approx(LR / W)  # not 0: its warmup is (t + 1) / W
+    assert (S.warmup(W) >> S.cosine(LR, N - W, final=0.1 * LR))(0) == 0.0
+
+
 def test_transformers_warmup_starts_at_zero_like_lrkit():
     assert hf_lrs("linear", 1)[0] == 0.0 == (S.warmup(W) >> S.linear(LR, 0.0, N - W))(0)
 
@@ -168,6 +186,8 @@ def optax_cases():
          S.constant(LR, steps=20) >> S.exponential(LR, 0.8, 10)),
         (optax.warmup_cosine_decay_schedule(1e-3, LR, 20, 100, end_value=1e-4),
          S.warmup(20, start=1e-3 / LR) >> S.cosine(LR, 80, final=1e-4)),
+        (optax.warmup_cosine_decay_schedule(0.0, LR, 15, 120, end_value=1e-3, exponent=2.0),
+         S.presets.optax_warmup_cosine_decay(0.0, LR, 15, 120, 1e-3, 2.0)),
         (optax.warmup_exponential_decay_schedule(0.0, LR, 15, 10, 0.7),
          S.warmup(15) >> S.exponential(LR, 0.7, 10)),
         (optax.piecewise_constant_schedule(LR, {30: 0.1, 70: 0.1}), S.multistep(LR, [30, 70], 0.1)),
@@ -211,6 +231,8 @@ def test_keras_parity(keras64):
         (ks.CosineDecay(LR, 90, alpha=0.1), S.cosine(LR, 90, final=0.1 * LR)),
         (ks.CosineDecay(1e-3, 90, alpha=0.1, warmup_target=LR, warmup_steps=25),
          S.warmup(25, start=1e-3 / LR) >> S.cosine(LR, 90, final=0.1 * LR)),
+        (ks.CosineDecay(1e-3, 90, alpha=0.1, warmup_target=LR, warmup_steps=25),
+         S.presets.keras_cosine_decay(1e-3, 90, alpha=0.1, warmup_target=LR, warmup_steps=25)),
         (ks.CosineDecayRestarts(LR, 10, t_mul=2.0, m_mul=0.5, alpha=0.1),
          S.cosine_restarts(LR, 10, 0.1 * LR, 2.0, 0.5, decay_span=True)),
         # Keras switches at step > boundary, lrkit at step >= boundary: add 1

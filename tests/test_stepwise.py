@@ -102,6 +102,15 @@ def test_monotone_then_nan_bisects_the_divergence_edge(factor, threshold):
     assert below.lr == r.lr and below.rule == "below_edge"
 
 
+def test_still_improving_at_max_lr():
+    start, factor, max_lr = 1e-3, 3.0, 1.0
+    r = stepwise(lambda lrs, seed: [1.0 / (1.0 + lr) for lr in lrs], start, factor, max_lr=max_lr)
+    g = 2 ** rounds(factor, 1.5)
+    top = math.floor(math.log(max_lr / start) / math.log(factor) * g) / g  # largest refined grid point <= max_lr
+    assert r.lr == _clean(start * factor ** top) and r.edge_lr is None
+    assert "reached max_lr=1" in r.stop_reason and max(t.lr for t in r.trials) <= max_lr
+
+
 def _noisy_step(lrs, seed):
     """Improving up to 0.1, NaN from 1; seed 0 at lr 0.1 is a bad draw (+0.12), seed 1 there is good."""
     table = {1e-4: 1.5, 1e-3: 1.2, 1e-2: 1.0}
@@ -181,6 +190,7 @@ def test_maximize_and_determinism_and_lookahead():
     (dict(factor=0.5), "factor must be > 1"), (dict(margin=-0.1), "margin must be"),
     (dict(max_seeds=0), "max_seeds must be an integer >= 1"), (dict(resolution=1.0), "resolution must be > 1"),
     (dict(choose="middle"), "choose must be one of"), (dict(max_lr=1e-7), "max_lr"),
+    (dict(noise=-1.0), "noise must be None"), (dict(lookahead=0), "lookahead must be an integer >= 1"),
 ])
 def test_bad_settings(kwargs, words):
     args = dict(start=1e-6, factor=3.0) | kwargs

@@ -183,6 +183,7 @@ def lightning_suggestion(curve: dict) -> float | None:
     """Lightning's ``_LRFinder.suggestion()`` (steepest gradient w.r.t. lr, skip 10 first / 1 last points),
     applied to a curve recorded with Lightning's tuner defaults (1e-8 .. 1, 100 steps, EMA 0.98, stop at 4x)."""
     import logging
+
     from lightning.pytorch.tuner.lr_finder import _LRFinder
     logging.getLogger("lightning.pytorch.tuner.lr_finder").setLevel(logging.CRITICAL)
     f = _LRFinder("exponential", 1e-8, 1.0, 100)

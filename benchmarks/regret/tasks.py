@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -73,7 +73,7 @@ def _t(a, dtype=torch.float32):
     return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tabular(name: str):
     from sklearn import datasets
     if name == "digits":
@@ -247,7 +247,7 @@ def _build_cnn(seed: int):
     return model, (xtr, ytr), (xva, yva), nn.CrossEntropyLoss()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _gru_data():
     return (_markov_text(2000, 24, 16, chain_seed=1, data_seed=2), _markov_text(300, 24, 16, chain_seed=1,
                                                                                    data_seed=3))
@@ -259,7 +259,7 @@ def _build_gru(seed: int):
     return LM(16, "gru"), (tr, tr), (va, va), lm_loss
 
 
-@lru_cache(maxsize=None)
+@cache
 def _dyck_data():
     return _dyck_text(2000, 24, 4), _dyck_text(300, 24, 5)
 
@@ -270,7 +270,7 @@ def _build_lstm(seed: int):
     return LM(10, "lstm", hidden=48), (tr, tr), (va, va), lm_loss
 
 
-@lru_cache(maxsize=None)
+@cache
 def _ft_data():
     kw = dict(seq_len=_GPT_LEN, vocab=_GPT_VOCAB, chain_seed=11, mix=0.2, mix_seed=21)
     return _markov_text(64, data_seed=31, **kw), _markov_text(512, data_seed=32, **kw)

@@ -10,20 +10,28 @@ from typing import Any
 
 from lrkit import schedules
 from lrkit.curve import Curve
+from lrkit.doctor import Diagnosis, Monitor, diagnose, read_log
 from lrkit.errors import LrkitError
 from lrkit.finder import FinderResult, Trainer, range_test
+from lrkit.stepwise import StepwiseResult, stepwise, stepwise_search
 from lrkit.suggest import Suggestion, suggest
+
+# imported as a function on purpose: `lrkit.sweep(...)` is the API, and binding it here, after the submodule
+# has loaded, keeps the name pointing at the function rather than at the module lrkit.sweep
+from lrkit.sweep import SweepResult, sweep  # noqa: I001
 
 __version__ = "0.1.0"
 
-# public names that live behind an optional framework or a heavier module, loaded on first use
+# public names that live behind an optional framework, loaded on first use
 _LAZY = {
     "find_lr": "lrkit.integrations.torch",
     "TorchTrainer": "lrkit.integrations.torch",
+    "torch_scheduler": "lrkit.integrations.torch_scheduler",
 }
 
 __all__ = [
-    "Curve", "FinderResult", "LrkitError", "Suggestion", "Trainer", "range_test", "schedules", "suggest",
+    "Curve", "Diagnosis", "FinderResult", "LrkitError", "Monitor", "StepwiseResult", "Suggestion", "SweepResult",
+    "Trainer", "diagnose", "range_test", "read_log", "schedules", "stepwise", "stepwise_search", "suggest", "sweep",
     *_LAZY,
 ]
 

@@ -106,50 +106,65 @@ def robust_slope(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarra
 
 
 class RobustZ:
-    """Online robust z-score of each new value against the recent past: O(1) per update.
+    """Online robust z-score of each new value against its forecast from the recent past: O(1) per update.
 
-    The location is an EMA and the scale an EMA of absolute deviations (times sqrt(pi/2)), both updated with the
-    deviation clipped to ``clip`` scales (Huber), so outliers barely move them. ``beta`` sets the memory
-    (about ``1/(1-beta)`` values, default 0.95 = 20 values); the first ``min_periods`` values only warm up and
-    score 0. A non-finite value scores +inf and does not update the statistics.
+    The forecast is a damped Holt linear trend (level + slope, both EMAs), so a loss that is still falling fast
+    does not look noisy; the scale is an EMA of absolute forecast errors (times sqrt(pi/2)). Level, slope and
+    scale are updated with the error clipped to ``clip`` scales (Huber), so outliers barely move them. ``beta``
+    sets the memory (about ``1/(1-beta)`` values, default 0.95 = 20 values); the first ``min_periods`` values only
+    warm up (a robust line through them starts level, slope and scale) and score 0. A non-finite value scores +inf and does not update the statistics.
     """
 
-    __slots__ = ("beta", "clip", "min_periods", "_n", "_loc", "_scale")
+    __slots__ = ("beta", "clip", "min_periods", "_n", "_loc", "_slope", "_scale", "_warm")
 
     def __init__(self, beta: float = 0.95, clip: float = 3.0, min_periods: int = 10) -> None:
         if not 0.0 < beta < 1.0:
             raise LrkitError(f"RobustZ beta must be in (0, 1), got {beta!r}")
         self.beta, self.clip, self.min_periods = float(beta), float(clip), int(min_periods)
-        self._n, self._loc, self._scale = 0, 0.0, 0.0
+        self._n, self._loc, self._slope, self._scale = 0, 0.0, 0.0, 0.0
+        self._warm: list[float] = []
 
     def update(self, value: float) -> float:
-        """Score ``value`` against the statistics so far, then fold it in; returns the z-score."""
+        """Score ``value`` against the forecast from the values so far, then fold it in; returns the z-score."""
         v = float(value)
         if not math.isfinite(v):
             return math.inf
         self._n += 1
-        if self._n == 1:
-            self._loc = v
+        if self._n <= max(self.min_periods, 2):  # warm-up: collect, then start from a robust line through them
+            self._warm.append(v)
+            if self._n == max(self.min_periods, 2):
+                x = np.arange(len(self._warm), dtype=np.float64)
+                w = np.asarray(self._warm)
+                slope = robust_slope(x, w)
+                self._slope = 0.0 if math.isnan(slope) else slope
+                resid = w - self._slope * x
+                icpt = float(np.median(resid))
+                self._loc = icpt + self._slope * x[-1]
+                self._scale = _MAD_TO_STD * float(np.mean(np.abs(resid - icpt)))
+                self._warm = []
             return 0.0
-        dev = v - self._loc
-        floor = 1e-8 * max(abs(self._loc), 1e-12)
-        z = dev / max(self._scale, floor) if self._n > self.min_periods else 0.0
-        if self._n <= self.min_periods:  # warm-up: plain running mean / mean absolute deviation
-            w = 1.0 / self._n
-            self._loc += w * dev
-            self._scale += w * (_MAD_TO_STD * abs(dev) - self._scale)
-            return 0.0
+        pred = self._loc + self._slope
+        dev = v - pred
+        floor = 1e-8 * max(abs(pred), 1e-12)
+        z = dev / max(self._scale, floor)
         lim = self.clip * max(self._scale, floor)
         d = min(max(dev, -lim), lim)
         a = 1.0 - self.beta
-        self._loc += a * d
+        new_loc = pred + a * d
+        self._slope += a * (new_loc - self._loc - self._slope)
+        self._loc = new_loc
         self._scale += a * (_MAD_TO_STD * abs(d) - self._scale)
         return z
 
     @property
     def loc(self) -> float:
-        """The current robust location (the baseline a new value is compared with)."""
+        """The current robust level (the baseline a new value is compared with, before the slope)."""
         return self._loc
+
+    @property
+    def forecast(self) -> float:
+        """The value expected next (level + slope)."""
+        return self._loc + self._slope
 
     @property
     def scale(self) -> float:
@@ -157,10 +172,12 @@ class RobustZ:
         return self._scale
 
     def state_dict(self) -> dict:
-        return {"n": self._n, "loc": self._loc, "scale": self._scale}
+        return {"n": self._n, "loc": self._loc, "slope": self._slope, "scale": self._scale, "warm": list(self._warm)}
 
     def load_state_dict(self, state: dict) -> None:
         self._n, self._loc, self._scale = int(state["n"]), float(state["loc"]), float(state["scale"])
+        self._slope = float(state.get("slope", 0.0))
+        self._warm = [float(v) for v in state.get("warm", [])]
 
 
 def rolling_robust_z(values: Sequence[float] | np.ndarray, beta: float = 0.95, clip: float = 3.0,

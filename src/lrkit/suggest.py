@@ -157,6 +157,7 @@ class CurveFit:
     log_lrs: np.ndarray
     fitted: np.ndarray         # the smooth loss at each recorded lr
     noise: float               # robust std of the raw points around the fit
+    fit_noise: float           # std of the fit itself: noise / sqrt(points under the kernel)
     start_loss: float          # fitted loss at the low end of the ramp
     min_loss: float            # lowest fitted loss
     lr_min: float              # lr at the lowest fitted loss
@@ -165,6 +166,7 @@ class CurveFit:
     steep_interval: tuple[float, float]  # where the fit falls at >= half its fastest rate
     diverged: bool             # the curve turned up clearly (or ended in NaN/inf) after its minimum
     rise: float                # how far the fit climbed after the minimum, in units of the descent
+    rise_significance: float   # how far the fit climbed after the minimum, in units of fit_noise
 
 
 def _local_linear(x: np.ndarray, y: np.ndarray, h: float, w0: np.ndarray) -> np.ndarray:
@@ -195,7 +197,8 @@ def fit_curve(lrs: np.ndarray, losses: np.ndarray, bandwidth: float | None = Non
     fitted = _local_linear(x, y, h, w)
     for _ in range(2):  # robustness iterations: points far off the fit (spikes) lose their weight
         r = y - fitted
-        s = 6.0 * max(float(np.median(np.abs(r))), 1e-12)
+        # the scale of "far off": 6 MADs, but never below 1% of the loss level (a clean curve has MAD ~ 0)
+        s = 6.0 * max(float(np.median(np.abs(r))), 0.01 * abs(float(np.median(y))), 1e-12)
         w = np.clip(1.0 - (r / s) ** 2, 0.0, None) ** 2
         # the final run of points above the fit is the divergence itself, not a spike: keep its weight
         below = np.flatnonzero(r <= 0)
@@ -204,6 +207,8 @@ def fit_curve(lrs: np.ndarray, losses: np.ndarray, bandwidth: float | None = Non
             w = np.ones(n)
         fitted = _local_linear(x, y, h, w)
     noise = 1.4826 * float(np.median(np.abs(y - fitted)))
+    k_eff = max(1.0, np.sqrt(2 * np.pi) * h / max(spacing, 1e-12))
+    fit_noise = max(noise / np.sqrt(k_eff), 1e-9 * max(abs(float(np.median(y))), 1e-300))
     i_min = int(np.argmin(fitted))
     start = float(np.median(fitted[: max(3, n // 20)]))
     lo = float(fitted[i_min])
@@ -212,7 +217,8 @@ def fit_curve(lrs: np.ndarray, losses: np.ndarray, bandwidth: float | None = Non
     above = np.flatnonzero(after > lo + diverge_level * depth)
     lr_div = float(10 ** x[i_min + above[0]]) if above.size else None
     rise = float((after.max() - lo) / depth)
-    diverged = ended_nonfinite or lr_div is not None or rise > 0.5
+    rise_sig = float((after.max() - lo) / fit_noise)
+    diverged = ended_nonfinite or (rise_sig > 4 and (lr_div is not None or rise > 0.5))
     if lr_div is None and diverged:
         lr_div = float(10 ** x[-1]) if ended_nonfinite or rise > 0.5 else None
     slope = np.gradient(fitted, x) if n > 1 else np.zeros(1)
@@ -226,8 +232,8 @@ def fit_curve(lrs: np.ndarray, losses: np.ndarray, bandwidth: float | None = Non
         a -= 1
     while b + 1 in fast_set:
         b += 1
-    return CurveFit(x, fitted, noise, start, lo, float(10 ** x[i_min]), lr_div, float(10 ** x[j]),
-                    (float(10 ** x[a]), float(10 ** x[b])), diverged, rise)
+    return CurveFit(x, fitted, noise, fit_noise, start, lo, float(10 ** x[i_min]), lr_div, float(10 ** x[j]),
+                    (float(10 ** x[a]), float(10 ** x[b])), diverged, rise, rise_sig)
 
 
 #: How far below the divergence point the robust rule picks, per optimiser family (measured on
@@ -271,28 +277,25 @@ def robust(lrs: np.ndarray, losses: np.ndarray, *, ended_nonfinite: bool = False
     fit = fit_curve(lrs, losses, ended_nonfinite=ended_nonfinite)
     n = len(lrs)
     depth = fit.start_loss - fit.min_loss
-    # noise of the fit, not of a point: about sqrt(points under the kernel) smaller
-    spacing = float(np.median(np.diff(np.log10(lrs))))
-    k_eff = max(1.0, np.sqrt(2 * np.pi) * max(0.2, 2.5 * spacing) / max(spacing, 1e-12))
-    fit_noise = fit.noise / np.sqrt(k_eff)
-    significance = depth / max(fit_noise, 1e-12 * max(abs(fit.start_loss), 1.0))
+    fit_noise = fit.fit_noise
+    significance = depth / fit_noise
     span = float(np.log10(lrs[-1] / lrs[0]))
     i_min = int(np.argmin(fit.fitted))
     family_note = ("" if family else f"; the optimiser family is unknown, so {factor:g}x (between Adam-like 10x and "
                    "SGD's 1.2-4x) is used: pass family='adam'|'sgd' for a sharper pick")
-    if depth <= 0 or significance < 3.0 or depth < 0.01 * abs(fit.start_loss):
-        return Suggestion(None, None, name, f"the loss never fell clearly (a descent of {depth:.3g} against noise "
-                          f"{fit_noise:.3g}): no trustworthy suggestion. Raise end_lr (the ramp may stop before "
-                          "the lr matters), run more steps (num_iter), or check that the model can learn at all",
-                          0.0)
     if i_min < max(3, n // 10) and fit.diverged:
         return Suggestion(None, None, name, f"the loss rose almost from the start (lowest at {fit.lr_min:.3g}, step "
                           f"{i_min} of {n}): the ramp began too high. Lower start_lr (e.g. to "
                           f"{lrs[0] / 100:.3g}) and run again", 0.0)
+    if depth <= 0 or depth < 0.01 * abs(fit.start_loss) or significance < (2.0 if ended_nonfinite or fit.rise_significance > 10 else 3.5):
+        return Suggestion(None, None, name, f"the loss never fell clearly (a descent of {depth:.3g} against noise "
+                          f"{fit_noise:.3g}): no trustworthy suggestion. Raise end_lr (the ramp may stop before "
+                          "the lr matters), run more steps (num_iter), or check that the model can learn at all",
+                          0.0)
     if fit.diverged and fit.lr_diverge is not None:
         lr_div = fit.lr_diverge
         why_div = ("the loss became NaN/inf" if ended_nonfinite and fit.rise <= 0.25
-                   else "the smoothed loss climbs back a quarter of its descent")
+                   else "the fitted loss climbs back a quarter of its descent")
         lr = lr_div / factor
         lo = max(lr / 3.0, float(lrs[0]))
         hi = min(lr * 2.5, lr_div / 1.2)
@@ -314,3 +317,57 @@ def robust(lrs: np.ndarray, losses: np.ndarray, *, ended_nonfinite: bool = False
                       f"the loss was still falling at the end of the ramp ({lr_end:.3g}) without diverging, so "
                       f"{lr:.3g} ({factor:g}x below the end) is only a lower bound of a good lr. Raise end_lr "
                       f"(e.g. to {lr_end * 100:.3g}) so the ramp reaches divergence" + family_note, 0.25)
+
+
+# ---- recipe: from a suggestion to a schedule spec ------------------------------------------------------------
+SCHEDULES = ("onecycle", "cosine", "wsd")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A peak lr, warmup and decay for a schedule family, as a spec that :func:`lrkit.schedules.parse` accepts."""
+
+    schedule: str
+    peak_lr: float
+    warmup_steps: int
+    total_steps: int
+    spec: str
+    reason: str
+
+
+def recipe(result, schedule: str = "onecycle", total_steps: int = 1000, peak_scale: float = 1.0) -> Recipe:
+    """A training recipe from a suggestion (a :class:`Suggestion` or anything with ``.suggestion``).
+
+    The peak is the suggested lr times ``peak_scale`` (default 1: the benchmark measures the suggestion as a
+    constant lr). Warmup: one-cycle's own 30% ramp; for ``cosine`` and ``wsd`` 5% of ``total_steps`` (10% when
+    the suggestion's confidence is below 0.5). Decay: cosine to peak/100; wsd cools down over the last 20%.
+    """
+    sug = result if isinstance(result, Suggestion) else getattr(result, "suggestion", None)
+    if not isinstance(sug, Suggestion):
+        raise LrkitError(f"recipe needs a Suggestion or a result with .suggestion, got {type(result).__name__}")
+    if schedule not in SCHEDULES:
+        raise LrkitError(f"unknown schedule {schedule!r} for a recipe; choose one of: {', '.join(SCHEDULES)}")
+    if not isinstance(total_steps, (int, np.integer)) or total_steps < 10:
+        raise LrkitError(f"total_steps must be an integer >= 10 (optimiser steps of the whole run), got "
+                         f"{total_steps!r}")
+    if not peak_scale > 0:
+        raise LrkitError(f"peak_scale must be positive, got {peak_scale!r}")
+    if sug.lr is None:
+        raise LrkitError(f"no recipe without a trustworthy suggestion: {sug.reason}")
+    peak = float(f"{sug.lr * peak_scale:.3g}")
+    total = int(total_steps)
+    frac = 0.05 if sug.confidence >= 0.5 else 0.10
+    if schedule == "onecycle":
+        warm = int(round(0.3 * total))
+        spec = f"onecycle({peak:g}, {total})"
+        how = "one-cycle: 30% warmup from peak/25, then cosine down to peak/2.5e5 (torch's convention)"
+    elif schedule == "cosine":
+        warm = max(1, int(round(frac * total)))
+        spec = f"warmup({warm}) >> cosine({peak:g}, {total - warm}, final={peak / 100:.3g})"
+        how = f"{warm} linear warmup steps, then cosine decay to peak/100 over the remaining {total - warm}"
+    else:
+        warm = max(1, int(round(frac * total)))
+        spec = f"wsd({peak:g}, {total}, warmup={warm})"
+        how = f"{warm} warmup steps, hold at the peak, linear cooldown to 0 over the last 20%"
+    reason = f"peak {peak:g} = the suggested lr" + (f" x {peak_scale:g}" if peak_scale != 1 else "") + f"; {how}"
+    return Recipe(schedule, peak, warm, total, spec, reason)

@@ -262,9 +262,11 @@ def diagnose(curve: Curve, thresholds: Thresholds | None = None, **overrides: fl
                                     f"{f['early_peak']:.3g}x its initial value {init:.4g} by step {ss[i0]}",
                                     {"early_peak_ratio": f["early_peak"], "initial": init}))
         elif "rise" in verdicts:
-            ib = int(np.argmin(ema(ys, 1 - 1 / max(5.0, valid / 30))[valid // 10:])) + valid // 10
+            sm = ema(ys, 1 - 1 / max(5.0, valid / 30))
+            near_best = np.nonzero(sm <= best + 0.1 * (final - best))[0]  # the climb begins after the last of these
+            ib = int(near_best[-1]) if near_best.size else int(np.argmin(sm))
             findings.append(Finding("diverging", [int(ss[ib]), int(ss[-1])], f"the loss went down to {best:.4g} "
-                                    f"(step {ss[ib]}) and climbed back to {final:.4g}: {f['rise']:.0%} of the "
+                                    f"and from step {ss[ib]} climbed back to {final:.4g}: {f['rise']:.0%} of the "
                                     "progress lost", {"rise": f["rise"], "best": best, "final": final}))
         elif "ended_higher" in verdicts:
             findings.append(Finding("diverging", [int(ss[0]), int(ss[-1])], f"the loss ended higher ({final:.4g}) "

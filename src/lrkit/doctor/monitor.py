@@ -37,14 +37,16 @@ class Monitor:
     """Online lr doctor: the same statistics and thresholds as :func:`lrkit.diagnose`, O(1) per update.
 
     Keyword arguments: any :class:`~lrkit.doctor.checks.Thresholds` field, plus ``beta`` (loss smoothing,
-    default 0.98), ``patience`` (steps without improvement before a plateau event, default 500),
+    default 0.98), ``patience`` (steps without a ``min_delta`` relative improvement (default 1%) before a plateau
+    event, default 500),
     ``check_after`` (first step the crawl check may fire, default 100), ``cooldown`` (steps before the same kind
     of event may fire again, default 100), ``window`` (the loss is a mean over this many steps, as in Hugging Face
     logs: spikes then need no persistence), ``spike_action`` ("skip_batches" or "rollback").
     """
 
-    def __init__(self, *, beta: float = 0.98, patience: int = 500, check_after: int = 100, cooldown: int = 100,
-                 window: int | None = None, spike_action: str = "skip_batches", **thresholds: float) -> None:
+    def __init__(self, *, beta: float = 0.98, patience: int = 500, min_delta: float = 0.01, check_after: int = 100,
+                 cooldown: int = 100, window: int | None = None, spike_action: str = "skip_batches",
+                 **thresholds: float) -> None:
         bad = [k for k in thresholds if k not in Thresholds.__dataclass_fields__]
         if bad:
             raise LrkitError(f"unknown Monitor threshold(s) {bad}; choose from "
@@ -54,7 +56,7 @@ class Monitor:
         self.t = Thresholds(**thresholds)
         self.beta, self.patience, self.check_after, self.cooldown = float(beta), int(patience), int(check_after), \
             int(cooldown)
-        self.window, self.spike_action = window, spike_action
+        self.window, self.spike_action, self.min_delta = window, spike_action, float(min_delta)
         persistence = 1 if window else self.t.spike_persistence
         self._loss_spikes = SpikeDetector(z=self.t.spike_z, persistence=persistence)
         self._gn_spikes = SpikeDetector(z=self.t.spike_z, persistence=persistence, log=True)
@@ -64,6 +66,7 @@ class Monitor:
         self._init = math.nan
         self._first: list[float] = []
         self._best, self._best_step = math.inf, -1
+        self._ref = math.inf
         self._last_fired: dict[str, int] = {}
         self._diverged = False
         self._hist: list[list[float]] = [[], [], [], []]  # steps, loss, lr, grad_norm (downsampled when long)
@@ -88,7 +91,9 @@ class Monitor:
             self._first.append(loss)
             self._init = min(self._first[0], float(np.median(self._first)))
         if sm < self._best:
-            self._best, self._best_step = sm, step
+            self._best = sm
+        if sm < self._ref * (1.0 - self.min_delta) if self._ref > 0 else sm < self._ref - self.min_delta:
+            self._ref, self._best_step = sm, step  # a significant improvement (plateau clock restarts)
         started, _ = self._loss_spikes.update(step, loss)
         gn_started = None
         if grad_norm is not None and math.isfinite(grad_norm) and grad_norm > 0:
@@ -110,8 +115,8 @@ class Monitor:
         if self._n >= self.check_after and not self._diverged:
             drop = (init - sm) / abs(init) if init else 0.0
             if step - self._best_step >= self.patience and drop >= t.slow_drop:
-                self._fire(out, "plateau", step, f"no improvement of the smoothed loss ({self._best:.4g}) for "
-                           f"{step - self._best_step} steps", "lower_lr", 0.5)
+                self._fire(out, "plateau", step, f"no {self.min_delta:.0%} improvement of the smoothed loss "
+                           f"({self._ref:.4g}) for {step - self._best_step} steps", "lower_lr", 0.5)
             elif drop < t.flat_drop:
                 self._fire(out, "too_slow", step, f"after {self._n} steps the loss is flat ({init:.4g} -> {sm:.4g}): "
                            "raise the lr about 10x", "raise_lr", 10.0)
@@ -140,7 +145,7 @@ class Monitor:
         """Tell the Monitor the model was restored (the lr may have changed): re-arm the divergence checks."""
         self._diverged = False
         self._ema = EMA(self.beta)
-        self._best, self._best_step = math.inf, int(step)
+        self._best, self._best_step, self._ref = math.inf, int(step), math.inf
 
     @property
     def healthy(self) -> bool:
@@ -189,6 +194,7 @@ class Monitor:
         """Everything needed to resume exactly (plain Python types, JSON/pickle friendly)."""
         return {"thresholds": dict(self.t.__dict__), "beta": self.beta, "patience": self.patience,
                 "check_after": self.check_after, "cooldown": self.cooldown, "window": self.window,
+                "min_delta": self.min_delta, "ref": self._ref,
                 "spike_action": self.spike_action,
                 "loss_spikes": self._loss_spikes.state_dict(), "gn_spikes": self._gn_spikes.state_dict(),
                 "ema": [self._ema._avg, self._ema._n], "spread": [self._spread._avg, self._spread._n],
@@ -200,7 +206,8 @@ class Monitor:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` (thresholds included)."""
-        self.__init__(beta=state["beta"], patience=state["patience"], check_after=state["check_after"],
+        self.__init__(beta=state["beta"], patience=state["patience"], min_delta=state["min_delta"],
+                      check_after=state["check_after"],
                       cooldown=state["cooldown"], window=state["window"], spike_action=state["spike_action"],
                       **state["thresholds"])
         self._loss_spikes.load_state_dict(state["loss_spikes"])
@@ -209,6 +216,7 @@ class Monitor:
         self._spread._avg, self._spread._n = float(state["spread"][0]), int(state["spread"][1])
         self._n, self._init, self._first = int(state["n"]), float(state["init"]), list(state["first"])
         self._best, self._best_step = float(state["best"][0]), int(state["best"][1])
+        self._ref = float(state["ref"])
         self._last_fired = {k: int(v) for k, v in state["last_fired"].items()}
         self._diverged = bool(state["diverged"])
         self._hist = [list(h) for h in state["hist"]]

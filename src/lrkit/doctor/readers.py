@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterable
 
 import numpy as np
@@ -164,7 +165,9 @@ def _csv_dense(path: str, header: list[str], delim: str) -> np.ndarray:
     with open(path, encoding="utf-8", errors="replace") as f:
         f.readline()
         while True:
-            a = np.loadtxt(f, delimiter=delim, dtype=np.float64, max_rows=CHUNK_ROWS, ndmin=2, quotechar='"')
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "input contained no data" at the end of the file
+                a = np.loadtxt(f, delimiter=delim, dtype=np.float64, max_rows=CHUNK_ROWS, ndmin=2, quotechar='"')
             if a.shape[0] == 0:
                 break
             if a.shape[1] != len(header):

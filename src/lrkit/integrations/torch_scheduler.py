@@ -67,6 +67,7 @@ class ScheduleLR(LRScheduler):
         if ratios is not None and len(ratios) != len(groups):
             raise LrkitError(f"got {len(ratios)} ratios for {len(groups)} param groups; give one per group")
         self.ratios = [float(r) for r in (default_ratios if ratios is None else ratios)]
+        self._shared = all(s is self.schedules[0] for s in self.schedules)
         self.momentum = None if momentum is None else _as_schedule(momentum, "momentum")
         if self.momentum is not None and not all("momentum" in g or "betas" in g for g in groups):
             raise LrkitError(f"momentum cycling needs an optimiser with 'momentum' or 'betas', "
@@ -75,13 +76,18 @@ class ScheduleLR(LRScheduler):
 
     def get_lr(self) -> list[float]:
         """The lrs for the current step (``last_epoch``), one per param group."""
-        t = max(self.last_epoch, 0)
+        t = self.last_epoch if self.last_epoch > 0 else 0
+        if self._shared:  # one schedule for all groups: evaluate it once
+            v = self.schedules[0](t)
+            return [v * r for r in self.ratios]
         return [s(t) * r for s, r in zip(self.schedules, self.ratios)]
 
     def _apply(self) -> None:
         lrs = self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, lrs):
-            if isinstance(group["lr"], torch.Tensor):
+            if type(group["lr"]) is float:
+                group["lr"] = lr
+            elif isinstance(group["lr"], torch.Tensor):  # a tensor lr (capturable optimisers) is filled in place
                 group["lr"].fill_(lr)
             else:
                 group["lr"] = lr

@@ -11,8 +11,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from lrkit.schedules import presets
 from lrkit.schedules._base import Schedule, ramp
-from lrkit.schedules.combinators import clamp, cycle, join, mul, scale, sequence, warmup
+from lrkit.schedules.combinators import clamp, cycle, join, mul, scale, sequence, shift, warmup
 from lrkit.schedules.conventions import training_steps
 from lrkit.schedules.families import (
     constant,
@@ -47,7 +48,8 @@ _LAZY = {
 __all__ = [
     "Schedule", "SpecError", "clamp", "constant", "cosine", "cosine_restarts", "cycle", "cyclical", "exponential",
     "from_dict", "inverse_sqrt", "inverse_time", "join", "linear", "mul", "multistep", "onecycle",
-    "onecycle_fastai", "onecycle_momentum", "parse", "plateau", "polynomial", "ramp", "scale", "sequence", "step",
+    "onecycle_fastai", "onecycle_momentum", "parse", "plateau", "polynomial", "presets", "ramp", "scale", "sequence",
+    "shift", "step",
     "training_steps", "warmup", "wsd", *_LAZY,
 ]
 

@@ -282,3 +282,28 @@ def clamp(schedule: Schedule, low: float | None = None, high: float | None = Non
     lo = None if low is None else ck.lr(w, "low", low)
     hi = None if high is None else ck.number(w, "high", high, low=lo or 0.0, fix="high must be >= low")
     return _Clamp(schedule=ck.schedule(w, "schedule", schedule), low=lo, high=hi)
+
+
+class _Shift(Schedule):
+    kind = "shift"
+
+    @property
+    def length(self) -> float | None:
+        n = self.schedule.length
+        return None if n is None else max(n - self.steps, 1)
+
+    def _eval(self, xp: Any, t: Any) -> Any:
+        return self.schedule._eval(xp, xp.maximum(t + self.steps, 0.0))
+
+    def phases(self) -> list[tuple[int, str]]:
+        return [(s - self.steps, n) for s, n in self.schedule.phases() if s - self.steps >= 0]
+
+
+@register("shift")
+def shift(schedule: Schedule, steps: int) -> Schedule:
+    """``schedule(t + steps)``: ``steps > 0`` starts it later in its course (an off-by-one convention, or resuming
+    under another step count); ``steps < 0`` delays it, holding ``schedule(0)`` meanwhile."""
+    if not (isinstance(steps, int) and not isinstance(steps, bool)):
+        raise LrkitError(f"shift: steps must be an int (positive: advance, negative: delay), got {steps!r}")
+    s = ck.schedule("shift", "schedule", schedule)
+    return s if steps == 0 else _Shift(schedule=s, steps=steps)

@@ -11,7 +11,7 @@ from typing import Any
 
 from lrkit.errors import LrkitError
 from lrkit.schedules import _check as ck
-from lrkit.schedules._base import Schedule, register
+from lrkit.schedules._base import Schedule, _scalar, register
 from lrkit.schedules.conventions import ANNEALS, anneal, progress
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -40,9 +40,6 @@ class _Step(Schedule):
 
     def _eval(self, xp: Any, t: Any) -> Any:
         return self.lr * self.gamma ** xp.floor(t / self.step_size)
-
-    def phases(self) -> list[tuple[int, str]]:
-        return []
 
 
 @register("step")
@@ -201,6 +198,15 @@ class _CosineRestarts(Schedule):
             i = xp.floor(t / p)
             return i, t - i * p, t * 0.0 + p
         i = xp.floor(xp.log(1.0 + t * (m - 1.0) / p) / math.log(m))
+        if xp is _scalar:  # one step: plain branches
+            mi = m**i
+            start = p * (mi - 1.0) / (m - 1.0)
+            if t - start >= p * mi:
+                i, start, mi = i + 1, start + p * mi, mi * m
+            elif t < start:
+                i, mi = i - 1, mi / m
+                start -= p * mi
+            return i, t - start, p * mi
         mi = m**i
         start = p * (mi - 1.0) / (m - 1.0)
         # repair float rounding of the log at exact restart steps (off by one cycle at most)

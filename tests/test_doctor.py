@@ -1,0 +1,155 @@
+"""The doctor's checks on synthetic curves with known, injected problems (exact steps), and the API shape."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+import lrkit.doctor as doctor
+from lrkit.curve import Curve
+from lrkit.doctor import Monitor, Thresholds, diagnose
+from lrkit.errors import LrkitError
+
+N = 1000
+T = np.arange(N)
+
+
+def healthy(seed=0, noise=0.05):
+    return 0.5 + 2.0 * np.exp(-T / 60) + noise * np.random.default_rng(seed).standard_normal(N)
+
+
+def test_core_imports_no_framework():
+    import subprocess
+
+    code = "import lrkit.doctor, lrkit.curve, sys; assert not {'torch','lightning','transformers'} & set(sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_healthy_curve_keeps_lr():
+    d = diagnose(Curve(T, healthy(), np.full(N, 1e-3)))
+    assert d.verdict == "healthy" and d.recommendation.action == "keep" and d.recommendation.factor == 1.0
+    assert any("decay" in a for a in d.recommendation.advice)  # constant lr: decay would help late
+
+
+@pytest.mark.parametrize("starts", [[250], [300, 700], [150, 500, 820]])
+def test_spikes_found_at_their_steps(starts):
+    y = healthy(1)
+    for s in starts:
+        y[s:s + 6] += 1.5
+    d = diagnose(Curve(T, y))
+    sp = next(f for f in d.findings if f.kind == "spiking")
+    assert sp.steps == pytest.approx(starts, abs=2)
+    assert d.recommendation.action == "lower" and d.recommendation.factor < 1
+
+
+def test_spike_at_warmup_peak_advises_warmup():
+    y = healthy(2)
+    y[300:306] += 1.5
+    lrs = 1e-3 * np.minimum(1.0, T / 300)
+    d = diagnose(Curve(T, y, lrs))
+    sp = next(f for f in d.findings if f.kind == "spiking")
+    assert sp.data["near_lr_peak"] is True
+    assert any("warmup" in a for a in d.recommendation.advice)
+
+
+def test_nan_is_divergence_at_its_step():
+    y = healthy(3)
+    y[640:] = np.nan
+    d = diagnose(Curve(T, y))
+    assert d.verdict == "diverging" and d.findings[0].steps == [640]
+    assert d.recommendation.action == "lower" and d.recommendation.factor == pytest.approx(0.1)
+
+
+def test_upward_trend_is_divergence():
+    y = healthy(4)
+    y[600:] += np.linspace(0, 4, N - 600)
+    d = diagnose(Curve(T, y))
+    assert d.verdict == "diverging" and d.recommendation.action == "lower"
+    f = d.findings[0]
+    assert 630 <= f.steps[0] <= 690  # 10% of the rise (step 640) plus at most the smoothing lag (33 steps)
+    assert f.data["rise"] > 1
+
+
+def test_early_blowup_is_divergence():
+    y = healthy(5)
+    y[5:80] = 20.0
+    assert diagnose(Curve(T, y)).verdict == "diverging"
+
+
+def test_oscillation():
+    rng = np.random.default_rng(6)
+    # bouncing across the valley: swings (period 7 steps) larger than the progress made
+    y = 2.0 - 0.3 * (1 - np.exp(-T / 30)) + 0.6 * np.sin(2 * np.pi * T / 7) + 0.05 * rng.standard_normal(N)
+    d = diagnose(Curve(T, y))
+    assert d.verdict == "oscillating" and d.recommendation.action == "lower"
+    assert d.findings[0].data["noise_ratio"] > Thresholds().noise
+
+
+def test_too_slow_and_plateau():
+    rng = np.random.default_rng(7)
+    slow = 2.3 - 0.0003 * T + 0.02 * rng.standard_normal(N)  # still falling steadily, 13% done
+    d = diagnose(Curve(T, slow))
+    assert d.verdict == "too_slow" and d.recommendation.action == "raise" and d.recommendation.factor > 1
+    flat = 2.3 + 0.02 * rng.standard_normal(N)
+    d = diagnose(Curve(T, flat))
+    assert d.verdict == "plateau" and d.recommendation == doctor.Recommendation("raise", 10.0,
+                                                                                 d.recommendation.reason, [])
+
+
+def test_to_dict_shape_is_the_documented_one():
+    y = healthy(8)
+    y[400:406] += 1.5
+    d = diagnose(Curve(T, y, name="train/loss"))
+    out = json.loads(json.dumps(d.to_dict(), allow_nan=False))
+    assert set(out) >= {"recommendation", "findings", "metric"}
+    assert set(out["recommendation"]) >= {"action", "factor", "reason"}
+    assert out["recommendation"]["action"] in ("raise", "lower", "keep")
+    assert isinstance(out["recommendation"]["factor"], float) and isinstance(out["recommendation"]["reason"], str)
+    assert out["metric"] == "train/loss"
+    for f in out["findings"]:
+        assert set(f) >= {"kind", "steps", "evidence"} and all(isinstance(s, int) for s in f["steps"])
+    assert out["findings"][0]["kind"] == "spiking" and out["findings"][0]["steps"] == [400]
+
+
+def test_non_monotone_and_duplicate_steps_are_cleaned():
+    y = healthy(9)
+    steps = T.copy()
+    # a resumed run: steps 500..599 logged twice, the second time with the values that count
+    steps2 = np.r_[steps[:600], steps[500:]]
+    y2 = np.r_[y[:600] + 5.0 * (np.arange(600) >= 500), y[500:]]
+    d = diagnose(Curve(steps2, y2))
+    assert d.verdict == "healthy"
+    assert any("not strictly increasing" in n for n in d.notes)
+    assert len(d.curve) == N and np.array_equal(d.curve.steps, T)
+
+
+def test_long_curve_is_binned_and_spike_still_found():
+    n = 200_000
+    t = np.arange(n)
+    y = 0.5 + 2 * np.exp(-t / 20_000) + 0.02 * np.random.default_rng(10).standard_normal(n)
+    y[120_000:120_400] += 1.0
+    d = diagnose(Curve(t, y))
+    assert len(d.curve) <= doctor.checks.MAX_POINTS + 1
+    sp = next(f for f in d.findings if f.kind == "spiking")
+    assert sp.steps[0] == pytest.approx(120_000, abs=2 * (n // doctor.checks.MAX_POINTS))
+
+
+def test_bad_input():
+    with pytest.raises(LrkitError, match="at least 8"):
+        diagnose(Curve(np.arange(5), np.ones(5)))
+    with pytest.raises(LrkitError, match="unknown threshold"):
+        diagnose(Curve(T, healthy()), spike_zz=3)
+    with pytest.raises(LrkitError, match="Curve or a log path"):
+        doctor.checks.diagnose([1, 2, 3])
+
+
+def test_monitor_sees_the_same_spikes_as_the_offline_doctor():
+    y = healthy(11)
+    for s in (220, 610):
+        y[s:s + 5] += 1.5
+    offline = next(f for f in diagnose(Curve(T, y)).findings if f.kind == "spiking").steps
+    m = Monitor()
+    online = [e.step for i in range(N) for e in m.update(i, y[i]) if e.kind == "spike"]
+    assert online == offline == pytest.approx([220, 610], abs=2)
+    assert m.diagnosis().to_dict() == diagnose(Curve(T, y)).to_dict()

@@ -1,0 +1,83 @@
+"""``lrkit diagnose``: verdicts, JSON for CI, plots next to the input, ranking, exit status on bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lrkit.cli import main
+
+T = np.arange(600)
+
+
+def write_run(path, loss, lr):
+    with open(path, "w") as f:
+        f.write("step,loss,lr\n")
+        for i, v in enumerate(loss):
+            f.write(f"{i},{v!r},{lr}\n")
+    return str(path)
+
+
+def runs(tmp_path):
+    rng = np.random.default_rng(0)
+    noise = 0.03 * rng.standard_normal(600)
+    good = [float(v) for v in 0.4 + 2.0 * np.exp(-T / 40) + noise]
+    slow = [float(v) for v in 2.4 - 0.0004 * T + noise]
+    high = [float(v) for v in 0.4 + 2.0 * np.exp(-T / 10) + noise]
+    high[300:] = [float("nan")] * 300
+    return (write_run(tmp_path / "lr_0.01.csv", good, 0.01), write_run(tmp_path / "lr_0.0001.csv", slow, 1e-4),
+            write_run(tmp_path / "lr_1.csv", high, 1.0))
+
+
+def test_single_run_text_and_plot_next_to_input(tmp_path, capsys):
+    good, _, _ = runs(tmp_path)
+    assert main(["diagnose", good]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: healthy — keep the lr" in out and "metric 'loss'" in out and "lr column 'lr'" in out
+    plot = tmp_path / "lr_0.01.diagnosis.png"
+    assert plot.exists() and plot.stat().st_size > 10_000 and f"plot: {plot}" in out
+
+
+def test_json_for_ci(tmp_path, capsys):
+    _, slow, _ = runs(tmp_path)
+    assert main(["diagnose", slow, "--json", "--no-plot"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["recommendation"]["action"] == "raise" and d["recommendation"]["factor"] > 1
+    assert d["metric"] == "loss" and d["findings"][0]["kind"] == "too_slow"
+    assert not (tmp_path / "lr_0.0001.diagnosis.png").exists()
+
+
+def test_several_runs_are_ranked(tmp_path, capsys):
+    files = runs(tmp_path)
+    outdir = tmp_path / "plots"
+    assert main(["diagnose", *files, "-o", str(outdir), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["best"] == files[0] and d["ranking"][-1] == files[2]
+    by_src = {r["source"]: r for r in d["runs"]}
+    assert by_src[files[2]]["recommendation"]["action"] == "lower" and by_src[files[2]]["lr"] == 1.0
+    assert sorted(os.listdir(outdir)) == sorted(f"{os.path.basename(f)[:-4]}.diagnosis.png" for f in files)
+    assert main(["diagnose", *files, "--no-plot"]) == 0
+    assert "best: " + files[0] + " (lr 0.01)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content,msg", [
+    ("", "empty"),
+    ("step,acc\n1,0.5\n", "no loss-like column found; columns: step, acc"),
+])
+def test_bad_input_one_line_exit_2(tmp_path, capsys, content, msg):
+    p = tmp_path / "bad.csv"
+    p.write_text(content)
+    assert main(["diagnose", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and msg in err and err.startswith("lrkit diagnose: error:")
+    assert not (tmp_path / "bad.diagnosis.png").exists()
+
+
+def test_one_bad_among_several_still_reports_others(tmp_path, capsys):
+    good, _, _ = runs(tmp_path)
+    bad = tmp_path / "empty.csv"
+    bad.write_text("")
+    assert main(["diagnose", good, str(bad), "--no-plot"]) == 2
+    cap = capsys.readouterr()
+    assert "verdict: healthy" in cap.out and "empty" in cap.err

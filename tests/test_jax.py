@@ -1,0 +1,158 @@
+"""JAX/optax: range test on a train_step (closed form, exact restore even with donated buffers, same curve as a
+plain loop), lr injection, lrkit schedules as optax schedules inside jit, missing extra."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+optax = pytest.importorskip("optax")
+import jax.numpy as jnp  # noqa: E402
+
+import lrkit.jax  # noqa: E402
+import lrkit.schedules  # noqa: E402
+from lrkit.errors import LrkitError  # noqa: E402
+from lrkit.finder import range_test  # noqa: E402
+from lrkit.schedules import ramp  # noqa: E402
+from lrkit.suggest import suggest  # noqa: E402
+
+
+def mlp_loss(params, batch):
+    x, y = batch
+    h = jnp.tanh(x @ params["w1"] + params["b1"])
+    return jnp.mean((h @ params["w2"] - y) ** 2)
+
+
+class Batches:
+    """Re-iterable batches in a fresh random order each pass, drawn from numpy's global RNG (restored too)."""
+
+    def __init__(self, x, y, size=16):
+        self.x, self.y, self.size = x, y, size
+
+    def __iter__(self):
+        order = np.random.permutation(len(self.x))
+        for i in range(0, len(order), self.size):
+            idx = order[i:i + self.size]
+            yield self.x[idx], self.y[idx]
+
+
+def task(seed=0):
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+    x = jax.random.normal(k1, (64, 4))
+    y = x @ jnp.array([[1.0], [-2.0], [0.5], [0.0]])
+    params = {"w1": jax.random.normal(k2, (4, 16)) * 0.5, "b1": jnp.zeros(16),
+              "w2": jax.random.normal(k3, (16, 1)) * 0.5}
+    tx = lrkit.jax.inject_lr(optax.adamw, learning_rate=1e-3, weight_decay=1e-4)
+    return params, tx, Batches(np.asarray(x), np.asarray(y))
+
+
+def leaves(tree):
+    return [np.array(v, copy=True) for v in jax.tree_util.tree_leaves(tree)]
+
+
+class Replay:
+    def __init__(self, losses):
+        self.losses, self.i = list(losses), 0
+
+    def step(self, lr):
+        self.i += 1
+        return self.losses[self.i - 1]
+
+    def snapshot(self):
+        return None
+
+    def restore(self, snap):
+        pass
+
+
+def test_closed_form_sgd_losses_follow_the_ramp():
+    # loss = |w|^2 / 2, SGD: w' = (1 - lr) w  =>  loss_i = loss_0 * prod_{j<i} (1 - lr_j)^2
+    params = {"w": jnp.array([2.0, -1.0, 0.5])}
+    tx = lrkit.jax.inject_lr(optax.sgd, learning_rate=0.1)
+    step = lrkit.jax.make_train_step(lambda p, b: 0.5 * jnp.sum(p["w"] ** 2), tx)
+    res = lrkit.jax.find_lr(step, params, tx.init(params), [None], start_lr=1e-3, end_lr=0.5, num_iter=10,
+                            progress=False)
+    factor = np.concatenate([[1.0], np.cumprod((1 - res.lrs[:-1]) ** 2)])
+    np.testing.assert_allclose(res.losses, 2.625 * factor, rtol=1e-5)
+
+
+def test_restores_exactly_even_with_donated_buffers_and_matches_a_plain_loop():
+    params, tx, batches = task()
+    step = jax.jit(lrkit.jax.make_train_step(mlp_loss, tx, jit=False), donate_argnums=(0, 1))
+    opt_state = tx.init(params)
+    np.random.seed(3)
+    for b in list(batches)[:3]:  # warm optimiser state; from here on these arrays are the user's
+        params, opt_state, _ = step(params, opt_state, b, 1e-3)
+    before_p, before_o, before_rng = leaves(params), leaves(opt_state), np.random.get_state()[1].copy()
+    res = lrkit.jax.find_lr(step, params, opt_state, batches, num_iter=25, end_lr=1.0, progress=False)
+    assert not any(v.is_deleted() for v in jax.tree_util.tree_leaves((params, opt_state)))
+    for a, b in zip(before_p + before_o, leaves(params) + leaves(opt_state)):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert np.array_equal(before_rng, np.random.get_state()[1])
+    assert res.suggestion == suggest(res.lrs, res.smoothed_losses)
+    assert res.suggest("steepest") == suggest(res.lrs, res.smoothed_losses, rule="steepest")
+    assert range_test(Replay(res.losses), num_iter=25, end_lr=1.0, progress=False).suggestion == res.suggestion
+    # the same curve from a plain loop over the ramp's lrs, with an undonated step
+    plain = lrkit.jax.make_train_step(mlp_loss, tx)
+    p, o, losses = params, opt_state, []
+    lrs = ramp(1e-7, 1.0, 25)(np.arange(25))
+    for lr, b in zip(lrs, _cycle(batches, len(res.lrs))):  # same numpy RNG state as the finder saw
+        p, o, loss = plain(p, o, b, lr)
+        losses.append(float(loss))
+    assert np.array_equal(np.asarray(losses), res.losses)
+
+
+def _cycle(batches, n):
+    out = []
+    while len(out) < n:
+        out.extend(batches)
+    return out[:n]
+
+
+def test_set_lr_needs_an_injected_learning_rate():
+    params = {"w": jnp.ones(2)}
+    with pytest.raises(LrkitError, match="inject"):
+        lrkit.jax.set_lr(optax.adam(1e-3).init(params), 0.1)
+    with pytest.raises(LrkitError, match="factory"):
+        lrkit.jax.inject_lr(optax.adam(1e-3), learning_rate=1e-3)
+    state = lrkit.jax.inject_lr(optax.adam, learning_rate=1e-3).init(params)
+    assert float(optax.tree_utils.tree_get(lrkit.jax.set_lr(state, 0.25), "learning_rate")) == 0.25
+    scheduled = lrkit.jax.inject_lr(optax.adam, learning_rate=optax.constant_schedule(1e-3)).init(params)
+    with pytest.raises(LrkitError, match="schedule"):
+        lrkit.jax.set_lr(scheduled, 0.1)
+
+
+def test_optax_schedule_inside_jit_gives_the_pure_schedule():
+    spec = "warmup(3) >> cosine(1e-2, 12)"
+    pure = lrkit.schedules.parse(spec)
+    sched = lrkit.jax.optax_schedule(spec)
+    np.testing.assert_allclose(jax.jit(sched)(jnp.arange(15)), pure(np.arange(15)), rtol=1e-6, atol=1e-10)
+    params = {"w": jnp.ones(3)}
+    tx = lrkit.jax.inject_lr(optax.sgd, learning_rate=sched)
+    state = tx.init(params)
+
+    @jax.jit
+    def update(params, state):
+        grads = jax.tree_util.tree_map(jnp.ones_like, params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    used = []
+    for _ in range(15):
+        params, state = update(params, state)
+        used.append(float(state.hyperparams["learning_rate"]))  # the lr of the update just made
+    np.testing.assert_allclose(used, pure(np.arange(15)), rtol=1e-6, atol=1e-10)
+    np.testing.assert_allclose(params["w"], 1 - np.sum(np.float32(pure(np.arange(15)))), rtol=1e-5)
+
+
+def test_missing_jax_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jax", None)
+    monkeypatch.setitem(sys.modules, "jax.numpy", None)
+    for name in ("lrkit.integrations.jax", "lrkit.integrations.optax_schedule", "lrkit.jax"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(LrkitError, match=r"pip install 'lrkit\[jax\]'"):
+        importlib.import_module("lrkit.jax")

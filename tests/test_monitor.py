@@ -1,0 +1,170 @@
+"""The online Monitor (events, exact resume, bounded memory) and the PyTorch helper acting on real training."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from lrkit.curve import Curve
+from lrkit.doctor import Monitor, diagnose
+from lrkit.doctor.checks import MAX_POINTS
+from lrkit.errors import LrkitError
+
+N = 1500
+T = np.arange(N)
+
+
+def curve(seed=0):
+    return 0.5 + 2.0 * np.exp(-T / 60) + 0.05 * np.random.default_rng(seed).standard_normal(N)
+
+
+def test_event_api_and_kinds():
+    y = curve()
+    y[400:406] += 1.5
+    y[900] = np.nan
+    m = Monitor()
+    events = [e for i in range(N) for e in m.update(i, y[i], lr=1e-3, grad_norm=1.0)]
+    kinds = [(e.kind, e.step, e.action) for e in events]
+    assert ("spike", 400, "skip_batches") in kinds and ("nan", 900, "rollback") in kinds
+    assert all(e.action in ("warn", "rollback", "lower_lr", "raise_lr", "skip_batches") for e in events)
+    nan = next(e for e in events if e.kind == "nan")
+    assert nan.factor == 0.5 and "nan" in nan.message
+    assert m.events == events
+
+
+def test_divergence_and_rearm():
+    y = curve(1)
+    y[700:] += np.linspace(0, 5, N - 700)
+    m = Monitor()
+    ev = [e for i in range(N) for e in m.update(i, y[i]) if e.kind == "divergence"]
+    # 20% of the progress (0.4) is lost at step 764; the smoothed loss (beta 0.98) lags up to ~50 steps
+    assert len(ev) == 1 and 764 <= ev[0].step < 830 and ev[0].action == "rollback" and ev[0].factor < 1
+    m.reset_after_rollback(N)
+    ev2 = [e for i in range(N, N + 300) for e in m.update(i, y[-1] + 5.0 + i) if e.kind == "divergence"]
+    assert ev2  # re-armed after the rollback
+
+
+def test_crawl_and_plateau():
+    rng = np.random.default_rng(2)
+    slow = 2.3 - 0.0002 * T + 0.02 * rng.standard_normal(N)
+    m = Monitor(check_after=100)
+    ev = [e for i in range(N) for e in m.update(i, slow[i])]
+    first = ev[0]
+    assert first.kind == "too_slow" and first.step == 99 and first.action == "raise_lr" and first.factor == 10.0
+    plateau = np.r_[2.0 * np.exp(-T[:300] / 30) + 0.5, np.full(N - 300, 0.5)] + 0.01 * rng.standard_normal(N)
+    m = Monitor(patience=300)
+    ev = [e for i in range(N) for e in m.update(i, plateau[i]) if e.kind == "plateau"]
+    assert ev and ev[0].action == "lower_lr" and ev[0].factor == 0.5 and 500 < ev[0].step < 1000
+
+
+def test_state_dict_resume_is_exact():
+    y = curve(3)
+    y[500:505] += 1.5
+    y[1100:1106] += 1.5
+    a = Monitor(patience=200)
+    full = [e for i in range(N) for e in a.update(i, y[i], lr=1e-3, grad_norm=1.0 + (i % 7))]
+    b = Monitor(patience=200)
+    first = [e for i in range(800) for e in b.update(i, y[i], lr=1e-3, grad_norm=1.0 + (i % 7))]
+    state = json.loads(json.dumps(b.state_dict()))  # JSON-safe
+    c = Monitor()
+    c.load_state_dict(state)
+    rest = [e for i in range(800, N) for e in c.update(i, y[i], lr=1e-3, grad_norm=1.0 + (i % 7))]
+    assert first + rest == full
+    assert json.dumps(c.state_dict()) == json.dumps(a.state_dict())
+
+
+def test_diagnosis_matches_offline_and_memory_is_bounded():
+    y = curve(4)
+    m = Monitor()
+    for i in range(N):
+        m.update(i, y[i], lr=1e-3)
+    assert m.diagnosis().to_dict() == diagnose(Curve(T, y, np.full(N, 1e-3))).to_dict()
+    big = Monitor()
+    for i in range(5 * MAX_POINTS):
+        big.update(i, 1.0 + 1.0 / (1 + i))
+    c = big.curve()
+    assert len(c) <= 2 * MAX_POINTS and c.steps[0] == 0 and np.all(np.diff(c.steps) > 0)
+    assert np.isclose(c.values[0], np.mean([1.0 + 1.0 / (1 + i) for i in range(4)]))  # pairs averaged twice
+
+
+def test_monitor_bad_arguments():
+    with pytest.raises(LrkitError, match="unknown Monitor threshold"):
+        Monitor(spike_zz=1)
+    with pytest.raises(LrkitError, match="spike_action"):
+        Monitor(spike_action="explode")
+    with pytest.raises(LrkitError, match="at least 8"):
+        Monitor().diagnosis()
+
+
+# ------------------------------------------------------------------------------------------- PyTorch helper
+torch = pytest.importorskip("torch")
+
+
+def _setup(seed=0):
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(seed)
+    d = load_digits()
+    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(d.target)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return x, y, model, opt
+
+
+def test_guard_restores_last_good_state_and_lowers_lr_on_nan():
+    from lrkit.integrations.torch_monitor import MonitorGuard
+
+    x, y, model, opt = _setup()
+    guard = MonitorGuard(model, opt, act=True, snapshot_every=10)
+    snap_weights = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(60):
+            idx = torch.arange(step * 16, step * 16 + 32) % len(x)
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            if step == 45:
+                loss = loss * float("nan")  # a poisoned batch: NaN gradients reach every weight
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step == 40:
+                snap_weights = {k: v.clone() for k, v in model.state_dict().items()}
+            events = guard.update(step, loss.item())
+            if step == 45:
+                assert [e.kind for e in events] == ["nan"]
+                assert guard.snapshots.step == 40
+                for k, v in model.state_dict().items():  # bit for bit the snapshot of step 40
+                    assert torch.equal(v, snap_weights[k])
+                assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any("restored the snapshot of step 40" in str(w.message) for w in caught)
+
+
+def test_guard_warns_only_by_default_and_skips_after_spike_on_request():
+    from lrkit.integrations.torch_monitor import MonitorGuard
+
+    x, y, model, opt = _setup(1)
+    guard = MonitorGuard(model, opt)  # warn only
+    with pytest.warns(RuntimeWarning, match="nan"):
+        guard.update(0, float("nan"))
+    assert opt.param_groups[0]["lr"] == 0.1 and not guard.should_skip()
+
+    x, y, model, opt = _setup(2)
+    guard = MonitorGuard(model, opt, act={"skip_batches"}, snapshot_every=5, skip_batches=7)
+    losses = 1.0 + 0.01 * np.random.default_rng(0).standard_normal(200)
+    losses[100:110] += 3.0  # the batches went bad
+    skipped = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for step, v in enumerate(losses):
+            if guard.should_skip():
+                skipped.append(step)
+                continue
+            guard.update(step, float(v))
+    spikes = [e for e in guard.events if e.kind == "spike"]
+    assert [e.step for e in spikes] == [100]
+    assert {e.kind for e in guard.events} == {"spike", "too_slow"}  # a flat loss also crawls: warned, not acted on
+    assert skipped == list(range(103, 110))  # the rule needs 3 outliers in a row: it fires at step 102
+    assert opt.param_groups[0]["lr"] == 0.1  # a skip does not change the lr

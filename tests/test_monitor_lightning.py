@@ -1,0 +1,96 @@
+"""Lightning: the doctor reads a real CSVLogger metrics.csv; the callback watches, warns, and acts on request."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+L = pytest.importorskip("lightning.pytorch")
+
+from lrkit.doctor import read_log  # noqa: E402
+from lrkit.integrations.lightning_monitor import LrMonitorCallback  # noqa: E402
+
+
+class Tiny(L.LightningModule):
+    def __init__(self, nan_at=None, lr=0.05):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        self.nan_at, self.lr, self.seen = nan_at, lr, []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.net(x).squeeze(-1), y)
+        self.seen.append((self.global_step, float(loss)))
+        self.log("train_loss", loss, on_step=True, on_epoch=False)
+        if self.nan_at is not None and self.global_step == self.nan_at:
+            loss = loss * float("nan")
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def loader(n=640, bs=8):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 8, generator=g)
+    y = x[:, 0] * 2 - x[:, 1]
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=bs)
+
+
+def trainer(tmp_path, steps, callbacks=(), logger=False, accumulate=1):
+    return L.Trainer(max_steps=steps, accelerator="cpu", logger=logger, callbacks=list(callbacks),
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     log_every_n_steps=1, accumulate_grad_batches=accumulate, default_root_dir=str(tmp_path))
+
+
+def test_reads_real_metrics_csv(tmp_path):
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import CSVLogger
+
+    model = Tiny()
+    logger = CSVLogger(str(tmp_path), name="run")
+    trainer(tmp_path, 40, [LearningRateMonitor(logging_interval="step")], logger=logger).fit(model, loader())
+    c = read_log(tmp_path / "run" / "version_0" / "metrics.csv")
+    assert c.name == "train_loss" and c.meta["lr_column"] == "lr-SGD" and c.meta["format"] == "lightning"
+    steps, losses = zip(*model.seen)
+    np.testing.assert_array_equal(c.steps, steps)
+    np.testing.assert_allclose(c.values, losses, rtol=1e-6)
+    np.testing.assert_array_equal(c.lrs, 0.05)
+    assert read_log(tmp_path / "run" / "version_0").name == "train_loss"  # the folder works too
+
+
+def test_callback_sees_each_step_loss_with_accumulation(tmp_path):
+    model = Tiny()
+    cb = LrMonitorCallback()
+    trainer(tmp_path, 20, [cb], accumulate=2).fit(model, loader())
+    c = cb.monitor.curve()
+    micro = np.array([v for _, v in model.seen]).reshape(-1, 2).mean(axis=1)  # one optimiser step = 2 micro-batches
+    np.testing.assert_array_equal(c.steps, np.arange(20))
+    np.testing.assert_allclose(c.values, micro, rtol=1e-6)
+    np.testing.assert_array_equal(c.lrs, 0.05)
+    assert np.all(np.isfinite(c.extra["grad_norm"]))
+
+
+def test_callback_restores_and_lowers_lr_on_nan(tmp_path):
+    model = Tiny(nan_at=30)
+    cb = LrMonitorCallback(act=True, snapshot_every=10)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, 40, [cb]).fit(model, loader())
+    kinds = [(e.kind, e.step) for e in cb.events]
+    assert ("nan", 30) in kinds
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the NaN weights were replaced
+    assert model.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.025)
+    assert any("restored the snapshot of step 30" in str(w.message) or "restored the snapshot of step 20"
+               in str(w.message) for w in caught)
+
+
+def test_callback_warns_only_by_default(tmp_path):
+    model = Tiny(nan_at=30)
+    cb = LrMonitorCallback()
+    with pytest.warns(RuntimeWarning, match=r"\[nan\] step 30"):
+        trainer(tmp_path, 35, [cb]).fit(model, loader())
+    assert model.trainer.optimizers[0].param_groups[0]["lr"] == 0.05
+    assert not all(torch.isfinite(p).all() for p in model.parameters())  # nothing was undone
