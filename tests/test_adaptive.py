@@ -134,3 +134,27 @@ def test_bad_arguments_name_the_fix():
         find(Quadratic(), n_candidates=4)
     with pytest.raises(LrkitError, match="spread"):
         find(Quadratic(), spread=1.0)
+
+
+def test_fine_tuning_where_every_candidate_hurts_suggests_the_least_harmful_and_says_so():
+    class Pretrained(Quadratic):
+        """Training pulls w from 0 towards 1; the validation loss is lowest at the start (w = 0)."""
+
+        def __init__(self):
+            super().__init__(1.0)
+            self.w = np.zeros(20)
+
+        def step(self, lr):
+            value = float(0.5 * np.sum(self.lam * (self.w - 1) ** 2))
+            self.w = self.w - lr * self.lam * (self.w - 1)
+            self.steps += 1
+            return value
+
+        def evaluate(self):
+            return float(0.5 * np.sum(self.lam * self.w**2))
+
+    res = find(Pretrained(), family="adam", start_lr=1e-6, end_lr=100.0)
+    lrs = [c["lr"] for c in res.candidates]
+    assert all(c["score"] > 0 for c in res.candidates)
+    assert res.lr == min(lrs) and res.suggestion.confidence == pytest.approx(0.2)
+    assert "near its best" in res.suggestion.reason

@@ -6,8 +6,10 @@ whole batch (DDP averages the gradients of two equal halves, which is the gradie
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -42,10 +44,12 @@ class _FailsAt:
         self.inner, self.fail_step, self.n = inner, fail_step, 0
 
     def step(self, lr):
+        # after the inner step: DDP's own gradient all-reduce inside a step cannot survive a rank that skips it
+        loss = self.inner.step(lr)
         self.n += 1
         if self.n == self.fail_step:
             raise RuntimeError("simulated failure on this rank")
-        return self.inner.step(lr)
+        return loss
 
     def snapshot(self):
         return self.inner.snapshot()
@@ -58,7 +62,8 @@ def _rank_main(rank, port, out):
     from lrkit.integrations.distributed import DistributedTrainer, distributed_range_test, find_lr
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))  # a hang becomes an error
     try:
         x, y = _data()
         shard = [(x[rank::WORLD], y[rank::WORLD])]
@@ -95,7 +100,14 @@ def _free_port():
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ddp"))
-    mp.spawn(_rank_main, args=(_free_port(), out), nprocs=WORLD, join=True)
+    ctx = mp.start_processes(_rank_main, args=(_free_port(), out), nprocs=WORLD, join=False,
+                             start_method="spawn")
+    deadline = time.time() + 120
+    while not ctx.join(timeout=1):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the distributed range test did not finish within 120 s")
     return [torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
 
 

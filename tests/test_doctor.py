@@ -153,3 +153,18 @@ def test_monitor_sees_the_same_spikes_as_the_offline_doctor():
     online = [e.step for i in range(N) for e in m.update(i, y[i]) if e.kind == "spike"]
     assert online == offline == pytest.approx([220, 610], abs=2)
     assert m.diagnosis().to_dict() == diagnose(Curve(T, y)).to_dict()
+
+
+def test_update_ratio_and_grad_norm_evidence():
+    y = healthy(12)
+    d = diagnose(Curve(T, y, extra={"update_ratio": np.full(N, 0.05)}))
+    f = next(f for f in d.findings if "update-to-weight" in f.evidence)
+    assert f.kind == "oscillating" and d.recommendation.action == "lower"
+    d = diagnose(Curve(T, healthy(13), extra={"update_ratio": np.full(N, 1e-6)}))
+    assert d.verdict == "too_slow" and d.recommendation.action == "raise"
+    y = healthy(14)
+    y[500:506] += 1.5
+    g = np.exp(np.random.default_rng(0).normal(0, 0.05, N))
+    g[500:506] *= 30
+    sp = next(f for f in diagnose(Curve(T, y, extra={"grad_norm": g})).findings if f.kind == "spiking")
+    assert "gradient norm spiked with 1 of them" in sp.evidence

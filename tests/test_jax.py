@@ -93,9 +93,10 @@ def test_restores_exactly_even_with_donated_buffers_and_matches_a_plain_loop():
     for a, b in zip(before_p + before_o, leaves(params) + leaves(opt_state)):
         assert a.dtype == b.dtype and np.array_equal(a, b)
     assert np.array_equal(before_rng, np.random.get_state()[1])
-    assert res.suggestion == suggest(res.lrs, res.smoothed_losses)
+    assert res.suggestion == suggest(res.lrs, res.losses, family=res.config['family'], momentum=res.config['momentum'])
     assert res.suggest("steepest") == suggest(res.lrs, res.smoothed_losses, rule="steepest")
-    assert range_test(Replay(res.losses), num_iter=25, end_lr=1.0, progress=False).suggestion == res.suggestion
+    assert range_test(Replay(res.losses), num_iter=25, end_lr=1.0, progress=False,
+                        family=res.config['family'], momentum=res.config['momentum']).suggestion == res.suggestion
     # the same curve from a plain loop over the ramp's lrs, with an undonated step
     plain = lrkit.jax.make_train_step(mlp_loss, tx)
     p, o, losses = params, opt_state, []

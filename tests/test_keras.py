@@ -74,9 +74,10 @@ def test_find_lr_restores_every_variable_and_suggests_like_the_engine():
     res = lrkit.keras.find_lr(model, X, Y, batch_size=16, num_iter=20, end_lr=1.0, progress=False)
     assert_same(before, model)
     assert len(res.lrs) == 20
-    assert res.suggestion == suggest(res.lrs, res.smoothed_losses)
+    assert res.suggestion == suggest(res.lrs, res.losses, family=res.config['family'], momentum=res.config['momentum'])
     assert res.suggest("steepest") == suggest(res.lrs, res.smoothed_losses, rule="steepest")
-    replay = range_test(Replay(res.losses), num_iter=20, end_lr=1.0, progress=False)
+    replay = range_test(Replay(res.losses), num_iter=20, end_lr=1.0, progress=False,
+                        family=res.config['family'], momentum=res.config['momentum'])
     assert replay.suggestion == res.suggestion
     # a second run from the restored state records the very same curve
     again = lrkit.keras.find_lr(model, X, Y, batch_size=16, num_iter=20, end_lr=1.0, progress=False)
@@ -119,7 +120,7 @@ def test_callback_inside_fit_records_the_same_curve_and_restores():
     assert_same(before, model)
     assert np.array_equal(cb.result.losses, ref.losses)  # batch losses, not running means
     assert np.array_equal(cb.result.lrs, ref.lrs)
-    assert cb.result.suggestion == suggest(cb.result.lrs, cb.result.smoothed_losses)
+    assert cb.result.suggestion == suggest(cb.result.lrs, cb.result.losses, family=cb.result.config['family'], momentum=cb.result.config['momentum'])
     with pytest.raises(LrkitError, match="epochs=100"):
         model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[lrkit.keras.LRFinder(num_iter=20)])
     assert_same(before, model)

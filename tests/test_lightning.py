@@ -112,13 +112,15 @@ def test_find_lr_restores_exactly_and_matches_the_torch_adapter():
     assert len(res.lrs) == 25
     # the same curve as the plain PyTorch adapter on the same model, optimiser, loss and data
     opt = torch.optim.Adam(model.parameters(), lr=model.lr)
-    ref = torch_find_lr(model, opt, nn.CrossEntropyLoss(), loader, num_iter=25, end_lr=1.0, progress=False)
+    ref = torch_find_lr(model, opt, nn.CrossEntropyLoss(), loader, num_iter=25, end_lr=1.0, progress=False,
+                        confirm=False)
     assert np.array_equal(res.losses, ref.losses) and np.array_equal(res.lrs, ref.lrs)
     # the suggestion is the plain rule on the recorded curve, and the plain engine's on a replay of it
     for rule in ("valley", "steepest"):
         assert res.suggest(rule) == suggest(res.lrs, res.smoothed_losses, rule=rule)
-    assert res.suggestion == suggest(res.lrs, res.smoothed_losses)
-    replay = range_test(Replay(res.losses), num_iter=25, end_lr=1.0, progress=False)
+    assert res.suggestion == suggest(res.lrs, res.losses, family=res.config['family'], momentum=res.config['momentum'])
+    replay = range_test(Replay(res.losses), num_iter=25, end_lr=1.0, progress=False,
+                        family=res.config['family'], momentum=res.config['momentum'])
     assert replay.suggestion == res.suggestion and np.array_equal(replay.smoothed_losses, res.smoothed_losses)
 
 

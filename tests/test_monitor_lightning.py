@@ -22,7 +22,7 @@ class Tiny(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = torch.nn.functional.mse_loss(self.net(x).squeeze(-1), y)
-        self.seen.append((self.global_step, float(loss)))
+        self.seen.append((self.global_step, float(loss.detach())))
         self.log("train_loss", loss, on_step=True, on_epoch=False)
         if self.nan_at is not None and self.global_step == self.nan_at:
             loss = loss * float("nan")

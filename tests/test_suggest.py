@@ -30,11 +30,13 @@ def ramp_curve(x=X, fall=(-4.0, -2.0), floor=(-2.0, -1.0), rise_slope=10.0, top=
 
 
 def test_registry_has_the_classics_and_the_default():
-    assert {"steepest", "minimum", "valley", "robust"} <= set(rules())
-    assert lrkit.suggest is not None
-    from lrkit import suggest as _s  # noqa: F401  (the package re-exports the function)
     import importlib
-    assert importlib.import_module("lrkit.suggest").DEFAULT_RULE in rules()
+
+    module = importlib.import_module("lrkit.suggest")
+    assert {"steepest", "minimum", "valley", "robust"} <= set(rules())
+    assert module.DEFAULT_RULE in rules()
+    y = ramp_curve()
+    assert lrkit.suggest(LRS, y) == suggest(LRS, y, module.DEFAULT_RULE)
 
 
 def test_steepest_finds_the_inflection_of_a_tanh():

@@ -2,7 +2,9 @@
 
 Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached).
 Reports per-class accuracy and the confusion matrix on the tuning tasks and, separately, on the held-out tasks
-(never used to set thresholds). Targets: >= 90% on too-high and good, >= 80% on too-low.
+(never used to set thresholds). Targets: >= 90% on too-high and good, >= 80% on too-low. Side by side: the
+eyeballing rule users apply by hand (NaN or ended above the start: lower; fell < 30%: raise; else keep), since
+no library offers an lr doctor to compare with.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import make_curves  # noqa: E402
@@ -21,9 +25,23 @@ CLASSES = ("too_high", "good", "too_low")
 ACTIONS = ("lower", "keep", "raise")
 
 
-def report(runs: list[dict], title: str, verbose: bool = False) -> dict[str, float]:
+def eyeball(curve) -> str:
+    """The by-hand rule: NaN or ended above where it started -> lower; fell less than 30% -> raise; else keep."""
+    y = curve.values
+    if not np.isfinite(y).all():
+        return "lower"
+    first, last = np.median(y[:10]), np.median(y[-max(3, len(y) // 10):])
+    if last > first:
+        return "lower"
+    return "raise" if (first - last) / abs(first) < 0.3 else "keep"
+
+
+def report(runs: list[dict], title: str, verbose: bool = False, rule=None) -> dict[str, float]:
     conf = {c: dict.fromkeys(ACTIONS, 0) for c in CLASSES}
     for r in runs:
+        if rule is not None:
+            conf[r["label"]][rule(r["curve"])] += 1
+            continue
         d = diagnose(r["curve"])
         conf[r["label"]][d.recommendation.action] += 1
         if verbose and d.recommendation.action != EXPECTED[r["label"]]:
@@ -47,8 +65,14 @@ def main() -> None:
     t0 = time.time()
     runs = load()
     verbose = "-v" in sys.argv
-    report([r for r in runs if not r["held_out"]], "tuning tasks", verbose)
-    report([r for r in runs if r["held_out"]], "HELD-OUT tasks", verbose)
+    tasks = sorted({r["task"] for r in runs})
+    print(f"{len(runs)} labelled curves from {len(tasks)} tasks (data|architecture|optimiser), 300 steps each; "
+          f"held out: {sorted({r['task'] for r in runs if r['held_out']})}")
+    report([r for r in runs if not r["held_out"]], "lrkit doctor, tuning tasks", verbose)
+    report([r for r in runs if r["held_out"]], "lrkit doctor, HELD-OUT tasks", verbose)
+    report([r for r in runs if r["held_out"]], "eyeballing rule, HELD-OUT tasks", rule=eyeball)
+    report(runs, "lrkit doctor, all tasks")
+    report(runs, "eyeballing rule, all tasks", rule=eyeball)
     print(f"\n{len(runs)} labelled curves diagnosed in {time.time() - t0:.1f}s")
 
 

@@ -51,7 +51,7 @@ def adaptive_pick(task, seed: int, mod) -> dict:
         return {"lr": res.lr, "steps": res.total_steps, "by_phase": res.steps, "candidates": res.candidates,
                 "reason": res.suggestion.reason}
 
-    return engine.cached("adaptive", (task.name, engine.VERSION, "find-v4", seed), run)
+    return engine.cached("adaptive", (task.name, engine.VERSION, "find-v5", seed), run)
 
 
 def method_picks(task, seed: int, mod) -> dict[str, tuple[float | None, int]]:
@@ -65,6 +65,7 @@ def method_picks(task, seed: int, mod) -> dict[str, tuple[float | None, int]]:
     a = adaptive_pick(task, seed, mod)
     out["lrkit default: adaptive (robust+confirm)"] = (a["lr"], a["steps"])
     out["lrkit robust, raw loss, family known"] = (suggest(lrs, raw, "robust", family=fam, momentum=mom).lr, n)
+    out["lrkit robust, raw loss, family unknown"] = (suggest(lrs, raw, "robust").lr, n)
     out["lrkit robust, smoothed, family unknown"] = (suggest(lrs, sm, "robust").lr, n)
     for rule in ("steepest", "minimum", "valley"):
         out[f"lrkit {rule} (smoothed curve)"] = (suggest(lrs, sm, rule).lr, n)

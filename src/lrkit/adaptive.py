@@ -17,25 +17,7 @@ import numpy as np
 
 from lrkit.errors import LrkitError
 from lrkit.finder import FinderResult, Trainer, check_range, range_test
-from lrkit.suggest import Suggestion, _clean, divergence_factor, fit_curve, suggest
-
-_ADAM_LIKE = ("adam", "rmsprop", "adagrad", "adadelta", "adafactor", "lamb", "lion", "nadam", "radam", "sophia",
-              "adan", "lars", "shampoo", "muon")
-
-
-def infer_family(optimizer: Any) -> tuple[str | None, float | None]:
-    """("adam"|"sgd"|None, momentum) of an optimiser object, from its class name and first param group."""
-    if optimizer is None:
-        return None, None
-    name = type(optimizer).__name__.lower()
-    groups = getattr(optimizer, "param_groups", None) or [{}]
-    if name in ("sgd", "sgdw") or name.startswith("sgd"):
-        m = groups[0].get("momentum", 0.0)
-        return "sgd", float(m) if isinstance(m, (int, float)) else 0.0
-    if any(k in name for k in _ADAM_LIKE):
-        return "adam", None
-    return None, None
-
+from lrkit.suggest import Suggestion, _clean, divergence_factor, fit_curve, infer_family, suggest
 
 def never_diverged(lrs, losses) -> bool:
     """True when a recorded ramp (raw losses) never turned up: the divergence point lies beyond its end."""
@@ -144,18 +126,27 @@ def _choose(sug: Suggestion, candidates: list[dict[str, float]], start_score: fl
 
     Adam-like (and unknown): move down to the best run when it beats the rule's pick by more than ``margin``.
     SGD: short runs are dominated by the momentum transient, which punishes the larger lrs that win over a full
-    run, so they only veto a candidate that made no progress (ended at or above the untrained loss) or whose loss
-    was rising at the end (diverging); the pick is the largest candidate left. Both families veto those.
+    run, so they only veto a candidate that made no progress (ended at or above the untrained loss) or whose
+    training loss was rising at the end (diverging); the pick is the largest candidate left. When no candidate
+    made progress (fine-tuning a model already near its best), the least harmful one is suggested, flagged.
     """
     tried = ", ".join(f"{c['lr']:.3g}" for c in candidates)
     first = candidates[0]
-    progressed = [c for c in candidates
-                  if math.isfinite(c["score"]) and c["score"] < start_score and not c["rising"]]
-    if not progressed:
+    # a rising training loss vetoes an SGD run (diverging); Adam-like runs are judged by their loss alone
+    stable = [c for c in candidates if math.isfinite(c["score"]) and not (family == "sgd" and c["rising"])]
+    if not stable:
         return Suggestion(None, None, sug.rule + "+confirm",
-                          f"{sug.reason}. But short runs of {per_run} steps at {tried} all ended at or above the "
-                          f"untrained loss ({start_score:.4g}) or with a rising loss: no trustworthy suggestion; lower start_lr/end_lr, "
-                          "or check the model", 0.0)
+                          f"{sug.reason}. But short runs of {per_run} steps at {tried} all diverged: no trustworthy "
+                          f"suggestion; run again with a lower end_lr (e.g. {candidates[-1]['lr']:.3g}) or check the "
+                          "model", 0.0)
+    progressed = [c for c in stable if c["score"] < start_score]
+    if not progressed:
+        low = min(stable, key=lambda c: c["score"])
+        return Suggestion(low["lr"], (low["lr"] / 10, low["lr"]), sug.rule + "+confirm",
+                          f"{sug.reason}. But short runs of {per_run} steps at {tried} all ended above the starting "
+                          f"loss ({start_score:.4g}): the model may already be near its best (e.g. fine-tuning a "
+                          f"pretrained model), so the least harmful, {low['lr']:.3g}, is suggested; lower lrs may be "
+                          "better still: try a few below it", 0.2)
     if family == "sgd":
         chosen = progressed[0]
         why = "the largest that made progress"
@@ -192,6 +183,7 @@ def find(
     margin: float = 0.02,
     rule: str = "robust",
     progress: bool = False,
+    **ramp_options: Any,
 ) -> AdaptiveResult:
     """Adaptive range test on any :class:`~lrkit.finder.Trainer`; the trainer is restored exactly afterwards.
 
@@ -207,6 +199,7 @@ def find(
         max_confirm_steps, min_confirm_steps: steps per confirmation run (what the budget leaves, at most 40);
             below the minimum no confirmation is run and the rule's pick stands.
         margin: how much lower (relative) a smaller candidate's loss must be to move an Adam-like pick (2%).
+        ramp_options: passed to :func:`~lrkit.finder.range_test` (``mode``, ``smooth``, ``diverge_factor``).
     """
     check_range(start_lr, end_lr, num_iter)
     if max_steps < num_iter:
@@ -223,14 +216,14 @@ def find(
     snap = trainer.snapshot()
     try:
         ramp = range_test(_Continue(trainer), start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, rule=rule,
-                          progress=progress)
+                          progress=progress, family=family, momentum=momentum, **ramp_options)
         steps["ramp"] = len(ramp.lrs)
         sug = suggest(ramp.lrs, ramp.losses, rule, family=family, momentum=momentum)
         if never_diverged(ramp.lrs, ramp.losses) and extend_steps > 0 and steps["ramp"] + extend_steps <= max_steps:
             top = end_lr * 10 ** extend_decades
             step_factor = (end_lr / start_lr) ** (1.0 / max(num_iter - 1, 1))
-            ext = range_test(_Continue(trainer), start_lr=end_lr * step_factor, end_lr=top, num_iter=extend_steps,
-                             rule=rule, progress=progress)
+            ext = range_test(_Continue(trainer), start_lr=min(end_lr * step_factor, top / 10), end_lr=top, num_iter=extend_steps,
+                             rule=rule, progress=progress, family=family, momentum=momentum, **ramp_options)
             steps["extend"] = len(ext.lrs)
             ramp = _concat(ramp, ext)
             sug = suggest(ramp.lrs, ramp.losses, rule, family=family, momentum=momentum)
@@ -264,6 +257,8 @@ def find(
             sug = _choose(sug, candidates, start_score, family, per_run, margin, provisional)
     finally:
         trainer.restore(snap)
+    ramp.suggestion, ramp.confirmations = sug, candidates
+    ramp.config.update(rule=sug.rule, confirm=True, steps=steps, max_steps=max_steps)
     return AdaptiveResult(sug, ramp, candidates, steps, time.perf_counter() - t0)
 
 

@@ -145,16 +145,26 @@ class RobustZ:
             return 0.0
         pred = self._loc + self._slope
         dev = v - pred
-        floor = 1e-8 * max(abs(pred), 1e-12)
-        z = dev / max(self._scale, floor)
-        lim = self.clip * max(self._scale, floor)
-        d = min(max(dev, -lim), lim)
+        scale = self._scale
+        floor = 1e-8 * (pred if pred > 0 else -pred) + 1e-300
+        if scale < floor:
+            scale = floor
+        z = dev / scale
+        lim = self.clip * scale
+        d = lim if dev > lim else (-lim if dev < -lim else dev)
         a = 1.0 - self.beta
         new_loc = pred + a * d
-        self._slope += a * (new_loc - self._loc - self._slope)
+        self._slope += 0.2 * (new_loc - self._loc - self._slope)  # Holt trend gain 0.2: follows a loss still falling
         self._loc = new_loc
-        self._scale += a * (_MAD_TO_STD * abs(d) - self._scale)
+        self._scale += a * (_MAD_TO_STD * (d if d > 0 else -d) - self._scale)
         return z
+
+    def skip(self, value: float) -> float:
+        """Score ``value`` without folding it in (an outlier already known to be one); time still advances."""
+        pred = self._loc + self._slope
+        scale = max(self._scale, 1e-8 * abs(pred) + 1e-300)
+        self._loc = pred
+        return (float(value) - pred) / scale
 
     @property
     def loc(self) -> float:
@@ -212,20 +222,24 @@ class Spike:
 class SpikeDetector:
     """Online spike rule: a value more than ``z`` robust scales above the baseline for ``persistence``
     consecutive updates starts a spike, reported at its first step; it ends when a value is back within
-    ``z/2`` scales of the pre-spike baseline. O(1) per update; one detector per series (loss, grad norm).
+    ``z/2`` scales of the pre-spike baseline (or of the forecast). Values inside a spike do not move the baseline;
+    a spike longer than ``max_len`` updates (default ``2/(1-beta)``) is a new level: it stays unrecovered and the
+    baseline is learnt afresh. O(1) per update; one detector per series (loss, grad norm).
 
     ``log=True`` scores ``log(value)`` (for positive, multiplicative series such as the gradient norm).
     """
 
     def __init__(self, z: float = 6.0, persistence: int = 3, beta: float = 0.95, clip: float = 3.0,
-                 min_periods: int = 10, log: bool = False) -> None:
+                 min_periods: int = 10, log: bool = False, max_len: int | None = None) -> None:
         if persistence < 1 or z <= 0:
             raise LrkitError(f"SpikeDetector needs z > 0 and persistence >= 1, got z={z}, persistence={persistence}")
         self.z, self.persistence, self.log = float(z), int(persistence), bool(log)
+        self.max_len = int(max_len) if max_len else int(round(2 / (1 - beta)))  # longer: a level shift
         self.rz = RobustZ(beta, clip, min_periods)
         self._run: list = []  # (step, value, z) of the current outlier run
         self._open: Spike | None = None
         self._open_base: tuple[float, float] = (0.0, 0.0)  # pre-spike (loc, scale) in the scored space
+        self._open_len = 0
 
     def update(self, step: int, value: float) -> tuple[Spike | None, Spike | None]:
         """Add one value; returns (spike that starts now or None, spike that ended now or None)."""
@@ -234,18 +248,22 @@ class SpikeDetector:
             v = math.log(v) if v > 0 else (-math.inf if v == 0 else math.nan)
         if not math.isfinite(v):
             return None, None  # non-finite values are the divergence check's business
-        loc, scale = self.rz.loc, self.rz.scale
-        zscore = self.rz.update(v)
+        loc, scale = self.rz._loc, self.rz._scale
         started = ended = None
-        if self._open is not None:
-            if zscore > self._open.peak_z or v > self._score_space(self._open.peak_value):
-                self._open.peak, self._open.peak_value = step, float(value)
-                self._open.peak_z = max(self._open.peak_z, zscore)
+        if self._open is not None:  # inside a spike: its values must not move the baseline
+            zscore = self.rz.skip(v)
+            self._open_len += 1
+            if zscore > self._open.peak_z:
+                self._open.peak, self._open.peak_value, self._open.peak_z = step, float(value), zscore
             base_loc, base_scale = self._open_base
-            if v <= base_loc + 0.5 * self.z * base_scale:
+            if v <= base_loc + 0.5 * self.z * base_scale or zscore <= 0.5 * self.z:
                 self._open.end = step
                 ended, self._open = self._open, None
+            elif self._open_len >= self.max_len:  # it never came back: a new level, learn it afresh
+                self._open = None
+                self.rz = RobustZ(self.rz.beta, self.rz.clip, self.rz.min_periods)
             return None, ended
+        zscore = self.rz.update(v)
         if zscore > self.z:
             if not self._run:
                 self._open_base = (loc, scale)
@@ -255,23 +273,23 @@ class SpikeDetector:
                 pk = max(self._run, key=lambda r: r[2])
                 base = math.exp(self._open_base[0]) if self.log else self._open_base[0]
                 started = self._open = Spike(first[0], pk[0], None, pk[1], base, pk[2])
+                self._open_len = len(self._run)
                 self._run = []
-        else:
+        elif self._run:
             self._run = []
         return started, ended
-
-    def _score_space(self, value: float) -> float:
-        return math.log(value) if self.log and value > 0 else value
 
     def state_dict(self) -> dict:
         o = self._open
         return {"rz": self.rz.state_dict(), "run": list(self._run), "base": list(self._open_base),
+                "open_len": self._open_len,
                 "open": None if o is None else [o.start, o.peak, o.end, o.peak_value, o.baseline, o.peak_z]}
 
     def load_state_dict(self, state: dict) -> None:
         self.rz.load_state_dict(state["rz"])
         self._run = [tuple(r) for r in state["run"]]
         self._open_base = tuple(state["base"])
+        self._open_len = int(state.get("open_len", 0))
         self._open = None if state["open"] is None else Spike(*state["open"])
 
 
@@ -287,6 +305,19 @@ def spikes(values: Sequence[float] | np.ndarray, steps: Sequence[int] | np.ndarr
         if started is not None:
             found.append(started)  # the same object is closed in place when the spike ends
     return found
+
+
+def unroll_running_mean(values: Sequence[float] | np.ndarray, epochs: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Per-batch values from running means that restart each epoch (Keras batch logs): within an epoch,
+    ``x_k = (k+1) m_k - k m_(k-1)`` for the k-th logged batch (k from 0)."""
+    m = np.asarray(values, dtype=np.float64)
+    e = np.asarray(epochs)
+    if m.shape != e.shape:
+        raise LrkitError(f"unroll_running_mean needs one epoch per value: {m.shape} vs {e.shape}")
+    starts = np.r_[True, e[1:] != e[:-1]]
+    k = np.arange(len(m)) - np.maximum.accumulate(np.where(starts, np.arange(len(m)), 0))
+    prev = np.r_[0.0, m[:-1]]
+    return np.where(starts, m, (k + 1) * m - k * prev)
 
 
 @dataclass

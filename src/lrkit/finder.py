@@ -20,7 +20,7 @@ import numpy as np
 from lrkit.curve import EMA, Curve, ema
 from lrkit.errors import LrkitError
 from lrkit.schedules import ramp
-from lrkit.suggest import Suggestion, suggest
+from lrkit.suggest import Suggestion, infer_family, suggest, wants_raw
 
 FORMAT_VERSION = 1
 
@@ -56,6 +56,7 @@ class FinderResult:
     val_steps: np.ndarray | None = None
     val_losses: np.ndarray | None = None
     elapsed_s: float = 0.0
+    confirmations: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def curve(self) -> Curve:
@@ -66,15 +67,14 @@ class FinderResult:
         return Curve(np.arange(len(self.lrs)), self.losses, self.lrs, name="loss")
 
     def suggest(self, rule: str | None = None) -> Suggestion:
-        """Apply another suggestion rule (by name) to the recorded curve."""
-        lrs, y = self._suggest_input()
-        return suggest(lrs, y, rule=rule)
-
-    def _suggest_input(self) -> tuple[np.ndarray, np.ndarray]:
+        """Apply a suggestion rule (by name; default :data:`lrkit.suggest.DEFAULT_RULE`) to the recorded curve:
+        the validation losses in validation mode, else the raw or the smoothed losses as the rule asks."""
         if self.val_losses is not None:
             idx = np.asarray(self.val_steps, dtype=np.int64)
-            return self.lrs[idx], np.asarray(self.val_losses)
-        return self.lrs, self.smoothed_losses
+            lrs, y = self.lrs[idx], np.asarray(self.val_losses)
+        else:
+            lrs, y = self.lrs, self.losses if wants_raw(rule) else self.smoothed_losses
+        return suggest(lrs, y, rule=rule, family=self.config.get("family"), momentum=self.config.get("momentum"))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (non-finite losses become null)."""
@@ -89,6 +89,8 @@ class FinderResult:
             "suggestion": self.suggestion.to_dict(), "config": self.config,
             "val_steps": None if self.val_steps is None else [int(s) for s in self.val_steps],
             "val_losses": arr(self.val_losses), "elapsed_s": self.elapsed_s,
+            "confirmations": [{k: (v if not isinstance(v, float) or np.isfinite(v) else None) for k, v in c.items()}
+                              for c in self.confirmations],
         }
 
     @classmethod
@@ -105,7 +107,9 @@ class FinderResult:
                    stop_reason=d["stop_reason"], stopped_at=d.get("stopped_at"),
                    suggestion=Suggestion.from_dict(d["suggestion"]), config=d.get("config", {}),
                    val_steps=None if d.get("val_steps") is None else np.asarray(d["val_steps"], dtype=np.int64),
-                   val_losses=arr(d.get("val_losses")), elapsed_s=float(d.get("elapsed_s", 0.0)))
+                   val_losses=arr(d.get("val_losses")), elapsed_s=float(d.get("elapsed_s", 0.0)),
+                   confirmations=[{k: (math.inf if v is None and k == "score" else v) for k, v in c.items()}
+                                  for c in d.get("confirmations", [])])
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the result as JSON, atomically (a temporary file renamed into place)."""
@@ -134,7 +138,11 @@ class FinderResult:
         else:
             lo, hi = s.interval if s.interval else (s.lr, s.lr)
             head = f"suggested lr {s.lr:.3g} (interval {lo:.3g} .. {hi:.3g}, rule {s.rule!r})"
-        return f"{head}\n  why: {s.reason}\n  stopped: {self.stop_reason}"
+        text = f"{head}\n  why: {s.reason}\n  stopped: {self.stop_reason}"
+        if self.confirmations:
+            runs = ", ".join(f"{c['lr']:.3g} -> {c['score']:.4g}" for c in self.confirmations)
+            text += f"\n  confirmation runs ({self.confirmations[0].get('steps', '?')} steps each, lr -> loss): {runs}"
+        return text
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -181,6 +189,8 @@ def range_test(
     rule: str | None = None,
     progress: bool = True,
     max_skipped: int | None = None,
+    family: str | None = None,
+    momentum: float | None = None,
 ) -> FinderResult:
     """Run the LR range test on any :class:`Trainer` and restore it exactly afterwards (also on an exception).
 
@@ -192,6 +202,8 @@ def range_test(
         val_every: evaluate ``trainer.evaluate()`` every k steps and judge on that loss (default: off).
         rule: suggestion rule by name (default :data:`lrkit.suggest.DEFAULT_RULE`).
         max_skipped: how many skipped steps (returned None) are tolerated in all (default ``num_iter``).
+        family, momentum: the optimiser family ("adam" | "sgd") and SGD momentum, for rules that use them
+            (default: read from ``trainer.optimizer`` when the trainer has one).
     """
     check_range(start_lr, end_lr, num_iter)
     if diverge_factor <= 1:
@@ -201,11 +213,13 @@ def range_test(
             raise LrkitError(f"val_every must be a positive number of steps, got {val_every!r}")
         if not callable(getattr(trainer, "evaluate", None)):
             raise LrkitError("validation-loss mode needs a trainer with evaluate(); pass val_loader= to find_lr")
+    if family is None and momentum is None:  # adapters that wrap an optimiser expose it as .optimizer
+        family, momentum = infer_family(getattr(trainer, "optimizer", None))
     schedule = ramp(start_lr, end_lr, num_iter, mode)
     lr_at = schedule(np.arange(num_iter))
     max_skipped = num_iter if max_skipped is None else max_skipped
     config = dict(start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
-                  diverge_factor=diverge_factor, val_every=val_every)
+                  diverge_factor=diverge_factor, val_every=val_every, family=family, momentum=momentum)
 
     from tqdm.auto import tqdm
 

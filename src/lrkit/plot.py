@@ -226,7 +226,9 @@ def plot_diagnosis(diagnosis: Any, path: str | os.PathLike | None = None, ax: An
                 ax.annotate(f"spike @{s['start']}", (s["start"], ax.get_ylim()[1]), fontsize=7, color=col,
                             rotation=90, va="top", ha="right")
         elif f.kind == "diverging":
-            ax.axvline(f.steps[0], color=col, ls="--", lw=1.5, label=f"diverging from step {f.steps[0]}")
+            what = "loss NaN/inf at step" if "nan_step" in f.data else "diverging from step"
+            ax.axvline(f.steps[0], color=col, ls=":" if "nan_step" in f.data else "--", lw=1.5,
+                       label=f"{what} {f.steps[0]}")
         else:
             ax.axvspan(f.steps[0], f.steps[-1], color=col, alpha=0.08, label=f.kind.replace("_", " "))
     ax.set_xlabel("step")

@@ -11,6 +11,7 @@ several workers evaluate the next few candidates at once. This module imports nu
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import json
 import math
@@ -532,7 +533,7 @@ def stepwise_search(
     candidates of the ascent at once. The cost in steps is the last reported step + 1, summed over the trials.
     ``diagnose`` attaches the doctor's verdict to each trial when :mod:`lrkit.doctor` is available.
     """
-    from lrkit import sweep as engine
+    engine = importlib.import_module("lrkit.sweep")  # the module (lrkit.sweep itself is the function)
 
     engine._optuna()  # a clear error naming the extra when Optuna is missing
     if not callable(train_fn):

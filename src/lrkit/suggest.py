@@ -42,19 +42,24 @@ Rule = Callable[..., Suggestion]
 _RULES: dict[str, Rule] = {}
 _WANTS_END: set[str] = set()
 _WANTS_FAMILY: set[str] = set()
-DEFAULT_RULE = "valley"
+_WANTS_RAW: set[str] = set()
+DEFAULT_RULE = "robust"
 
 
-def register(name: str, *, wants_end: bool = False, wants_family: bool = False) -> Callable[[Rule], Rule]:
+def register(name: str, *, wants_end: bool = False, wants_family: bool = False,
+             raw: bool = False) -> Callable[[Rule], Rule]:
     """Decorator: register ``fn(lrs, losses) -> Suggestion`` under ``name`` so ``suggest(..., rule=name)`` finds it.
 
     With ``wants_end=True`` the rule is also told ``ended_nonfinite=True|False``: whether the recorded curve was
     cut at a NaN/inf loss (the strongest sign of divergence); with ``wants_family=True`` it is also passed
-    ``family=`` and ``momentum=`` (see :func:`suggest`).
+    ``family=`` and ``momentum=`` (see :func:`suggest`). With ``raw=True`` a range test hands the rule its raw
+    losses; otherwise the bias-corrected EMA of them (the classic rules are defined on the smoothed curve).
     """
 
     def deco(fn: Rule) -> Rule:
         _RULES[name] = fn
+        if raw:
+            _WANTS_RAW.add(name)
         if wants_end:
             _WANTS_END.add(name)
         if wants_family:
@@ -62,6 +67,29 @@ def register(name: str, *, wants_end: bool = False, wants_family: bool = False) 
         return fn
 
     return deco
+
+
+_ADAM_LIKE = ("adam", "rmsprop", "adagrad", "adadelta", "adafactor", "lamb", "lion", "nadam", "radam", "sophia",
+              "adan", "lars", "shampoo", "muon")
+
+
+def infer_family(optimizer: Any) -> tuple[str | None, float | None]:
+    """("adam"|"sgd"|None, momentum) of an optimiser object, from its class name and first param group."""
+    if optimizer is None:
+        return None, None
+    name = type(optimizer).__name__.lower()
+    groups = getattr(optimizer, "param_groups", None) or [{}]
+    if name in ("sgd", "sgdw") or name.startswith("sgd"):
+        m = groups[0].get("momentum", 0.0)
+        return "sgd", float(m) if isinstance(m, (int, float)) else 0.0
+    if any(k in name for k in _ADAM_LIKE):
+        return "adam", None
+    return None, None
+
+
+def wants_raw(rule: str | None = None) -> bool:
+    """Whether the rule (default :data:`DEFAULT_RULE`) judges the raw losses rather than the smoothed ones."""
+    return (rule or DEFAULT_RULE) in _WANTS_RAW
 
 
 def rules() -> list[str]:
@@ -261,7 +289,7 @@ def divergence_factor(family: str | None, momentum: float | None = None) -> floa
     return SGD_BASE + SGD_PER_MOMENTUM * m
 
 
-@register("robust", wants_end=True, wants_family=True)
+@register("robust", wants_end=True, wants_family=True, raw=True)
 def robust(lrs: np.ndarray, losses: np.ndarray, *, ended_nonfinite: bool = False, family: str | None = None,
            momentum: float | None = None) -> Suggestion:
     """A fixed fraction of the lr where a robust smooth fit of the curve diverges (lrkit's default).

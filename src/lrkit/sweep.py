@@ -110,22 +110,33 @@ class NonFiniteLoss(Exception):
 
 
 class SweepTrial:
-    """What ``train_fn(lr, trial)`` gets: the trial's ``lr``, ``seed`` and ``number``, and :meth:`report`."""
+    """What ``train_fn(lr, trial)`` gets: the trial's ``lr``, ``seed`` and ``number``, and :meth:`report`.
+
+    The whole curve is written to the storage once, when the trial ends (user attr ``lrkit_curve``): a database
+    write per training step would cost more than a small step. With a pruner each value is also written at once
+    (Optuna's intermediate values), which the pruner needs; then report every few steps rather than every step.
+    """
 
     def __init__(self, optuna_trial: Any, lr: float, seed: int | None, prune: bool) -> None:
         self.optuna_trial, self.lr, self.seed, self.number = optuna_trial, lr, seed, optuna_trial.number
         self._prune = prune
         self._next_step = 0
+        self._curve: dict[int, float] = {}
         self.last_value: float | None = None
 
     def report(self, value: float, step: int | None = None) -> None:
-        """Record the score (e.g. the training loss) at ``step`` (default: the next step). A NaN/inf value fails
-        the trial (raises :class:`NonFiniteLoss`); with a pruner, a poor trial is stopped (``optuna.TrialPruned``)."""
+        """Record the score (e.g. the training loss) at ``step`` (default: the next step; a step already
+        reported is ignored). A NaN/inf value fails the trial (raises :class:`NonFiniteLoss`); with a pruner, a
+        poor trial is stopped (raises ``optuna.TrialPruned``)."""
         value = float(value)
         step = self._next_step if step is None else int(step)
         self._next_step = step + 1
         self.last_value = value
-        self.optuna_trial.report(value, step)
+        if step in self._curve:
+            return
+        self._curve[step] = value
+        if self._prune:
+            self.optuna_trial.report(value, step)
         if not math.isfinite(value):
             raise NonFiniteLoss(f"the reported value became {value} at step {step}")
         if self._prune and self.optuna_trial.should_prune():
@@ -133,7 +144,14 @@ class SweepTrial:
 
     def should_prune(self) -> bool:
         """Whether the study's pruner would stop this trial now."""
-        return self.optuna_trial.should_prune()
+        return self._prune and self.optuna_trial.should_prune()
+
+    def flush(self) -> None:
+        """Write the curve to the storage in one write (called when the trial ends)."""
+        if self._curve:
+            steps = sorted(self._curve)
+            values = [v if math.isfinite(v) else repr(v) for v in (self._curve[k] for k in steps)]
+            self.optuna_trial.set_user_attr("lrkit_curve", {"steps": steps, "values": values})
 
 
 TrainFn = Callable[[float, SweepTrial], "float | None"]
@@ -176,8 +194,13 @@ class TrialRecord:
         lr = t.params.get(LR_PARAM, t.system_attrs.get("fixed_params", {}).get(LR_PARAM))
         state = {ts.COMPLETE: COMPLETE, ts.PRUNED: PRUNED, ts.FAIL: FAILED, ts.RUNNING: RUNNING,
                  ts.WAITING: WAITING}[t.state]
-        steps = np.array(sorted(t.intermediate_values), dtype=np.int64)
-        values = np.array([t.intermediate_values[s] for s in steps], dtype=np.float64)
+        curve = t.user_attrs.get("lrkit_curve")
+        if curve:
+            steps = np.asarray(curve["steps"], dtype=np.int64)
+            values = np.array([float(v) for v in curve["values"]], dtype=np.float64)
+        else:  # a trial that never finished: what the pruner saw, if anything
+            steps = np.array(sorted(t.intermediate_values), dtype=np.int64)
+            values = np.array([t.intermediate_values[s] for s in steps], dtype=np.float64)
         score = t.value if state == COMPLETE else (float(values[-1]) if state == PRUNED and len(values) else None)
         error = t.user_attrs.get("lrkit_error")
         if state == FAILED and error is None:
@@ -571,7 +594,10 @@ def _run_trial(study: Any, storage: Any, trial_id: int, train_fn: TrainFn, spec:
     failure = None
     try:
         try:
-            out = train_fn(float(lr), reporter)
+            try:
+                out = train_fn(float(lr), reporter)
+            finally:
+                reporter.flush()
             score = reporter.last_value if out is None else out
             if score is None:
                 raise LrkitError("train_fn returned None and reported no value; return the final score "

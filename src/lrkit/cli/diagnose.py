@@ -31,6 +31,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE", help="log files or folders")
     p.add_argument("--metric", help="the loss column/tag to use (default: picked automatically)")
     p.add_argument("--json", action="store_true", help="print the diagnosis as JSON (for CI)")
+    p.add_argument("--running-mean", action="store_true",
+                   help="the loss is a running mean restarting each epoch (Keras batch logs): unroll it first")
     p.add_argument("-o", "--output", help="plot file (one input) or folder (several inputs); "
                                           "default: next to each input")
     p.add_argument("--no-plot", action="store_true", help="write no plot")
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     for src in args.files:
         try:
-            d = diagnose(src, metric=args.metric)
+            d = diagnose(src, metric=args.metric, running_mean=args.running_mean)
         except LrkitError as e:
             if not many:
                 raise
@@ -120,9 +122,13 @@ def run(args: argparse.Namespace) -> int:
         if many and done:
             ranked = rank(done)
             print("ranking (best first: no divergence, then lowest final smoothed loss):")
+            best_final = _final(ranked[0][1])
             for k, (src, d) in enumerate(ranked, 1):
                 lr = _run_lr(d)
-                print(f"  {k}. {src}: final {d.stats.get('final', float('nan')):.4g}, {d.verdict}"
+                fin = _final(d)
+                vs = (f" ({fin / best_final:.2f}x the best)" if k > 1 and math.isfinite(fin) and best_final > 0
+                      else "")
+                print(f"  {k}. {src}: final {d.stats.get('final', float('nan')):.4g}{vs}, {d.verdict}"
                       + (f", lr {lr:.3g}" if lr is not None else ""))
             best_src, best = ranked[0]
             lr = _run_lr(best)

@@ -18,13 +18,16 @@ from lrkit.doctor.readers import read_log
 __all__ = ["Diagnosis", "Event", "Finding", "Monitor", "Recommendation", "Thresholds", "diagnose", "read_log"]
 
 
-def diagnose(curve_or_path: Curve | str | os.PathLike, metric: str | None = None, **thresholds: Any) -> Diagnosis:
+def diagnose(curve_or_path: Curve | str | os.PathLike, metric: str | None = None, running_mean: bool = False,
+             **thresholds: Any) -> Diagnosis:
     """Diagnose a loss curve or a training log file/folder (format auto-detected); ``metric`` picks the column.
 
     Returns a :class:`Diagnosis`: findings (diverging, spiking, oscillating, too_slow, plateau, healthy) with
-    their steps and evidence, and a recommendation (raise / lower / keep the lr, by about what factor)."""
+    their steps and evidence, and a recommendation (raise / lower / keep the lr, by about what factor).
+    ``running_mean=True`` for Keras batch-level logs (see :func:`read_log`); ``thresholds`` override
+    :class:`Thresholds` fields."""
     if isinstance(curve_or_path, (str, os.PathLike)):
-        curve = read_log(curve_or_path, metric=metric)
+        curve = read_log(curve_or_path, metric=metric, running_mean=running_mean)
     else:
         curve = curve_or_path
         if metric is not None and metric != curve.name:

@@ -188,6 +188,8 @@ def features(curve: Curve) -> dict[str, float]:
     mid = float(np.median(yf[2 * m // 3 - w: 2 * m // 3])) if 2 * m // 3 - w >= 0 else float("nan")
     noise_abs = max(noise, 1e-12 * max(abs(final), 1.0))
     total = init - final
+    half_level = float(np.median(yf[m // 2 - w // 2: m // 2 + w // 2 + 1]))
+    late = (half_level - final) / total if total > 0 else float("nan")  # share of the progress made in 2nd half
     if total > 0:
         below = np.nonzero(sm <= init - 0.5 * total)[0]
         half = float(below[0]) / m if below.size else 1.0
@@ -195,7 +197,7 @@ def features(curve: Curve) -> dict[str, float]:
         ninety = float(below[0]) / m if below.size else 1.0
     else:
         half = ninety = float("nan")
-    f.update(init=init, final=final, best=best, span=span, half_time=half, ninety_time=ninety,
+    f.update(init=init, final=final, best=best, span=span, half_time=half, ninety_time=ninety, late=late,
              early_peak=float(np.max(med5)) / init if init > 0 else float("nan"),
              rise=(final - best) / span, noise=noise / span, noise_level=noise / max(abs(final), 1e-12),
              drop=(init - final) / abs(init) if init else float("nan"),
@@ -277,15 +279,15 @@ def diagnose(curve: Curve, thresholds: Thresholds | None = None, **overrides: fl
                                     f"loss swings by ±{f['noise_abs']:.3g} around its trend, {f['noise']:.2f}x the "
                                     f"total progress ({init - best:.3g})", {"noise_ratio": f["noise"]}))
         # ----- too slow / plateau
-        if True:
-            if "plateau" in verdicts:
-                findings.append(Finding("plateau", [int(ss[0]), int(ss[-1])], f"the loss is flat from the start: "
-                                        f"{init:.4g} -> {final:.4g} ({f['drop']:.1%} lower)", {"drop": f["drop"]}))
-            elif "too_slow" in verdicts:
-                findings.append(Finding("too_slow", [int(ss[0]), int(ss[-1])], f"the loss fell only {f['drop']:.0%} "
-                                        f"({init:.4g} -> {final:.4g}) and is still falling at "
-                                        f"{f['deceleration']:.0%} of its initial rate in the last third",
-                                        {"drop": f["drop"], "deceleration": f["deceleration"]}))
+        if "plateau" in verdicts:
+            findings.append(Finding("plateau", [int(ss[0]), int(ss[-1])], f"the loss is flat from the start: "
+                                    f"{init:.4g} -> {final:.4g} ({f['drop']:.1%} lower)", {"drop": f["drop"]}))
+        elif "too_slow" in verdicts:
+            late = f"; {f['late']:.0%} of the progress came in the second half" if f["late"] == f["late"] else ""
+            findings.append(Finding("too_slow", [int(ss[0]), int(ss[-1])], f"the loss fell only {f['drop']:.0%} "
+                                    f"({init:.4g} -> {final:.4g}) and is still falling at "
+                                    f"{f['deceleration']:.0%} of its initial rate in the last third{late}",
+                                    {"drop": f["drop"], "deceleration": f["deceleration"], "late": f["late"]}))
     _update_ratio_findings(c, t, findings)
     if not findings:
         findings.append(Finding("healthy", [], "the loss fell and levelled off without spikes, divergence or "
@@ -307,7 +309,7 @@ def classify(f: dict[str, float], t: Thresholds) -> set[str]:
         out.add("early_blowup")
     elif clear and f["rise"] > t.rise:
         out.add("rise")
-    elif f["drop"] < -0.05 and f["final"] - f["init"] > 2 * f["noise_abs"]:
+    elif f["drop"] < -0.01 and f["final"] - f["init"] > 2 * f["noise_abs"]:
         out.add("ended_higher")
     diverging = bool(out) or f["nan_index"] >= 0
     if progress and f["noise"] > t.noise and not diverging:

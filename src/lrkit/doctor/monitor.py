@@ -39,8 +39,8 @@ class Monitor:
     Keyword arguments: any :class:`~lrkit.doctor.checks.Thresholds` field, plus ``beta`` (loss smoothing,
     default 0.98), ``patience`` (steps without a ``min_delta`` relative improvement (default 1%) before a plateau
     event, default 500),
-    ``check_after`` (first step the crawl check may fire, default 100), ``cooldown`` (steps before the same kind
-    of event may fire again, default 100), ``window`` (the loss is a mean over this many steps, as in Hugging Face
+    ``check_after`` (updates before the crawl and plateau checks may fire, default 100), ``cooldown`` (steps
+    before the same kind of event may fire again, default 100), ``window`` (the loss is a mean over this many steps, as in Hugging Face
     logs: spikes then need no persistence), ``spike_action`` ("skip_batches" or "rollback").
     """
 
@@ -61,7 +61,6 @@ class Monitor:
         self._loss_spikes = SpikeDetector(z=self.t.spike_z, persistence=persistence)
         self._gn_spikes = SpikeDetector(z=self.t.spike_z, persistence=persistence, log=True)
         self._ema = EMA(self.beta)
-        self._spread = EMA(self.beta)  # EWM of |loss - smoothed| : the batch-to-batch spread
         self._n = 0
         self._init = math.nan
         self._first: list[float] = []
@@ -85,8 +84,6 @@ class Monitor:
             return out
         self._n += 1
         sm = self._ema.update(loss)
-        if self._n > 1:
-            self._spread.update(abs(loss - sm))
         if len(self._first) < 3:
             self._first.append(loss)
             self._init = min(self._first[0], float(np.median(self._first)))
@@ -105,14 +102,16 @@ class Monitor:
                        None if self.spike_action == "skip_batches" else 0.5, now=step)
         init, t = self._init, self.t
         span = init - self._best
-        if self._n >= 5 and init > 0 and sm > t.early_blowup * init:
+        if self._n >= 5 and init > 0 and sm > t.early_blowup * init and self._ready("divergence", step):
             self._fire(out, "divergence", step, f"the smoothed loss {sm:.4g} is {sm / init:.2f}x its initial "
                        f"value {init:.4g}", "rollback", 0.3)
-        elif span > 0.05 * abs(init) and (sm - self._best) / span > t.rise and self._n >= 20:
+        elif (span > 0.05 * abs(init) and (sm - self._best) / span > t.rise and self._n >= 20
+              and self._ready("divergence", step)):
             self._fire(out, "divergence", step, f"the smoothed loss climbed from its best {self._best:.4g} "
                        f"(step {self._best_step}) to {sm:.4g}: {(sm - self._best) / span:.0%} of the progress lost",
                        "rollback", 0.5)
-        if self._n >= self.check_after and not self._diverged:
+        if self._n >= self.check_after and not self._diverged and (
+                self._ready("plateau", step) or self._ready("too_slow", step)):
             drop = (init - sm) / abs(init) if init else 0.0
             if step - self._best_step >= self.patience and drop >= t.slow_drop:
                 self._fire(out, "plateau", step, f"no {self.min_delta:.0%} improvement of the smoothed loss "
@@ -126,14 +125,18 @@ class Monitor:
                            f"({init:.4g} -> {sm:.4g}): raise the lr about {factor:g}x", "raise_lr", factor)
         return out
 
+    def _ready(self, kind: str, now: int) -> bool:
+        """Whether an event of this kind may fire now (cooldown, once per divergence); cheap, checked first."""
+        if kind in ("divergence", "nan") and self._diverged:
+            return False
+        last = self._last_fired.get(kind)
+        return last is None or now - last >= self.cooldown
+
     def _fire(self, out: list[Event], kind: str, step: int, msg: str, action: str, factor: float | None,
               now: int | None = None) -> None:
         now = step if now is None else now
-        if kind in ("divergence", "nan") and self._diverged:
-            return  # once per divergence: re-armed by reset_after_rollback()
-        last = self._last_fired.get(kind)
-        if last is not None and now - last < self.cooldown:
-            return
+        if not self._ready(kind, now):
+            return  # cooldown; a divergence fires once until reset_after_rollback()
         self._last_fired[kind] = now
         if kind in ("divergence", "nan"):
             self._diverged = True
@@ -156,8 +159,18 @@ class Monitor:
     def _record(self, step: int, loss: float, lr: float | None, gn: float | None) -> None:
         """Keep a bounded history for :meth:`diagnosis`: past 2*MAX_POINTS points, pairs are averaged (O(1)
         amortised per step)."""
-        self._pending.append((step, loss, math.nan if lr is None else float(lr), math.nan if gn is None else
-                              float(gn)))
+        lr = math.nan if lr is None else float(lr)
+        gn = math.nan if gn is None else float(gn)
+        if self._stride == 1:  # fast path until the run gets long
+            h = self._hist
+            h[0].append(step)
+            h[1].append(loss)
+            h[2].append(lr)
+            h[3].append(gn)
+            if len(h[0]) >= 2 * MAX_POINTS:
+                self._halve()
+            return
+        self._pending.append((step, loss, lr, gn))
         if len(self._pending) < self._stride:
             return
         p = self._pending
@@ -168,10 +181,14 @@ class Monitor:
         for h, v in zip(self._hist, (p[0][0], loss_v, p[-1][2], max((x[3] for x in p), default=math.nan))):
             h.append(v)
         if len(self._hist[0]) >= 2 * MAX_POINTS:
-            s, lo, lr_, g = self._hist
-            self._hist = [s[0::2], [(a + b) / 2 for a, b in zip(lo[0::2], lo[1::2])], lr_[1::2],
-                          [max(a, b) for a, b in zip(g[0::2], g[1::2])]]
-            self._stride *= 2
+            self._halve()
+
+    def _halve(self) -> None:
+        """Average the history in pairs (loss mean, last lr, max grad norm); later points come in pairs too."""
+        s, lo, lr_, g = self._hist
+        self._hist = [s[0::2], [(a + b) / 2 for a, b in zip(lo[0::2], lo[1::2])], lr_[1::2],
+                      [max(a, b) for a, b in zip(g[0::2], g[1::2])]]
+        self._stride *= 2
 
     def curve(self) -> Curve:
         """The recorded history as a Curve (downsampled by averaging when the run is long)."""
@@ -197,7 +214,7 @@ class Monitor:
                 "min_delta": self.min_delta, "ref": self._ref,
                 "spike_action": self.spike_action,
                 "loss_spikes": self._loss_spikes.state_dict(), "gn_spikes": self._gn_spikes.state_dict(),
-                "ema": [self._ema._avg, self._ema._n], "spread": [self._spread._avg, self._spread._n],
+                "ema": [self._ema._avg, self._ema._n],
                 "n": self._n, "init": self._init, "first": list(self._first), "best": [self._best, self._best_step],
                 "last_fired": dict(self._last_fired), "diverged": self._diverged,
                 "hist": [list(h) for h in self._hist], "stride": self._stride, "pending": [list(p) for p in
@@ -213,7 +230,6 @@ class Monitor:
         self._loss_spikes.load_state_dict(state["loss_spikes"])
         self._gn_spikes.load_state_dict(state["gn_spikes"])
         self._ema._avg, self._ema._n = float(state["ema"][0]), int(state["ema"][1])
-        self._spread._avg, self._spread._n = float(state["spread"][0]), int(state["spread"][1])
         self._n, self._init, self._first = int(state["n"]), float(state["init"]), list(state["first"])
         self._best, self._best_step = float(state["best"][0]), int(state["best"][1])
         self._ref = float(state["ref"])

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from lrkit.curve import Curve
+from lrkit.curve import Curve, unroll_running_mean
 from lrkit.errors import LrkitError, missing_extra
 
 STEP_KEYS = ("step", "global_step", "_step", "steps", "iteration", "iter", "it", "batch", "trainer/global_step")
@@ -44,13 +44,24 @@ class Columns(dict):
 
 
 # ----------------------------------------------------------------------------------------------------- detection
-def read_log(path: str | os.PathLike, metric: str | None = None) -> Curve:
+def read_log(path: str | os.PathLike, metric: str | None = None, running_mean: bool = False) -> Curve:
     """Read a training log (format auto-detected) into a Curve of the loss column or ``metric``.
 
-    The Curve's ``meta`` says the format, the column used, the lr/grad-norm columns found, every column, and
-    what the log's values mean (e.g. a windowed mean in a Hugging Face log)."""
+    ``running_mean=True``: the loss is a running mean that restarts each epoch (Keras batch-level logs); the
+    per-batch losses are recovered from it (needs an ``epoch`` column). The Curve's ``meta`` says the format, the
+    column used, the lr/grad-norm columns found, every column, and what the values mean."""
     cols = read_columns(path)
-    return columns_to_curve(cols, metric, source=os.fspath(path))
+    curve = columns_to_curve(cols, metric, source=os.fspath(path))
+    if running_mean:
+        epoch_name = next((n for n in cols if n.lower() == "epoch"), None)
+        if epoch_name is None:
+            raise LrkitError(f"{path}: running_mean needs an 'epoch' column to know where the mean restarts; "
+                             f"columns: {', '.join(cols)}")
+        epochs = _align(cols, epoch_name, curve.steps)
+        curve.values = unroll_running_mean(curve.values, epochs)
+        curve.meta["semantics"] = ("the log held running means since the start of each epoch (Keras batch logs); "
+                                   "per-batch losses were recovered from them")
+    return curve
 
 
 def read_columns(path: str | os.PathLike) -> Columns:

@@ -1,8 +1,8 @@
 """The range test under ``torch.distributed`` (DDP): every rank records the same curve and takes the same decisions.
 
-Each rank trains on its own shard; :class:`DistributedTrainer` gathers the per-rank losses and gives every rank
-their mean, computed in rank order in float64, so the curve, the stop decision and the suggestion are bit-for-bit
-the same on all ranks. Each rank restores its own model, optimiser and RNGs (the engine's ``finally``). A failure on
+Each rank trains on its own shard; :class:`DistributedTrainer` shares the per-rank losses (one all-reduce of a
+vector with one slot per rank) and gives every rank their mean, computed in rank order in float64, so the curve,
+the stop decision and the suggestion are bit-for-bit the same on all ranks. Each rank restores its own model, optimiser and RNGs (the engine's ``finally``). A failure on
 one rank is announced to the others through the same collective, so every rank raises instead of hanging.
 """
 
@@ -64,12 +64,15 @@ class DistributedTrainer:
         except BaseException as e:  # tell the other ranks before raising, so none waits forever
             error, value = e, None
         status = _ERROR if error is not None else (_SKIPPED if value is None else _OK)
-        mine = torch.tensor([0.0 if value is None else float(value), status], dtype=torch.float64,
-                            device=self._device)
+        # each rank fills its own slot of a zero vector; a sum all-reduce then gives every rank every value
+        # exactly (x + 0 == x), so each rank can average them in the same order
+        slots = torch.zeros(self.world_size, 2, dtype=torch.float64)
+        slots[self.rank, 0] = 0.0 if value is None else float(value)
+        slots[self.rank, 1] = status
+        slots = slots.to(self._device)
         t0 = time.perf_counter()
-        gathered = [torch.empty_like(mine) for _ in range(self.world_size)]
-        dist.all_gather(gathered, mine, group=self.group)
-        rows = torch.stack(gathered).cpu().tolist()
+        dist.all_reduce(slots, group=self.group)
+        rows = slots.cpu().tolist()
         self.reduce_s += time.perf_counter() - t0
         self.reduce_calls += 1
         if error is not None:

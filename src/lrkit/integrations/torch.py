@@ -334,22 +334,34 @@ def find_lr(
     scaler: Any = None,
     snapshot: str = "memory",
     rule: str | None = None,
+    confirm: bool = True,
+    max_steps: int = 200,
     progress: bool = True,
 ) -> FinderResult:
     """Run the LR range test on a PyTorch model and restore model, optimiser and RNGs exactly afterwards.
 
     Ramps the lr from ``start_lr`` (default 1e-7) to ``end_lr`` (default 10) over ``num_iter`` optimiser steps
-    (default 100), stops when the smoothed loss exceeds ``diverge_factor`` (4) x its best, and suggests an lr.
-    With ``val_loader`` the validation loss, evaluated every ``val_every`` steps, is judged instead.
-    See :class:`TorchTrainer` for the batch, AMP, accumulation and snapshot options.
+    (default 100), stops when the smoothed loss exceeds ``diverge_factor`` (4) x its best, and suggests an lr
+    (the rule knows the optimiser family). With ``confirm`` (default) the ramp is extended when nothing diverged
+    and short constant-lr runs at the pick, /3 and /9 may move it down, all within ``max_steps`` optimiser steps
+    (default 200; see :func:`lrkit.adaptive.find`). With ``val_loader`` the validation loss, evaluated every
+    ``val_every`` steps, is judged instead (no confirmation runs). See :class:`TorchTrainer` for the batch, AMP,
+    accumulation and snapshot options.
     """
+    from lrkit.adaptive import find, infer_family
+
     check_range(start_lr, end_lr, num_iter)
     trainer = TorchTrainer(model, optimizer, criterion, train_loader, loss_fn=loss_fn,
                            accumulation_steps=accumulation_steps, max_grad_norm=max_grad_norm, amp=amp,
                            scaler=scaler, val_loader=val_loader, snapshot=snapshot)
+    family, momentum = infer_family(optimizer)
+    if confirm and val_loader is None:
+        return find(trainer, family=family, momentum=momentum, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter,
+                    max_steps=max(max_steps, num_iter), rule=rule or "robust", progress=progress, mode=mode,
+                    smooth=smooth, diverge_factor=diverge_factor).ramp
     return range_test(trainer, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
                       diverge_factor=diverge_factor, val_every=val_every if val_loader is not None else None,
-                      rule=rule, progress=progress)
+                      rule=rule, progress=progress, family=family, momentum=momentum)
 
 
 __all__ = ["TorchTrainer", "find_lr"]

@@ -71,9 +71,14 @@ class Snapshots:
         self.state: tuple[dict, dict] | None = None
         self.step: int | None = None
 
-    def take(self, step: int) -> None:
+    def take(self, step: int) -> bool:
+        """Snapshot now, unless a weight is already NaN/inf (then keep the previous one); True when taken."""
+        with torch.no_grad():
+            if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                return False
         self.state = (_to_cpu(self.model.state_dict()), _to_cpu(self.optimizer.state_dict()))
         self.step = int(step)
+        return True
 
     def restore(self) -> bool:
         """Put the last snapshot back, keeping the optimiser's current lrs; False when there is none yet."""

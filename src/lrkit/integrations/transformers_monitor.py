@@ -2,7 +2,8 @@
 is the mean over the logging window, ``learning_rate``, ``grad_norm``) to a :class:`~lrkit.doctor.Monitor`
 created with ``window=args.logging_steps`` (a windowed mean needs no spike persistence). It warns by default and,
 with ``act=...``, restores the last good state and lowers the lr, rolls back and skips batches, or lowers the lr
-on a plateau. Snapshots (CPU memory) are taken every ``snapshot_every`` healthy optimiser steps.
+on a plateau. Snapshots (CPU memory) are taken at a logged row that looked healthy, at least ``snapshot_every``
+optimiser steps apart. Keep ``logging_nan_inf_filter=False`` to let a NaN loss reach the log (and the doctor).
 """
 
 from __future__ import annotations
@@ -41,19 +42,12 @@ class LrMonitorTrainerCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
-        if self.monitor is None:
+        if self.monitor is None:  # one logged row = one mean over logging_steps steps; judge a crawl after 10 rows
             self.monitor = Monitor(**{"window": max(int(args.logging_steps), 1) if args.logging_steps > 1 else None,
-                                      "check_after": 10, "patience": 50, "cooldown": 10,
-                                      **self._monitor_kwargs})
-
-    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
-                    **kwargs: Any) -> None:
+                                      "check_after": 10, **self._monitor_kwargs})
         if self.acts and model is not None and optimizer is not None:
-            if self._snaps is None:
-                self._snaps = Snapshots(model, optimizer)
-                self._snaps.take(state.global_step)
-            elif state.global_step % self.snapshot_every == 0 and self.monitor.healthy:
-                self._snaps.take(state.global_step)
+            self._snaps = Snapshots(model, optimizer)
+            self._snaps.take(state.global_step)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if self._skip > 0 and model is not None:  # skipping after a spike: no gradient, no update
@@ -68,6 +62,10 @@ class LrMonitorTrainerCallback(TrainerCallback):
         events = self.monitor.update(state.global_step, float(logs["loss"]), lr=logs.get("learning_rate"),
                                      grad_norm=logs.get("grad_norm"))
         if not events:
+            # snapshot only after a healthy logged window: the monitor has vouched for these weights
+            if (self._snaps is not None and self.monitor.healthy
+                    and state.global_step - (self._snaps.step or 0) >= self.snapshot_every):
+                self._snaps.take(state.global_step)
             return
         self.events += events
         if self._snaps is None and model is not None and optimizer is not None:

@@ -1,0 +1,76 @@
+"""Per-step overhead of the live doctor (``lrkit.Monitor.update``) on a training step of a small MLP, side by side
+with PyTorch's own per-step lr watcher (``ReduceLROnPlateau.step(loss)``).
+
+Run: ``python benchmarks/doctor/bench_monitor_overhead.py`` (about 30 s, one CPU thread). Interleaved blocks of
+steps, medians over repeats; target: the Monitor adds < 1% to a bare step.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from lrkit.doctor import Monitor
+
+STEPS, REPEATS = 200, 15
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
+                                torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(4096, 64), torch.randint(0, 10, (4096,))
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(torch.optim.SGD([torch.zeros(1)], lr=0.1), patience=10**9)
+    monitor = Monitor()
+    step_no = 0
+
+    def block(kind: str) -> float:
+        nonlocal step_no
+        t0 = time.perf_counter()
+        for _ in range(STEPS):
+            i = (step_no * 64) % 4032
+            loss = torch.nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            v = loss.item()
+            if kind == "monitor":
+                monitor.update(step_no, v, lr=1e-3, grad_norm=1.0)
+            elif kind == "plateau":
+                plateau.step(v)
+            step_no += 1
+        return (time.perf_counter() - t0) / STEPS
+
+    for k in ("bare", "monitor", "plateau"):  # warm up
+        block(k)
+    times: dict[str, list[float]] = {"bare": [], "monitor": [], "plateau": []}
+    for _ in range(REPEATS):
+        for k in times:
+            times[k].append(block(k))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    m2 = Monitor()
+    n = 100_000
+    t0 = time.perf_counter()
+    for i in range(n):
+        m2.update(i, 1.0 + 1.0 / (1 + i), lr=1e-3, grad_norm=1.0)
+    per_update = (time.perf_counter() - t0) / n
+    s2 = torch.optim.lr_scheduler.ReduceLROnPlateau(torch.optim.SGD([torch.zeros(1)], lr=0.1), patience=10**9)
+    t0 = time.perf_counter()
+    for i in range(n):
+        s2.step(1.0 + 1.0 / (1 + i))
+    per_plateau = (time.perf_counter() - t0) / n
+    print(f"MLP 64-256-256-10, batch 64, AdamW, 1 thread; medians of {REPEATS} interleaved blocks of {STEPS} steps")
+    print(f"  bare step                      {med['bare'] * 1e6:8.1f} us")
+    print(f"  + lrkit Monitor.update         {med['monitor'] * 1e6:8.1f} us  ({med['monitor'] / med['bare'] - 1:+.2%})")
+    print(f"  + torch ReduceLROnPlateau.step {med['plateau'] * 1e6:8.1f} us  ({med['plateau'] / med['bare'] - 1:+.2%})")
+    print(f"isolated cost per call: Monitor.update {per_update * 1e6:.2f} us "
+          f"({per_update / med['bare']:.2%} of a bare step), ReduceLROnPlateau.step {per_plateau * 1e6:.2f} us "
+          f"({per_plateau / med['bare']:.2%}); ratio {per_update / per_plateau:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""transformers: the doctor reads a real trainer_state.json; the callback watches a tiny GPT-2 and acts on request."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from lrkit.doctor import diagnose, read_log  # noqa: E402
+from lrkit.integrations.transformers_monitor import LrMonitorTrainerCallback  # noqa: E402
+
+
+class Tokens(torch.utils.data.Dataset):
+    def __init__(self, n=256, length=16):
+        g = torch.Generator().manual_seed(0)
+        base = torch.randint(0, 32, (n, 1), generator=g)
+        self.ids = (base + torch.arange(length)) % 64  # learnable: each token is the previous + 1
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+class Poison(transformers.TrainerCallback):
+    """Test helper: at one step, make every weight NaN (as an overflow would)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.at:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("nan"))
+
+
+def run(tmp_path, callbacks, steps=30, lr=1e-3):
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=64, n_positions=32)
+    model = transformers.GPT2LMHeadModel(cfg)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=steps, logging_steps=2, per_device_train_batch_size=8,
+        learning_rate=lr, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+        logging_nan_inf_filter=False, lr_scheduler_type="constant")
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=callbacks)
+    trainer.train()
+    return trainer
+
+
+def test_reads_real_trainer_state_and_callback_sees_the_same_rows(tmp_path):
+    cb = LrMonitorTrainerCallback()
+    trainer = run(tmp_path, [cb])
+    path = tmp_path / "trainer_state.json"
+    trainer.state.save_to_json(str(path))
+    c = read_log(path)
+    rows = [r for r in trainer.state.log_history if "loss" in r]
+    assert c.meta["window"] == 2 and c.name == "loss" and c.meta["lr_column"] == "learning_rate"
+    np.testing.assert_array_equal(c.steps, [r["step"] for r in rows])
+    np.testing.assert_array_equal(c.values, [r["loss"] for r in rows])
+    np.testing.assert_array_equal(c.extra["grad_norm"], [r["grad_norm"] for r in rows])
+    m = cb.monitor.curve()
+    np.testing.assert_array_equal(m.steps, c.steps)
+    np.testing.assert_allclose(m.values, c.values)
+    assert cb.monitor.window == 2
+    assert diagnose(path).metric == "loss"
+
+
+def test_callback_restores_and_lowers_lr_on_nan(tmp_path):
+    cb = LrMonitorTrainerCallback(act=True, snapshot_every=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = run(tmp_path, [Poison(at=13), cb])
+    nan = [e for e in cb.events if e.kind == "nan"]
+    assert nan and nan[0].step == 14  # the first logged window that contains the NaN loss
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)
+    assert cb._snaps.step <= 12
+    assert any("restored the snapshot" in str(w.message) for w in caught)
+
+
+def test_callback_warns_and_stops_by_default(tmp_path):
+    cb = LrMonitorTrainerCallback()
+    with pytest.warns(RuntimeWarning, match=r"\[nan\]"):
+        trainer = run(tmp_path, [Poison(at=13), cb])
+    assert trainer.state.global_step == 14  # stopped at the first NaN row
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
