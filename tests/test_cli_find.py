@@ -96,3 +96,20 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert match in err and err.count("\n") == 1 and err.startswith("lrkit find: error:")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == before
+
+
+def test_recipe_and_single_ramp_options(tmp_path, monkeypatch, capsys):
+    from lrkit.schedules import parse
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["find", "--example", "digits", "--no-progress", "--no-plot", "--schedule", "wsd",
+                 "--total-steps", "3000"]) == 0
+    out = capsys.readouterr().out
+    spec = out.split("recipe (wsd, 3000 steps): ")[1].splitlines()[0]
+    res = FinderResult.load(tmp_path / "lr_find.json")
+    sched = parse(spec)
+    assert max(sched(range(3000))) == pytest.approx(float(f"{res.suggestion.lr:.3g}"), rel=1e-9)
+    assert res.config["confirm"] and sum(res.config["steps"].values()) <= 200 and len(res.confirmations) == 3
+    assert main(["find", "--example", "digits", "--no-progress", "--no-plot", "--no-confirm"]) == 0
+    single = FinderResult.load(tmp_path / "lr_find.json")
+    assert single.confirmations == [] and len(single.lrs) <= 100 and single.suggestion.rule == "robust"

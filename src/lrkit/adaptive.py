@@ -19,6 +19,7 @@ from lrkit.errors import LrkitError
 from lrkit.finder import FinderResult, Trainer, check_range, range_test
 from lrkit.suggest import Suggestion, _clean, divergence_factor, fit_curve, infer_family, suggest
 
+
 def never_diverged(lrs, losses) -> bool:
     """True when a recorded ramp (raw losses) never turned up: the divergence point lies beyond its end."""
     n_in = len(lrs)

@@ -38,6 +38,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--snapshot", choices=["memory", "disk"], default="memory",
                    help="where the restore copy lives (default: CPU memory)")
     p.add_argument("--rule", default=None, help="suggestion rule by name (see lrkit.suggest.rules())")
+    p.add_argument("--no-confirm", action="store_true",
+                   help="one ramp only: no extension and no short confirmation runs at the pick, /3 and /9")
+    p.add_argument("--max-steps", type=int, default=200,
+                   help="optimiser steps for ramp + confirmation runs in all (default 200)")
+    p.add_argument("--schedule", choices=["onecycle", "cosine", "wsd"], default=None,
+                   help="also print a training recipe: peak lr, warmup and decay as a schedule spec")
+    p.add_argument("--total-steps", type=int, default=1000,
+                   help="optimiser steps of the training run the --schedule recipe is for (default 1000)")
     p.add_argument("-o", "--output", default="lr_find.json", help="result JSON (default lr_find.json)")
     p.add_argument("--plot", default="lr_find.png", help="figure path (default lr_find.png)")
     p.add_argument("--no-plot", action="store_true", help="do not write a figure")
@@ -68,6 +76,8 @@ def _load_target(spec: str) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Run the range test, print the suggestion, write the JSON and the figure (only when the test succeeded)."""
     check_range(args.start_lr, args.end_lr, args.num_iter)
+    if args.schedule and args.total_steps < 10:
+        raise LrkitError(f"--total-steps must be >= 10 optimiser steps, got {args.total_steps}")
     for path in [args.output] + ([] if args.no_plot else [args.plot]):
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
@@ -82,13 +92,28 @@ def run(args: argparse.Namespace) -> int:
                   smooth=args.smooth, diverge_factor=args.diverge_factor, rule=args.rule,
                   progress=not args.no_progress)
     if all(callable(getattr(built, m, None)) for m in ("step", "snapshot", "restore")):
-        result = range_test(built, val_every=args.val_every if args.val else None, **common)
+        if args.no_confirm or args.val:
+            result = range_test(built, val_every=args.val_every if args.val else None, **common)
+        else:
+            from lrkit.adaptive import find
+
+            result = find(built, max_steps=max(args.max_steps, args.num_iter), **{
+                k: v for k, v in common.items() if k != "rule"}, rule=args.rule or "robust").ramp
     else:
         result = _run_torch(built, args, common)
+    recipe = None
+    if args.schedule and result.suggestion.lr is not None:
+        from lrkit.suggest import recipe as make_recipe
+
+        recipe = make_recipe(result, schedule=args.schedule, total_steps=args.total_steps)
     result.save(args.output)
     if not args.no_plot:
         result.plot(args.plot)
     print(result)
+    if recipe is not None:
+        print(f"recipe ({args.schedule}, {args.total_steps} steps): {recipe.spec}\n  {recipe.reason}")
+    elif args.schedule:
+        print(f"recipe ({args.schedule}): none, since there is no trustworthy suggestion")
     print(f"wrote {args.output}" + ("" if args.no_plot else f" and {args.plot}"))
     return 0
 
@@ -112,4 +137,5 @@ def _run_torch(built: Any, args: argparse.Namespace, common: dict[str, Any]) -> 
         scaler = torch.amp.GradScaler(device, enabled=device == "cuda")
     return find_lr(model, optimizer, criterion, train_loader, val_loader=val_loader, val_every=args.val_every,
                    accumulation_steps=args.accumulation_steps, max_grad_norm=args.max_grad_norm, amp=amp,
-                   scaler=scaler, snapshot=args.snapshot, **common)
+                   scaler=scaler, snapshot=args.snapshot, confirm=not args.no_confirm, max_steps=args.max_steps,
+                   **common)
