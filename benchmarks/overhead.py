@@ -61,7 +61,7 @@ def bare_loop(model, opt, crit, loader, num_iter):
 
 def run_lrkit(model, opt, crit, loader, num_iter, progress):
     return find_lr(model, opt, crit, loader, start_lr=START, end_lr=END, num_iter=num_iter, diverge_factor=1e9,
-                   progress=progress)
+                   progress=progress, confirm=False)
 
 
 def run_torch_lr_finder(model, opt, crit, loader, num_iter):

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import optuna
@@ -354,3 +355,25 @@ def test_cli_around_suggestion_from_a_saved_result_and_from_a_range_test(tmp_pat
         got = [t["lr"] for t in json.loads((tmp_path / "r.json").read_text())["trials"]]
         assert got == pytest.approx(expected, rel=1e-11)
     capsys.readouterr()
+
+
+def test_a_trial_whose_remote_worker_stopped_beating_is_requeued_and_run(tmp_path, log):
+    db = str(tmp_path / "s.db")
+    study = SweepStudy(storage=db, study_name="hb", heartbeat_interval=1, grace_period=2)
+    # a worker on another machine takes lr 0.05, beats once, and vanishes
+    storage = study.open_storage()
+    st = study.load(storage)
+    st.enqueue_trial({"lr": 0.05}, user_attrs={"seed": 0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Heartbeat ... supposed to be used with Study.optimize"
+        remote = st.ask()
+    remote.suggest_float("lr", 0.05, 0.1, log=True)
+    remote.set_user_attr("lrkit_worker", {"host": "another-machine", "pid": 1})
+    storage.record_heartbeat(remote._trial_id)
+    records = run_points(study, train_quad, [(0.05, 0), (0.1, 0)])
+    assert [r.state for r in records] == ["complete", "complete"]
+    assert records[0].score == pytest.approx(closed_form(0.05, STEPS), rel=1e-12)
+    trials = optuna.load_study(study_name="hb", storage=f"sqlite:///{db}").trials
+    stale = [t for t in trials if t.number == remote.number][0]
+    assert stale.state == optuna.trial.TrialState.FAIL  # failed by Optuna's heartbeat check, then retried
+    assert [t.system_attrs.get("failed_trial") for t in trials if t.number == records[0].number] == [remote.number]

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -204,7 +205,8 @@ class TrialRecord:
         score = t.value if state == COMPLETE else (float(values[-1]) if state == PRUNED and len(values) else None)
         error = t.user_attrs.get("lrkit_error")
         if state == FAILED and error is None:
-            error = "the worker running this trial was lost (killed or crashed); rerun the sweep to redo it"
+            error = ("interrupted; rerun the sweep to redo it" if t.user_attrs.get("lrkit_failure") == "interrupted"
+                     else "the worker running this trial was lost (killed or crashed); rerun the sweep to redo it")
         dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start \
             else None
         return cls(number=t.number, lr=_clean_lr(lr) if lr is not None else float("nan"),
@@ -365,7 +367,8 @@ class SweepStudy:
         if "://" in s and "@" in s:
             head, rest = s.split("://", 1)
             cred, host = rest.rsplit("@", 1)
-            return f"{head}://{cred.split(':')[0]}:***@{host}"
+            if ":" in cred:
+                return f"{head}://{cred.split(':')[0]}:***@{host}"
         return s
 
     def load(self, storage: Any = None) -> Any:
@@ -456,8 +459,6 @@ def _sqlite_path(url: str) -> str | None:
 @contextlib.contextmanager
 def _no_experimental_warnings() -> Iterator[None]:
     """Optuna marks its heartbeat API experimental; lrkit relies on it knowingly."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", _optuna().exceptions.ExperimentalWarning)
         yield
@@ -678,7 +679,9 @@ def _worker_loop(spec: SweepStudy, train_fn: TrainFn, points: Sequence[tuple[flo
                         return
                     tid = _take_waiting(study, storage, spec, locked=True)
                     if tid is None:
-                        tid = study.ask()._trial_id
+                        with warnings.catch_warnings():  # Optuna: heartbeat "supposed to be used with optimize"
+                            warnings.simplefilter("ignore", UserWarning)
+                            tid = study.ask()._trial_id
                         storage.set_trial_user_attr(tid, "seed", default_seed)
                 _run_trial(study, storage, tid, train_fn, spec, lr_bounds, default_seed)
         order = {_key(*p): i for i, p in enumerate(points)}

@@ -355,6 +355,13 @@ def find_lr(
                            accumulation_steps=accumulation_steps, max_grad_norm=max_grad_norm, amp=amp,
                            scaler=scaler, val_loader=val_loader, snapshot=snapshot)
     family, momentum = infer_family(optimizer)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # under torch.distributed every rank runs the test on its shard with the loss averaged over ranks, so all
+        # ranks record the same curve, stop together and pick the same lr; the progress bar shows on rank 0
+        from lrkit.integrations.distributed import is_main_process, maybe_distributed
+
+        trainer = maybe_distributed(trainer)
+        progress = progress and is_main_process()
     if confirm and val_loader is None:
         return find(trainer, family=family, momentum=momentum, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter,
                     max_steps=max(max_steps, num_iter), rule=rule or "robust", progress=progress, mode=mode,
