@@ -81,8 +81,8 @@ def test_user_module_target(tmp_path, monkeypatch, capsys, body):
 @pytest.mark.parametrize("argv, match", [
     (["find", "--example", "nope"], "unknown example 'nope'"),
     (["find", "missing_mod_xyz:make"], "cannot import module 'missing_mod_xyz'"),
-    (["find", "usermod:nothere"], "has no function 'nothere'"),
-    (["find", "usermod"], "module:function"),
+    (["find", "usermod:nothere"], "has no attribute 'nothere'"),
+    (["find", "usermod"], "MODULE:FUNCTION"),
     (["find", "--example", "digits", "--start-lr", "1", "--end-lr", "0.1"], "smaller than end_lr"),
     (["find", "--example", "digits", "--num-iter", "3"], "num_iter"),
     (["find", "--example", "digits", "-o", "no/such/dir/x.json"], "does not exist"),

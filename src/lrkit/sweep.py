@@ -11,7 +11,6 @@ Engine, for callers that plan their own lrs (e.g. a stepwise search): :class:`Sw
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import math
 import os
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from lrkit._util import load_callable
 from lrkit.curve import Curve
 from lrkit.errors import LrkitError, missing_extra
 
@@ -892,30 +892,6 @@ def attach_verdicts(result: SweepResult) -> bool:
 
 
 # -- loading a train function by name ------------------------------------------------------------------------------
-
-def load_callable(spec: str) -> Callable[..., Any]:
-    """The object named by ``"package.module:attr"`` (the working directory is importable)."""
-    if not isinstance(spec, str) or ":" not in spec:
-        raise LrkitError(f"expected MODULE:FUNCTION (e.g. my_module:train), got {spec!r}")
-    modname, _, attr = spec.partition(":")
-    if not modname or not attr:
-        raise LrkitError(f"expected MODULE:FUNCTION (e.g. my_module:train), got {spec!r}")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        mod = importlib.import_module(modname)
-    except Exception as e:
-        raise LrkitError(f"cannot import module {modname!r} ({type(e).__name__}: {e}); run from the folder that "
-                         "contains it or put it on PYTHONPATH") from e
-    obj: Any = mod
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise LrkitError(f"module {modname!r} has no attribute {attr!r}; check the name after the colon")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise LrkitError(f"{spec} is a {type(obj).__name__}, not a function")
-    return obj
-
 
 __all__ = [
     "SweepResult", "SweepStudy", "SweepTrial", "TrialRecord", "NonFiniteLoss", "attach_verdicts",

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-import sys
 from typing import Any
 
+from lrkit._util import load_callable
 from lrkit.errors import LrkitError
 from lrkit.finder import FinderResult, check_range, range_test
 
@@ -56,21 +55,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def _load_target(spec: str) -> Any:
     """Import ``module:function`` (the current folder is importable) and call the function."""
-    if ":" not in spec:
-        raise LrkitError(f"target {spec!r} must look like module:function (e.g. my_model:make)")
-    modname, _, fname = spec.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        mod = importlib.import_module(modname)
-    except ImportError as e:
-        raise LrkitError(f"cannot import module {modname!r} ({e}); run lrkit from the folder that holds it "
-                         "or install it") from e
-    fn = getattr(mod, fname, None)
-    if not callable(fn):
-        raise LrkitError(f"module {modname!r} has no function {fname!r}; it should return (model, optimizer, "
-                         "criterion, train_loader[, val_loader]) or a Trainer")
-    return fn()
+    return load_callable(spec)()
 
 
 def run(args: argparse.Namespace) -> int:
