@@ -35,29 +35,41 @@ def save_figure(fig: Any, path: str | os.PathLike) -> None:
 
 def plot_finder(result: Any, path: str | os.PathLike | None = None, ax: Any = None,
                 rules: Sequence[str] = ()) -> Any:
-    """Loss against lr (log x axis): raw points, smoothed curve, the suggestion and its interval; extra ``rules``
-    marked too. Saves to ``path`` when given; returns the Axes."""
+    """Loss against lr (log x axis): raw points, the curve the rule judged (the robust fit of the raw losses, or the
+    smoothed loss), the suggestion and its interval, the confirmation runs; extra ``rules`` marked too. Saves to
+    ``path`` when given; returns the Axes."""
+    from lrkit.suggest import _clean, fit_curve, wants_raw
+
     plt = _pyplot()
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(7, 4.5))
     lrs = np.asarray(result.lrs)
+    shown = [np.asarray(result.losses)]
     if result.val_losses is not None:
         idx = np.asarray(result.val_steps, dtype=np.int64)
         ax.plot(lrs, result.losses, ".", color="0.75", ms=3, label="training loss")
         ax.plot(lrs[idx], result.val_losses, "-o", ms=3, color="C0", label="validation loss")
-        y = np.asarray(result.val_losses)
+        shown.append(np.asarray(result.val_losses))
     else:
-        ax.plot(lrs, result.losses, ".", color="0.7", ms=3, label="loss")
-        ax.plot(lrs, result.smoothed_losses, "-", color="C0", lw=2, label="smoothed loss")
-        y = np.asarray(result.smoothed_losses)
+        ax.plot(lrs, result.losses, ".", color="0.6", ms=3, label="loss")
+        ax.plot(lrs, result.smoothed_losses, "-", color="C0", lw=1, alpha=0.6, label="smoothed loss (EMA)")
+        x, y = _clean(lrs, result.losses)
+        if wants_raw(result.config.get("rule", "").split("+")[0] or None) and len(x) >= 5:
+            fit = fit_curve(x, y, ended_nonfinite=len(x) < len(lrs))
+            ax.plot(x, fit.fitted, "-", color="C1", lw=2, label="robust fit (what the rule judges)")
+            if fit.lr_diverge is not None:
+                ax.axvline(fit.lr_diverge, color="C3", ls=":", lw=1.5, label=f"loss turns up at {fit.lr_diverge:.3g}")
+            shown.append(fit.fitted)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss")
-    finite = y[np.isfinite(y)]
-    if finite.size:  # keep the divergence tail from squashing the informative part of the curve
-        lo, hi = float(finite.min()), float(finite[: max(int(np.argmin(finite)) + 1, 1)].max())
-        top = max(hi, lo + 1e-12)
+    y = np.concatenate([v[np.isfinite(v)] for v in shown])
+    if y.size:  # keep the divergence tail from squashing the informative part of the curve
+        lo = float(y.min())
+        first = np.asarray(shown[-1])
+        first = first[np.isfinite(first)]
+        top = max(float(first[: max(len(first) // 3, 1)].max()) if first.size else lo, lo + 1e-12)
         pad = 0.08 * (top - lo)
         ax.set_ylim(lo - pad, top + 3 * pad)
     s = result.suggestion
@@ -65,12 +77,18 @@ def plot_finder(result: Any, path: str | os.PathLike | None = None, ax: Any = No
         if s.interval:
             ax.axvspan(s.interval[0], s.interval[1], color="C2", alpha=0.15, label="good interval")
         ax.axvline(s.lr, color="C2", lw=2, label=f"suggested lr {s.lr:.3g} ({s.rule})")
+    for c in getattr(result, "confirmations", []) or []:
+        ax.plot([c["lr"]], [ax.get_ylim()[0]], "^", color="C4", ms=8, clip_on=False)
+        ax.annotate(f"{c['score']:.3g}", (c["lr"], ax.get_ylim()[0]), textcoords="offset points", xytext=(0, 8),
+                    ha="center", fontsize=7, color="C4")
+    if getattr(result, "confirmations", None):
+        ax.plot([], [], "^", color="C4", label="confirmation runs (their final loss)")
     for k, rule in enumerate(rules):
         other = result.suggest(rule)
         if other.lr is not None:
-            ax.axvline(other.lr, color=f"C{3 + k}", ls="--", lw=1, label=f"{rule}: {other.lr:.3g}")
+            ax.axvline(other.lr, color=f"C{5 + k}", ls="--", lw=1, label=f"{rule}: {other.lr:.3g}")
     ax.set_title(f"LR range test — {result.stop_reason.split(':')[0]}", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=7, loc="lower left")
     ax.grid(True, which="both", alpha=0.25)
     if own and path is not None:
         save_figure(fig, path)
