@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -158,3 +160,89 @@ def test_fine_tuning_where_every_candidate_hurts_suggests_the_least_harmful_and_
     assert all(c["score"] > 0 for c in res.candidates)
     assert res.lr == min(lrs) and res.suggestion.confidence == pytest.approx(0.2)
     assert "near its best" in res.suggestion.reason
+
+
+class Sleepy(Quadratic):
+    """A Quadratic whose every step sleeps ``ramp_s`` seconds until the first restore (the ramp), ``confirm_s``
+    after it (the confirmation runs): a known lower bound on the time of each step."""
+
+    def __init__(self, ramp_s: float, confirm_s: float | None = None) -> None:
+        super().__init__(1.0)
+        self.ramp_s, self.confirm_s = ramp_s, ramp_s if confirm_s is None else confirm_s
+        self.restores = 0
+
+    def step(self, lr):
+        time.sleep(self.confirm_s if self.restores else self.ramp_s)
+        return super().step(lr)
+
+    def restore(self, snap) -> None:
+        super().restore(snap)
+        self.restores += 1
+
+
+def test_time_budget_stops_the_ramp_and_skips_the_confirmation():
+    q = Sleepy(0.01)
+    res = find(q, family="sgd", momentum=0.0, start_lr=1e-6, end_lr=100.0, max_seconds=0.25)
+    assert q.steps == res.total_steps <= 0.25 / 0.01 + 1  # no step starts after the budget is spent
+    assert res.ramp.stop_reason.startswith("time budget spent") and res.ramp.stopped_at is None
+    assert "extend" not in res.steps and "confirm" not in res.steps and not res.candidates
+    assert "max_seconds=0.25" in res.suggestion.reason
+    assert res.ramp.config["max_seconds"] == 0.25
+    assert np.array_equal(q.w, np.ones(20))
+
+
+def test_time_budget_shortens_the_confirmation_runs_within_a_deterministic_bound():
+    untimed = find(Quadratic(1.0), family="sgd", momentum=0.0, start_lr=1e-6, end_lr=100.0)
+    ramp_steps, per_run = untimed.steps["ramp"], untimed.candidates[0]["steps"]
+    budget = (ramp_steps + 2 * per_run) * 0.004  # time for the ramp and about two thirds of the runs
+    q = Sleepy(0.004)
+    res = find(q, family="sgd", momentum=0.0, start_lr=1e-6, end_lr=100.0, max_seconds=budget)
+    assert q.steps == res.total_steps <= budget / 0.004 + 1
+    if res.ramp.stop_reason.startswith("time budget"):  # only on a badly overloaded machine
+        assert "confirm" not in res.steps
+    else:
+        assert res.steps["ramp"] == ramp_steps  # the ramp itself fit the budget
+    if res.candidates:  # shortened to what the time left buys
+        assert all(c["steps"] < per_run for c in res.candidates) and len(res.candidates) == 3
+    else:  # a slow machine: skipped or dropped, and the reason says so
+        assert "max_seconds" in res.suggestion.reason
+    assert np.array_equal(q.w, np.ones(20))
+
+
+def test_time_running_out_inside_a_confirmation_run_drops_the_runs_and_keeps_the_ramps_pick():
+    untimed = find(Quadratic(1.0), family="sgd", momentum=0.0, start_lr=1e-6, end_lr=100.0, n_candidates=1)
+    q = Sleepy(0.001, confirm_s=0.1)  # the ramp's cost per step under-estimates the runs' 100x
+    res = find(q, family="sgd", momentum=0.0, start_lr=1e-6, end_lr=100.0, max_seconds=1.0)
+    assert res.steps["ramp"] == untimed.steps["ramp"] and 0 < res.steps["confirm"] <= 1.0 / 0.1 + 1
+    assert q.steps == res.total_steps and not res.candidates
+    assert res.lr == untimed.lr  # the rule's pick on the same ramp, unconfirmed
+    assert "ran out during the confirmation run" in res.suggestion.reason
+    assert np.array_equal(q.w, np.ones(20))
+
+
+def test_torch_find_lr_passes_the_time_budget_through():
+    from lrkit.integrations.torch import find_lr
+    model, batches, _ = _torch_task()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for confirm in (True, False):
+        res = find_lr(model, opt, torch.nn.MSELoss(), batches, max_seconds=1e-9, progress=False, confirm=confirm)
+        assert len(res.lrs) == 1 and res.stop_reason.startswith("time budget spent")  # the first step always runs
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(LrkitError, match="max_seconds"):
+        find_lr(model, opt, torch.nn.MSELoss(), batches, max_seconds=0, progress=False)
+
+
+def test_time_running_out_in_the_extension_stops_it_and_names_the_budget():
+    class SlowAbove(Quadratic):
+        def step(self, lr):
+            time.sleep(0.05 if lr > 0.5 else 0.001)  # the extension (lrs above end_lr) is 50x slower per step
+            return super().step(lr)
+
+    q = SlowAbove(1.0)
+    res = find(q, family="sgd", momentum=0.0, start_lr=1e-5, end_lr=0.5, num_iter=60, max_seconds=0.4)
+    assert res.steps["ramp"] == 60 and 0 < res.steps["extend"] < 25
+    assert res.ramp.stop_reason.startswith("time budget spent: max_seconds=0.4 s ran out")
+    assert "into the extension" in res.ramp.stop_reason and "max_seconds=0.4" in res.suggestion.reason
+    assert "confirm" not in res.steps and q.steps == res.total_steps
+    assert np.array_equal(q.w, np.ones(20))

@@ -86,6 +86,8 @@ def test_user_module_target(tmp_path, monkeypatch, capsys, body):
     (["find", "--example", "digits", "--start-lr", "1", "--end-lr", "0.1"], "smaller than end_lr"),
     (["find", "--example", "digits", "--num-iter", "3"], "num_iter"),
     (["find", "--example", "digits", "-o", "no/such/dir/x.json"], "does not exist"),
+    (["find", "--example", "digits", "--schedule", "cosine", "--total-steps", "5"], "--total-steps"),
+    (["find", "--example", "digits", "--max-seconds", "-1"], "max_seconds"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, argv, match):
     write_module(tmp_path, USER_TUPLE)

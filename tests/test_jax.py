@@ -75,7 +75,7 @@ def test_closed_form_sgd_losses_follow_the_ramp():
     tx = lrkit.jax.inject_lr(optax.sgd, learning_rate=0.1)
     step = lrkit.jax.make_train_step(lambda p, b: 0.5 * jnp.sum(p["w"] ** 2), tx)
     res = lrkit.jax.find_lr(step, params, tx.init(params), [None], start_lr=1e-3, end_lr=0.5, num_iter=10,
-                            progress=False)
+                            progress=False, confirm=False)
     factor = np.concatenate([[1.0], np.cumprod((1 - res.lrs[:-1]) ** 2)])
     np.testing.assert_allclose(res.losses, 2.625 * factor, rtol=1e-5)
 
@@ -88,7 +88,8 @@ def test_restores_exactly_even_with_donated_buffers_and_matches_a_plain_loop():
     for b in list(batches)[:3]:  # warm optimiser state; from here on these arrays are the user's
         params, opt_state, _ = step(params, opt_state, b, 1e-3)
     before_p, before_o, before_rng = leaves(params), leaves(opt_state), np.random.get_state()[1].copy()
-    res = lrkit.jax.find_lr(step, params, opt_state, batches, num_iter=25, end_lr=1.0, progress=False)
+    res = lrkit.jax.find_lr(step, params, opt_state, batches, num_iter=25, end_lr=1.0, progress=False,
+                            confirm=False)
     assert not any(v.is_deleted() for v in jax.tree_util.tree_leaves((params, opt_state)))
     for a, b in zip(before_p + before_o, leaves(params) + leaves(opt_state)):
         assert a.dtype == b.dtype and np.array_equal(a, b)
@@ -105,6 +106,27 @@ def test_restores_exactly_even_with_donated_buffers_and_matches_a_plain_loop():
         p, o, loss = plain(p, o, b, lr)
         losses.append(float(loss))
     assert np.array_equal(np.asarray(losses), res.losses)
+
+
+def test_default_path_is_the_adaptive_test_within_200_steps_and_restores_exactly():
+    params, tx, batches = task(seed=1)
+    step = jax.jit(lrkit.jax.make_train_step(mlp_loss, tx, jit=False), donate_argnums=(0, 1))
+    opt_state = tx.init(params)
+    before_p, before_o, before_rng = leaves(params), leaves(opt_state), np.random.get_state()[1].copy()
+    res = lrkit.jax.find_lr(step, params, opt_state, batches, num_iter=40, end_lr=10.0, progress=False)
+    assert not any(v.is_deleted() for v in jax.tree_util.tree_leaves((params, opt_state)))
+    for a, b in zip(before_p + before_o, leaves(params) + leaves(opt_state)):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert np.array_equal(before_rng, np.random.get_state()[1])
+    steps = res.config["steps"]
+    assert res.config["confirm"] and res.config["family"] == "adam"  # read from the injected hyperparams
+    assert sum(steps.values()) <= 200 and steps["ramp"] == len(res.lrs) - steps.get("extend", 0)
+    assert len(res.confirmations) == 3 and steps["confirm"] == sum(c["steps"] for c in res.confirmations)
+    rule = suggest(res.lrs, res.losses, family="adam")  # confirmation only ever moves the rule's pick down
+    assert rule.lr is not None and res.suggestion.lr <= rule.lr
+    assert res.suggestion.lr in [c["lr"] for c in res.confirmations]
+    sgd = lrkit.jax.inject_lr(optax.sgd, learning_rate=0.1, momentum=0.9)
+    assert lrkit.integrations.jax.infer_family(sgd.init(params)) == ("sgd", 0.9)
 
 
 def _cycle(batches, n):

@@ -20,7 +20,7 @@ import lrkit.keras  # noqa: E402
 import lrkit.schedules  # noqa: E402
 from lrkit.errors import LrkitError  # noqa: E402
 from lrkit.finder import range_test  # noqa: E402
-from lrkit.suggest import suggest  # noqa: E402
+from lrkit.suggest import infer_family, suggest  # noqa: E402
 
 rng = np.random.default_rng(0)
 X = rng.normal(size=(64, 4)).astype("float32")
@@ -71,7 +71,7 @@ def test_find_lr_restores_every_variable_and_suggests_like_the_engine():
     model = make()
     before = all_values(model)
     assert any("seed_generator" in k for k in before) and any("moving_mean" in k for k in before)
-    res = lrkit.keras.find_lr(model, X, Y, batch_size=16, num_iter=20, end_lr=1.0, progress=False)
+    res = lrkit.keras.find_lr(model, X, Y, batch_size=16, num_iter=20, end_lr=1.0, progress=False, confirm=False)
     assert_same(before, model)
     assert len(res.lrs) == 20
     assert res.suggestion == suggest(res.lrs, res.losses, family=res.config['family'], momentum=res.config['momentum'])
@@ -80,8 +80,25 @@ def test_find_lr_restores_every_variable_and_suggests_like_the_engine():
                         family=res.config['family'], momentum=res.config['momentum'])
     assert replay.suggestion == res.suggestion
     # a second run from the restored state records the very same curve
-    again = lrkit.keras.find_lr(model, X, Y, batch_size=16, num_iter=20, end_lr=1.0, progress=False)
+    again = lrkit.keras.find_lr(model, X, Y, batch_size=16, num_iter=20, end_lr=1.0, progress=False, confirm=False)
     assert np.array_equal(again.losses, res.losses)
+
+
+def test_default_path_is_the_adaptive_test_within_200_steps_and_restores_every_variable():
+    model = make(seed=3)
+    before = all_values(model)
+    res = lrkit.keras.find_lr(model, X, Y, batch_size=16, num_iter=40, end_lr=10.0, progress=False)
+    assert_same(before, model)
+    steps = res.config["steps"]
+    assert res.config["confirm"] and res.config["family"] == "adam"  # read from model.optimizer
+    assert sum(steps.values()) <= 200 and steps["ramp"] == len(res.lrs) - steps.get("extend", 0)
+    assert len(res.confirmations) == 3 and steps["confirm"] == sum(c["steps"] for c in res.confirmations)
+    # the confirmation runs only ever move the pick down from the rule's pick on the recorded ramp
+    rule = suggest(res.lrs, res.losses, family="adam")
+    assert rule.lr is not None and res.suggestion.lr <= rule.lr
+    assert res.suggestion.lr in [c["lr"] for c in res.confirmations]
+    sgd = lrkit.keras.KerasTrainer(make(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), warm=False), X, Y)
+    assert infer_family(sgd.optimizer) == ("sgd", 0.9)
 
 
 def test_fit_after_find_lr_equals_fit_without_it():
@@ -104,7 +121,7 @@ def test_losses_are_per_batch_and_follow_the_ramp_closed_form():
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1), loss="mse")
     ones = np.ones((8, 1), dtype="float32")
     res = lrkit.keras.find_lr(model, ones, ones, batch_size=4, start_lr=1e-3, end_lr=0.3, num_iter=10,
-                              progress=False)
+                              progress=False, confirm=False)
     gap = np.concatenate([[1.0], np.cumprod(1 - 2 * res.lrs[:-1])])
     np.testing.assert_allclose(res.losses, gap ** 2, rtol=1e-5)
     assert float(keras.ops.convert_to_numpy(model.layers[0].kernel)[0, 0]) == 0.0
@@ -113,7 +130,8 @@ def test_losses_are_per_batch_and_follow_the_ramp_closed_form():
 def test_callback_inside_fit_records_the_same_curve_and_restores():
     model = make(seed=1)
     before = all_values(model)
-    ref = lrkit.keras.find_lr(model, X, Y, batch_size=16, num_iter=20, end_lr=1.0, shuffle=False, progress=False)
+    ref = lrkit.keras.find_lr(model, X, Y, batch_size=16, num_iter=20, end_lr=1.0, shuffle=False, progress=False,
+                              confirm=False)  # the callback is one ramp
     cb = lrkit.keras.LRFinder(num_iter=20, end_lr=1.0)
     history = model.fit(X, Y, batch_size=16, epochs=100, shuffle=False, verbose=0, callbacks=[cb])
     assert len(history.epoch) == 5  # 4 batches per epoch: fit stopped itself after 20 batches

@@ -17,8 +17,10 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import lrkit.lightning  # noqa: E402
 import lrkit.schedules  # noqa: E402
+from lrkit.adaptive import find  # noqa: E402
 from lrkit.errors import LrkitError  # noqa: E402
 from lrkit.finder import range_test  # noqa: E402
+from lrkit.integrations.torch import TorchTrainer  # noqa: E402
 from lrkit.integrations.torch import find_lr as torch_find_lr  # noqa: E402
 from lrkit.schedules import ramp  # noqa: E402
 from lrkit.suggest import suggest  # noqa: E402
@@ -106,7 +108,8 @@ def test_find_lr_restores_exactly_and_matches_the_torch_adapter():
     model, loader = make()
     t = trainer(max_steps=5)
     before = state(model, loader)
-    res = lrkit.lightning.find_lr(t, model, train_dataloaders=loader, num_iter=25, end_lr=1.0, progress=False)
+    res = lrkit.lightning.find_lr(t, model, train_dataloaders=loader, num_iter=25, end_lr=1.0, progress=False,
+                                  confirm=False)
     assert_same(before, state(model, loader))
     assert t.global_step == 0 and model._trainer is None and "log" not in model.__dict__
     assert len(res.lrs) == 25
@@ -122,6 +125,23 @@ def test_find_lr_restores_exactly_and_matches_the_torch_adapter():
     replay = range_test(Replay(res.losses), num_iter=25, end_lr=1.0, progress=False,
                         family=res.config['family'], momentum=res.config['momentum'])
     assert replay.suggestion == res.suggestion and np.array_equal(replay.smoothed_losses, res.smoothed_losses)
+
+
+def test_default_path_is_the_adaptive_test_restores_exactly_and_equals_it_on_the_torch_adapter():
+    model, loader = make(seed=1)
+    t = trainer(max_steps=5)
+    before = state(model, loader)
+    res = lrkit.lightning.find_lr(t, model, train_dataloaders=loader, num_iter=30, end_lr=1.0, progress=False)
+    assert_same(before, state(model, loader))
+    assert t.global_step == 0 and model._trainer is None
+    assert res.config["confirm"] and sum(res.config["steps"].values()) <= 200 and len(res.confirmations) == 3
+    # adaptive.find on the plain torch adapter with the same model, optimiser, loss and data: the same everything
+    opt = torch.optim.Adam(model.parameters(), lr=model.lr)
+    ref = find(TorchTrainer(model, opt, nn.CrossEntropyLoss(), loader), num_iter=30, end_lr=1.0)
+    assert res.suggestion == ref.suggestion and res.suggestion.lr is not None
+    assert res.confirmations == ref.candidates and res.config["steps"] == ref.steps
+    assert np.array_equal(res.losses, ref.ramp.losses) and np.array_equal(res.lrs, ref.ramp.lrs)
+    assert_same(before, state(model, loader))
 
 
 def test_fit_after_find_lr_starts_from_step_0_like_a_fit_without_it():

@@ -16,8 +16,10 @@ pytest.importorskip("accelerate")  # the Trainer needs it
 
 import lrkit.schedules  # noqa: E402
 import lrkit.transformers  # noqa: E402
+from lrkit.adaptive import find  # noqa: E402
 from lrkit.errors import LrkitError  # noqa: E402
 from lrkit.finder import range_test  # noqa: E402
+from lrkit.integrations.torch import TorchTrainer  # noqa: E402
 from lrkit.integrations.torch import find_lr as torch_find_lr  # noqa: E402
 from lrkit.suggest import suggest  # noqa: E402
 
@@ -67,6 +69,16 @@ def assert_same(a, b):
     assert np.array_equal(a["numpy"], b["numpy"]) and a["python"] == b["python"]
 
 
+def loaders(trainer):
+    """The dataloaders accelerate's (process-wide) gradient state holds as being read."""
+    return list(trainer.accelerator.gradient_state.dataloader_references)
+
+
+def no_new_loader(trainer, registered):
+    """No loader was left registered beyond those before (earlier tests' loaders may linger until collected)."""
+    return all(any(d is r for r in registered) for d in loaders(trainer) if d is not None)
+
+
 class Replay:
     def __init__(self, losses):
         self.losses, self.i = list(losses), 0
@@ -85,17 +97,19 @@ class Replay:
 def test_find_lr_restores_exactly_and_matches_the_torch_adapter(tmp_path):
     trainer = make(tmp_path, gradient_accumulation_steps=2)
     before = state(trainer.model)
-    res = lrkit.transformers.find_lr(trainer, num_iter=20, end_lr=1.0, progress=False)
+    registered = loaders(trainer)
+    res = lrkit.transformers.find_lr(trainer, num_iter=20, end_lr=1.0, progress=False, confirm=False)
     assert_same(before, state(trainer.model))
     assert trainer.optimizer is None and trainer.lr_scheduler is None and trainer.state.global_step == 0
-    assert not trainer.accelerator.gradient_state.in_dataloader  # the partly read loader was released
+    assert no_new_loader(trainer, registered)  # the partly read loader was released
     assert len(res.lrs) == 20
     # the plain torch adapter, with the optimiser the Trainer builds, its loader, clipping and accumulation
     opt = trainer.create_optimizer()
     assert len(opt.param_groups) == 2 and opt.param_groups[0]["weight_decay"] == 0.01
-    ref = torch_find_lr(trainer.model, opt, None, trainer.get_train_dataloader(), num_iter=20, end_lr=1.0,
+    loader = trainer.get_train_dataloader()
+    ref = torch_find_lr(trainer.model, opt, None, loader, num_iter=20, end_lr=1.0,
                         max_grad_norm=1.0, accumulation_steps=2, progress=False, confirm=False)
-    trainer.get_train_dataloader().end()
+    loader.end()  # the plain adapter does not know accelerate's loaders: release the partly read one
     trainer.optimizer = None
     assert np.array_equal(res.losses, ref.losses)
     assert res.suggestion == suggest(res.lrs, res.losses, family=res.config['family'], momentum=res.config['momentum'])
@@ -103,6 +117,27 @@ def test_find_lr_restores_exactly_and_matches_the_torch_adapter(tmp_path):
     replay = range_test(Replay(res.losses), num_iter=20, end_lr=1.0, progress=False,
                         family=res.config['family'], momentum=res.config['momentum'])
     assert replay.suggestion == res.suggestion
+
+
+def test_default_path_is_the_adaptive_test_restores_exactly_and_equals_it_on_the_torch_adapter(tmp_path):
+    trainer = make(tmp_path)
+    before = state(trainer.model)
+    registered = loaders(trainer)
+    res = lrkit.transformers.find_lr(trainer, num_iter=30, end_lr=100.0, progress=False)
+    assert_same(before, state(trainer.model))
+    assert trainer.optimizer is None and trainer.state.global_step == 0
+    assert no_new_loader(trainer, registered)
+    assert res.config["confirm"] and sum(res.config["steps"].values()) <= 200 and res.confirmations
+    # adaptive.find on the plain torch adapter with the Trainer's optimiser, loader, clipping: the same everything
+    loader = trainer.get_train_dataloader()
+    ref = find(TorchTrainer(trainer.model, trainer.create_optimizer(), None, loader, max_grad_norm=1.0),
+               num_iter=30, end_lr=100.0)
+    loader.end()
+    trainer.optimizer = None
+    assert res.suggestion == ref.suggestion and res.suggestion.lr is not None
+    assert res.confirmations == ref.candidates and res.config["steps"] == ref.steps
+    assert np.array_equal(res.losses, ref.ramp.losses)
+    assert_same(before, state(trainer.model))
 
 
 def test_train_after_find_lr_equals_train_without_it(tmp_path):

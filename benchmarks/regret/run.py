@@ -37,7 +37,7 @@ def fixed_default(task) -> float:
     return 1e-2 if task.family == "sgd" else 1e-3
 
 
-def adaptive_pick(task, seed: int, mod) -> dict:
+def adaptive_pick(task, seed: int, mod, **options) -> dict:
     """lrkit.adaptive.find on a fresh model (validation loss for the confirmation runs); cached."""
 
     def run():
@@ -47,11 +47,12 @@ def adaptive_pick(task, seed: int, mod) -> dict:
         opt = mod.make_optimizer(task, model.parameters(), 1e-3)
         trainer = TorchTrainer(model, opt, crit, engine.Batches(xtr, ytr, task.batch_size, seed),
                                val_loader=[(xva, yva)])
-        res = find(trainer)
+        res = find(trainer, **options)
         return {"lr": res.lr, "steps": res.total_steps, "by_phase": res.steps, "candidates": res.candidates,
                 "reason": res.suggestion.reason}
 
-    return engine.cached("adaptive", (task.name, engine.VERSION, "find-v5", seed), run)
+    version = "find-v6" + "".join(f"-{k}={v}" for k, v in sorted(options.items()))
+    return engine.cached("adaptive", (task.name, engine.VERSION, version, seed), run)
 
 
 def method_picks(task, seed: int, mod) -> dict[str, tuple[float | None, int]]:

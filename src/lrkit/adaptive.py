@@ -3,14 +3,16 @@ short constant-lr runs at a few candidates, all within a step budget (default 20
 
 Cost in optimiser steps: the ramp (``num_iter``, fewer when it diverges early), the extension (``extend_steps``,
 only when the ramp never diverged), then ``n_candidates`` confirmation runs sharing what is left of ``max_steps``
-(at most ``max_confirm_steps`` each). The trainer is restored exactly afterwards, also on an exception.
+(at most ``max_confirm_steps`` each). With ``max_seconds`` the whole search also fits a time budget: the ramp stops
+when it is spent, and the confirmation runs share what is left (or are skipped, and the reason says so). The
+trainer is restored exactly afterwards, also on an exception.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -82,30 +84,34 @@ def _concat(a: FinderResult, b: FinderResult) -> FinderResult:
                         elapsed_s=a.elapsed_s + b.elapsed_s)
 
 
-def _score(trainer: Trainer, lr: float, steps: int) -> tuple[float, bool]:
+def _score(trainer: Trainer, lr: float, steps: int,
+           deadline: float | None = None) -> tuple[float | None, bool, int]:
     """Train ``steps`` steps at constant ``lr``: (the validation loss after, via ``evaluate()``, else the mean
-    training loss of the last third; whether the training loss was rising: last third > 1.05 x middle third).
-    A non-finite loss means the lr diverged: (+inf, True)."""
+    training loss of the last third; whether the training loss was rising: last third > 1.05 x middle third;
+    the steps run). A non-finite loss means the lr diverged: (+inf, True, n). The score is None when
+    ``deadline`` (a ``time.perf_counter()`` value) passed before the run was complete."""
     losses = []
-    for _ in range(steps):
+    for i in range(steps):
+        if deadline is not None and time.perf_counter() >= deadline:
+            return None, False, i
         loss = trainer.step(lr)
         if loss is None:
             continue
         if not math.isfinite(loss):
-            return math.inf, True
+            return math.inf, True, i + 1
         losses.append(float(loss))
     if not losses:
-        return math.inf, True
+        return math.inf, True, steps
     k = max(1, len(losses) // 3)
     rising = len(losses) >= 3 and float(np.mean(losses[-k:])) > 1.05 * float(np.mean(losses[-2 * k:-k]))
     evaluate = getattr(trainer, "evaluate", None)
     if callable(evaluate):
         try:
             v = float(evaluate())
-            return (v, rising) if math.isfinite(v) else (math.inf, True)
+            return (v, rising, steps) if math.isfinite(v) else (math.inf, True, steps)
         except LrkitError:  # e.g. a TorchTrainer without val_loader
             pass
-    return float(np.mean(losses[-k:])), rising
+    return float(np.mean(losses[-k:])), rising, steps
 
 
 def _start_score(trainer: Trainer, ramp: FinderResult) -> float:
@@ -183,6 +189,7 @@ def find(
     min_confirm_steps: int = 10,
     margin: float = 0.02,
     rule: str = "robust",
+    max_seconds: float | None = None,
     progress: bool = False,
     **ramp_options: Any,
 ) -> AdaptiveResult:
@@ -200,6 +207,10 @@ def find(
         max_confirm_steps, min_confirm_steps: steps per confirmation run (what the budget leaves, at most 40);
             below the minimum no confirmation is run and the rule's pick stands.
         margin: how much lower (relative) a smaller candidate's loss must be to move an Adam-like pick (2%).
+        max_seconds: time budget in seconds for everything (default: none). The ramp stops once it is spent (its
+            stop reason says so; no extension then); the confirmation runs get what is left, at the ramp's cost
+            per step, and are skipped when that is too little, or dropped when the time runs out during them:
+            the rule's pick then stands and its reason says so.
         ramp_options: passed to :func:`~lrkit.finder.range_test` (``mode``, ``smooth``, ``diverge_factor``).
     """
     check_range(start_lr, end_lr, num_iter)
@@ -210,30 +221,54 @@ def find(
         raise LrkitError(f"n_candidates must be 1, 2 or 3, got {n_candidates!r}")
     if not spread > 1:
         raise LrkitError(f"spread must be > 1 (the factor between candidates), got {spread!r}")
+    if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+        raise LrkitError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}; or None for no "
+                         "time budget")
     if family is None and momentum is None:
         family, momentum = infer_family(getattr(trainer, "optimizer", None))
     t0 = time.perf_counter()
+    deadline = None if max_seconds is None else t0 + max_seconds
+
+    def seconds_left() -> float | None:
+        return None if deadline is None else deadline - time.perf_counter()
+
     steps: dict[str, int] = {}
+    time_note = ""
     snap = trainer.snapshot()
     try:
         ramp = range_test(_Continue(trainer), start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, rule=rule,
-                          progress=progress, family=family, momentum=momentum, **ramp_options)
+                          progress=progress, family=family, momentum=momentum, max_seconds=max_seconds,
+                          **ramp_options)
         steps["ramp"] = len(ramp.lrs)
+        out_of_time = ramp.stop_reason.startswith("time budget spent")
+        if out_of_time:
+            time_note = (f"The time budget (max_seconds={max_seconds:g}) ran out after {steps['ramp']} ramp steps, "
+                         f"at lr {ramp.lrs[-1]:.3g}, so the curve stops short of end_lr ({end_lr:g}): raise max_seconds, or "
+                         "lower num_iter (coarser steps over the same range)")
         sug = suggest(ramp.lrs, ramp.losses, rule, family=family, momentum=momentum)
-        if never_diverged(ramp.lrs, ramp.losses) and extend_steps > 0 and steps["ramp"] + extend_steps <= max_steps:
+        left_s = seconds_left()
+        if (never_diverged(ramp.lrs, ramp.losses) and extend_steps > 0 and steps["ramp"] + extend_steps <= max_steps
+                and not out_of_time and (left_s is None or left_s > 0)):
             top = end_lr * 10 ** extend_decades
             step_factor = (end_lr / start_lr) ** (1.0 / max(num_iter - 1, 1))
             ext = range_test(_Continue(trainer), start_lr=min(end_lr * step_factor, top / 10), end_lr=top, num_iter=extend_steps,
-                             rule=rule, progress=progress, family=family, momentum=momentum, **ramp_options)
+                             rule=rule, progress=progress, family=family, momentum=momentum, max_seconds=left_s,
+                             **ramp_options)
             steps["extend"] = len(ext.lrs)
+            if ext.stop_reason.startswith("time budget spent"):
+                time_note = (f"The time budget (max_seconds={max_seconds:g}) ran out during the extension of the "
+                             f"ramp, at lr {ext.lrs[-1]:.3g}")
             ramp = _concat(ramp, ext)
+            if time_note:  # name the user's budget, not what was left of it
+                ramp.stop_reason = (f"time budget spent: max_seconds={max_seconds:g} s ran out {len(ext.lrs)} steps "
+                                    f"into the extension (lr {ext.lrs[-1]:.3g})")
             sug = suggest(ramp.lrs, ramp.losses, rule, family=family, momentum=momentum)
         trainer.restore(snap)
         snap = trainer.snapshot()
         candidates: list[dict[str, float]] = []
         left = max_steps - sum(steps.values())
         per_run = min(max_confirm_steps, left // n_candidates) if n_candidates > 1 else 0
-        provisional = False
+        provisional, unconfirmed = False, sug
         if sug.lr is None:
             # no trustworthy pick from the curve alone; if it did diverge, let the short runs decide around it
             x, y = _clean(ramp.lrs, ramp.losses)
@@ -245,22 +280,71 @@ def find(
                     sug = Suggestion(base, (base / spread**2, base), sug.rule,
                                      f"{sug.reason}. The fit still turns up at {fit.lr_diverge:.3g}, so short runs "
                                      f"test {base:.3g} and below", 0.1)
+        left_s = seconds_left()
+        if left_s is not None and sug.lr is not None and n_candidates > 1 and per_run >= min_confirm_steps:
+            # what the time left buys at the cost per step measured so far (snapshots and restores included)
+            per_step = max((time.perf_counter() - t0) / max(sum(steps.values()), 1), 1e-9)
+            afford = int(max(left_s, 0.0) / per_step) // n_candidates
+            if afford < min_confirm_steps:
+                time_note = time_note or (
+                    f"No confirmation runs: the time budget (max_seconds={max_seconds:g}) left {max(left_s, 0.0):.3g} s, "
+                    f"about {afford} steps per run at {per_step:.3g} s a step, fewer than {min_confirm_steps}; raise "
+                    "max_seconds to confirm the pick")
+            per_run = min(per_run, afford)
         if sug.lr is not None and n_candidates > 1 and per_run >= min_confirm_steps:
             start_score = _start_score(trainer, ramp)
             # downward only: short runs favour large lrs (short-horizon bias), so they may veto a pick, not raise it
             lrs = [sug.lr / spread**k for k in range(n_candidates)]
+            taken = 0
             for lr in lrs:
-                score, rising = _score(trainer, lr, per_run)
-                candidates.append({"lr": float(lr), "score": score, "rising": rising, "steps": per_run})
+                score, rising, n = _score(trainer, lr, per_run, deadline)
+                taken += n
                 trainer.restore(snap)
                 snap = trainer.snapshot()
-            steps["confirm"] = per_run * len(lrs)
-            sug = _choose(sug, candidates, start_score, family, per_run, margin, provisional)
+                if score is None:  # the time ran out inside this run: its score would not compare with the others
+                    candidates.clear()
+                    time_note = (f"The time budget (max_seconds={max_seconds:g}) ran out during the confirmation "
+                                 f"run at {lr:.3g}, so the runs were dropped")
+                    break
+                candidates.append({"lr": float(lr), "score": score, "rising": rising, "steps": per_run})
+            steps["confirm"] = taken
+            if candidates:
+                sug = _choose(sug, candidates, start_score, family, per_run, margin, provisional)
+        if provisional and not candidates:  # the provisional base was never tested: no trustworthy suggestion
+            sug = unconfirmed
     finally:
         trainer.restore(snap)
+    if time_note and out_of_time:  # the rule judged a partial curve: say that first
+        sug = replace(sug, reason=f"{time_note}. On that partial curve: {sug.reason}")
+    elif time_note:
+        sug = replace(sug, reason=f"{sug.reason}. {time_note}")
     ramp.suggestion, ramp.confirmations = sug, candidates
-    ramp.config.update(rule=sug.rule, confirm=True, steps=steps, max_steps=max_steps)
+    ramp.config.update(rule=sug.rule, confirm=True, steps=steps, max_steps=max_steps, max_seconds=max_seconds)
     return AdaptiveResult(sug, ramp, candidates, steps, time.perf_counter() - t0)
 
 
-__all__ = ["AdaptiveResult", "find", "infer_family", "never_diverged"]
+def run_finder(
+    trainer: Trainer,
+    *,
+    confirm: bool = True,
+    max_steps: int = 200,
+    max_seconds: float | None = None,
+    val_every: int | None = None,
+    rule: str | None = None,
+    family: str | None = None,
+    momentum: float | None = None,
+    progress: bool = False,
+    **ramp_options: Any,
+) -> FinderResult:
+    """The default path of every framework's ``find_lr``: :func:`find` (``.ramp``, within ``max_steps``, at least
+    the ramp's ``num_iter``) when ``confirm`` and not in validation mode (``val_every``), else one
+    :func:`~lrkit.finder.range_test`. ``ramp_options``: ``start_lr``, ``end_lr``, ``num_iter``, ``mode``, ..."""
+    if confirm and val_every is None:
+        num_iter = ramp_options.get("num_iter", 100)
+        return find(trainer, family=family, momentum=momentum, max_steps=max(max_steps, num_iter),
+                    max_seconds=max_seconds, rule=rule or "robust", progress=progress, **ramp_options).ramp
+    return range_test(trainer, val_every=val_every, rule=rule, progress=progress, family=family, momentum=momentum,
+                      max_seconds=max_seconds, **ramp_options)
+
+
+__all__ = ["AdaptiveResult", "find", "infer_family", "never_diverged", "run_finder"]

@@ -191,6 +191,7 @@ def range_test(
     max_skipped: int | None = None,
     family: str | None = None,
     momentum: float | None = None,
+    max_seconds: float | None = None,
 ) -> FinderResult:
     """Run the LR range test on any :class:`Trainer` and restore it exactly afterwards (also on an exception).
 
@@ -204,8 +205,13 @@ def range_test(
         max_skipped: how many skipped steps (returned None) are tolerated in all (default ``num_iter``).
         family, momentum: the optimiser family ("adam" | "sgd") and SGD momentum, for rules that use them
             (default: read from ``trainer.optimizer`` when the trainer has one).
+        max_seconds: time budget in seconds (default: none); no new step starts once it is spent (the first
+            step always runs), and the stop reason says so.
     """
     check_range(start_lr, end_lr, num_iter)
+    if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+        raise LrkitError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}; or None for no "
+                         "time budget")
     if diverge_factor <= 1:
         raise LrkitError(f"diverge_factor must be > 1, got {diverge_factor!r}; the usual value is 4")
     if val_every is not None:
@@ -219,7 +225,8 @@ def range_test(
     lr_at = schedule(np.arange(num_iter))
     max_skipped = num_iter if max_skipped is None else max_skipped
     config = dict(start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
-                  diverge_factor=diverge_factor, val_every=val_every, family=family, momentum=momentum)
+                  diverge_factor=diverge_factor, val_every=val_every, family=family, momentum=momentum,
+                  max_seconds=max_seconds)
 
     from tqdm.auto import tqdm
 
@@ -241,6 +248,10 @@ def range_test(
             i = 0
             while i < num_iter:
                 lr = float(lr_at[i])
+                if max_seconds is not None and i > 0 and time.perf_counter() - t0 >= max_seconds:
+                    stop_reason = (f"time budget spent: max_seconds={max_seconds:g} s ran out after {i} steps "
+                                   f"(lr {float(lr_at[i - 1]):.3g}), before end_lr ({end_lr:g})")
+                    break
                 loss = trainer.step(lr)
                 if loss is None:  # the optimiser skipped this step (AMP overflow): not a point, same lr again
                     skipped += 1

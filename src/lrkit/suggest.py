@@ -81,7 +81,7 @@ def infer_family(optimizer: Any) -> tuple[str | None, float | None]:
     name = type(optimizer).__name__.lower()
     groups = getattr(optimizer, "param_groups", None) or [{}]
     if name in ("sgd", "sgdw") or name.startswith("sgd"):
-        m = groups[0].get("momentum", 0.0)
+        m = groups[0].get("momentum", getattr(optimizer, "momentum", 0.0))  # torch: param group; keras: attribute
         return "sgd", float(m) if isinstance(m, (int, float)) else 0.0
     if any(k in name for k in _ADAM_LIKE):
         return "adam", None

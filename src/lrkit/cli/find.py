@@ -41,6 +41,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="one ramp only: no extension and no short confirmation runs at the pick, /3 and /9")
     p.add_argument("--max-steps", type=int, default=200,
                    help="optimiser steps for ramp + confirmation runs in all (default 200)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="time budget in seconds: the ramp stops when it is spent, the confirmation runs share what "
+                        "is left or are skipped (default: none)")
     p.add_argument("--schedule", choices=["onecycle", "cosine", "wsd"], default=None,
                    help="also print a training recipe: peak lr, warmup and decay as a schedule spec")
     p.add_argument("--total-steps", type=int, default=1000,
@@ -75,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         built = _load_target(args.target)
     common = dict(start_lr=args.start_lr, end_lr=args.end_lr, num_iter=args.num_iter, mode=args.mode,
                   smooth=args.smooth, diverge_factor=args.diverge_factor, rule=args.rule,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, max_seconds=args.max_seconds)
     if all(callable(getattr(built, m, None)) for m in ("step", "snapshot", "restore")):
         if args.no_confirm or args.val:
             result = range_test(built, val_every=args.val_every if args.val else None, **common)

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from lrkit.adaptive import run_finder
 from lrkit.errors import LrkitError, missing_extra
-from lrkit.finder import FinderResult, check_range, range_test
+from lrkit.finder import FinderResult, check_range
 
 try:
     import jax
@@ -63,6 +64,21 @@ def make_train_step(loss_fn: Callable[[Any, Any], Any], optimizer: optax.Gradien
         return optax.apply_updates(params, updates), opt_state, loss
 
     return jax.jit(train_step) if jit else train_step
+
+
+def infer_family(opt_state: Any) -> tuple[str | None, float | None]:
+    """("adam"|"sgd"|None, momentum) from the hyperparameters :func:`inject_lr` keeps in an optax state: a second-
+    moment decay (``b2``, ``decay``) means Adam-like; only ``learning_rate``/``momentum``/``nesterov`` means SGD."""
+    found = optax.tree_utils.tree_get_all_with_path(opt_state, "hyperparams")
+    if len(found) != 1 or not isinstance(found[0][1], dict):
+        return None, None
+    names = set(found[0][1])
+    if names & {"b2", "decay"}:
+        return "adam", None
+    if "learning_rate" in names and names <= {"learning_rate", "momentum", "nesterov"}:
+        m = found[0][1].get("momentum")
+        return "sgd", 0.0 if m is None else round(float(np.asarray(m)), 6)
+    return None, None
 
 
 def _fresh(tree: Any) -> Any:
@@ -152,17 +168,29 @@ def find_lr(
     evaluate: Callable[[Any], Any] | None = None,
     val_every: int = 5,
     rule: str | None = None,
+    family: str | None = None,
+    momentum: float | None = None,
+    confirm: bool = True,
+    max_steps: int = 200,
+    max_seconds: float | None = None,
     progress: bool = True,
 ) -> FinderResult:
     """Run lrkit's range test on ``train_step(params, opt_state, batch, lr) -> (params, opt_state, loss)``
-    (e.g. from :func:`make_train_step`); ``params`` and ``opt_state`` are left untouched. With ``evaluate``
-    (``evaluate(params) -> loss``) the validation loss every ``val_every`` steps is judged. Range options as in
-    :func:`lrkit.range_test`."""
+    (e.g. from :func:`make_train_step`); ``params`` and ``opt_state`` are left untouched. With ``confirm``
+    (default) the ramp is extended when nothing diverged and short runs at the pick, /3 and /9 may move it down,
+    within ``max_steps`` optimiser steps (default 200) and ``max_seconds`` (default: none), as in
+    :func:`lrkit.integrations.torch.find_lr`; ``confirm=False``: one ramp. With ``evaluate``
+    (``evaluate(params) -> loss``) the validation loss every ``val_every`` steps is judged (one ramp).
+    ``family``/``momentum`` ("adam" | "sgd"): default read from ``opt_state`` (see :func:`infer_family`). Range
+    options as in :func:`lrkit.range_test`."""
     check_range(start_lr, end_lr, num_iter)
     trainer = JaxTrainer(train_step, params, opt_state, batches, evaluate=evaluate)
-    return range_test(trainer, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
+    if family is None and momentum is None:
+        family, momentum = infer_family(opt_state)
+    return run_finder(trainer, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
                       diverge_factor=diverge_factor, val_every=val_every if evaluate is not None else None,
-                      rule=rule, progress=progress)
+                      rule=rule, family=family, momentum=momentum, progress=progress, confirm=confirm,
+                      max_steps=max_steps, max_seconds=max_seconds)
 
 
-__all__ = ["JaxTrainer", "find_lr", "inject_lr", "make_train_step", "set_lr"]
+__all__ = ["JaxTrainer", "find_lr", "infer_family", "inject_lr", "make_train_step", "set_lr"]

@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from lrkit.adaptive import run_finder
 from lrkit.curve import EMA
 from lrkit.errors import LrkitError, missing_extra
 from lrkit.finder import FinderResult, check_range, range_test
 from lrkit.schedules import ramp
+from lrkit.suggest import infer_family
 
 try:
     import keras
@@ -141,6 +143,11 @@ class KerasTrainer:
             except StopIteration:
                 raise LrkitError("the data yielded no batches; pass at least one batch") from None
 
+    @property
+    def optimizer(self) -> Any:
+        """The model's optimiser (read by :func:`lrkit.suggest.infer_family`: the rule knows Adam from SGD)."""
+        return self.model.optimizer
+
     # -- the Trainer protocol -------------------------------------------------------------------------------
     def snapshot(self) -> Any:
         """Host copies of all variables and the RNG states (see :func:`snapshot_model`)."""
@@ -177,14 +184,21 @@ def find_lr(
     rule: str | None = None,
     shuffle: bool = True,
     seed: int = 0,
+    confirm: bool = True,
+    max_steps: int = 200,
+    max_seconds: float | None = None,
     progress: bool = True,
 ) -> FinderResult:
     """Run lrkit's range test on a compiled Keras model (float lr) with ``train_on_batch`` and restore every
-    variable exactly. Data as in :class:`KerasTrainer`; range options as in :func:`lrkit.range_test`."""
+    variable exactly. With ``confirm`` (default) the ramp is extended when nothing diverged and short runs at the
+    pick, /3 and /9 may move it down, within ``max_steps`` optimiser steps (default 200) and ``max_seconds``
+    (default: none), as in :func:`lrkit.integrations.torch.find_lr`; ``confirm=False``: one ramp. Data as in
+    :class:`KerasTrainer`; range options as in :func:`lrkit.range_test`."""
     check_range(start_lr, end_lr, num_iter)
     trainer = KerasTrainer(model, x, y, batch_size, shuffle=shuffle, seed=seed)
-    return range_test(trainer, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
-                      diverge_factor=diverge_factor, rule=rule, progress=progress)
+    return run_finder(trainer, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
+                      diverge_factor=diverge_factor, rule=rule, progress=progress, confirm=confirm,
+                      max_steps=max_steps, max_seconds=max_seconds)
 
 
 class _Replay:
@@ -208,7 +222,9 @@ class LRFinder(keras.callbacks.Callback):
     """Run the range test inside ``model.fit``: the lr ramps per batch, fit stops after ``num_iter`` batches or
     when the smoothed loss diverges, and at the end every variable is restored; the result is ``self.result``.
     Give fit enough batches (e.g. ``epochs=100``; it stops itself) and use it in its own fit call, without
-    checkpoint callbacks (they would see the test's weights). Range options as in :func:`lrkit.range_test`."""
+    checkpoint callbacks (they would see the test's weights). Range options as in :func:`lrkit.range_test`.
+    This is one ramp (fit drives the batches): no extension and no confirmation runs; for the default adaptive
+    test use :func:`find_lr`."""
 
     def __init__(self, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100,
                  mode: str = "exponential", smooth: float = 0.98, diverge_factor: float = 4.0,
@@ -254,7 +270,9 @@ class LRFinder(keras.callbacks.Callback):
             raise LrkitError(f"model.fit ended after {len(self._losses)} of the {self.kwargs['num_iter']} batches "
                              "the range test needs (the model was restored); pass more epochs, e.g. epochs=100 "
                              "(the callback stops fit when done), or a smaller num_iter")
-        self.result = range_test(_Replay(self._losses), progress=False, **self.kwargs)
+        family, momentum = infer_family(self.model.optimizer)
+        self.result = range_test(_Replay(self._losses), progress=False, family=family, momentum=momentum,
+                                 **self.kwargs)
 
 
 __all__ = ["KerasTrainer", "LRFinder", "find_lr", "restore_model", "snapshot_model"]

@@ -14,8 +14,9 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from lrkit.adaptive import run_finder
 from lrkit.errors import LrkitError, missing_extra
-from lrkit.finder import FinderResult, check_range, range_test
+from lrkit.finder import FinderResult, check_range
 
 try:
     import lightning.pytorch as pl
@@ -163,7 +164,7 @@ def _run(trainer: pl.Trainer, module: pl.LightningModule, optimizer: torch.optim
         accumulation = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
         lt = LightningTrainer(module, optimizer, loader, accumulation_steps=accumulation, device=device,
                               **_clip_options(trainer), **_precision_options(trainer, device))
-        return range_test(lt, **test_kwargs)
+        return run_finder(lt, **test_kwargs)
 
 
 def find_lr(
@@ -180,6 +181,9 @@ def find_lr(
     diverge_factor: float = 4.0,
     rule: str | None = None,
     update_attr: bool | str = False,
+    confirm: bool = True,
+    max_steps: int = 200,
+    max_seconds: float | None = None,
     progress: bool = True,
 ) -> FinderResult:
     """Run lrkit's range test on a LightningModule's ``training_step`` and ``configure_optimizers`` optimiser.
@@ -187,7 +191,10 @@ def find_lr(
     Data come from ``train_dataloaders``, ``datamodule`` or the module's ``train_dataloader()``; accumulation,
     gradient clipping (by norm) and mixed precision from ``trainer``. Weights, buffers, RNGs and the trainer
     are left exactly as they were. ``update_attr`` (True: ``lr`` or ``learning_rate``; or a name) sets the
-    module's attribute/hparam to the suggestion (unchanged when there is none). Range options as in
+    module's attribute/hparam to the suggestion (unchanged when there is none). With ``confirm`` (default) the
+    ramp is extended when nothing diverged and short runs at the pick, /3 and /9 may move it down, within
+    ``max_steps`` optimiser steps (default 200) and ``max_seconds`` (default: none), as in
+    :func:`lrkit.integrations.torch.find_lr`; ``confirm=False``: one ramp. Range options as in
     :func:`lrkit.range_test`.
     """
     check_range(start_lr, end_lr, num_iter)
@@ -198,7 +205,8 @@ def find_lr(
     device = trainer.strategy.root_device
     original = next(module.parameters()).device if any(True for _ in module.parameters()) else device
     kwargs = dict(start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
-                  diverge_factor=diverge_factor, rule=rule, progress=progress)
+                  diverge_factor=diverge_factor, rule=rule, progress=progress, confirm=confirm, max_steps=max_steps,
+                  max_seconds=max_seconds)
     try:
         module.to(device)
         result = _run(trainer, module, None, loader, kwargs, device)
@@ -212,15 +220,18 @@ def find_lr(
 class LRFinder(pl.Callback):
     """Run lrkit's range test at the start of ``trainer.fit`` on the optimiser fit has just built, restore
     everything, and (``update_attr``, default True) set the module's lr attribute to the suggestion and rebuild
-    the optimisers and schedulers from ``configure_optimizers``. The result is kept in ``self.result``."""
+    the optimisers and schedulers from ``configure_optimizers``. The result is kept in ``self.result``.
+    ``confirm``, ``max_steps``, ``max_seconds`` as in :func:`find_lr` (default: the adaptive test, 200 steps)."""
 
     def __init__(self, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100,
                  mode: str = "exponential", smooth: float = 0.98, diverge_factor: float = 4.0,
-                 rule: str | None = None, update_attr: bool | str = True, progress: bool = False) -> None:
+                 rule: str | None = None, update_attr: bool | str = True, confirm: bool = True,
+                 max_steps: int = 200, max_seconds: float | None = None, progress: bool = False) -> None:
         check_range(start_lr, end_lr, num_iter)
         self.update_attr = update_attr
         self.kwargs = dict(start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
-                           diverge_factor=diverge_factor, rule=rule, progress=progress)
+                           diverge_factor=diverge_factor, rule=rule, progress=progress, confirm=confirm,
+                           max_steps=max_steps, max_seconds=max_seconds)
         self.result: FinderResult | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from lrkit.errors import LrkitError, missing_extra
-from lrkit.finder import FinderResult, check_range, range_test
+from lrkit.finder import FinderResult, check_range
 
 try:
     import torch
@@ -336,6 +336,7 @@ def find_lr(
     rule: str | None = None,
     confirm: bool = True,
     max_steps: int = 200,
+    max_seconds: float | None = None,
     progress: bool = True,
 ) -> FinderResult:
     """Run the LR range test on a PyTorch model and restore model, optimiser and RNGs exactly afterwards.
@@ -344,11 +345,12 @@ def find_lr(
     (default 100), stops when the smoothed loss exceeds ``diverge_factor`` (4) x its best, and suggests an lr
     (the rule knows the optimiser family). With ``confirm`` (default) the ramp is extended when nothing diverged
     and short constant-lr runs at the pick, /3 and /9 may move it down, all within ``max_steps`` optimiser steps
-    (default 200; see :func:`lrkit.adaptive.find`). With ``val_loader`` the validation loss, evaluated every
+    (default 200; see :func:`lrkit.adaptive.find`); ``max_seconds`` (default: none) is a time budget for all of
+    it (the ramp stops when it is spent; the confirmation runs share what is left or are skipped). With ``val_loader`` the validation loss, evaluated every
     ``val_every`` steps, is judged instead (no confirmation runs). See :class:`TorchTrainer` for the batch, AMP,
     accumulation and snapshot options.
     """
-    from lrkit.adaptive import find, infer_family
+    from lrkit.adaptive import infer_family, run_finder
 
     check_range(start_lr, end_lr, num_iter)
     trainer = TorchTrainer(model, optimizer, criterion, train_loader, loss_fn=loss_fn,
@@ -362,13 +364,9 @@ def find_lr(
 
         trainer = maybe_distributed(trainer)
         progress = progress and is_main_process()
-    if confirm and val_loader is None:
-        return find(trainer, family=family, momentum=momentum, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter,
-                    max_steps=max(max_steps, num_iter), rule=rule or "robust", progress=progress, mode=mode,
-                    smooth=smooth, diverge_factor=diverge_factor).ramp
-    return range_test(trainer, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
-                      diverge_factor=diverge_factor, val_every=val_every if val_loader is not None else None,
-                      rule=rule, progress=progress, family=family, momentum=momentum)
-
+    return run_finder(trainer, confirm=confirm, max_steps=max_steps, max_seconds=max_seconds,
+                      val_every=val_every if val_loader is not None else None, rule=rule, family=family,
+                      momentum=momentum, progress=progress, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter,
+                      mode=mode, smooth=smooth, diverge_factor=diverge_factor)
 
 __all__ = ["TorchTrainer", "find_lr"]

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from lrkit.adaptive import run_finder
 from lrkit.errors import LrkitError, missing_extra
-from lrkit.finder import FinderResult, check_range, range_test
+from lrkit.finder import FinderResult, check_range
 
 try:
     import torch
@@ -62,14 +63,20 @@ def find_lr(
     diverge_factor: float = 4.0,
     rule: str | None = None,
     update_args: bool = False,
+    confirm: bool = True,
+    max_steps: int = 200,
+    max_seconds: float | None = None,
     progress: bool = True,
 ) -> FinderResult:
     """Run lrkit's range test with a transformers ``Trainer``'s model, data, optimiser settings and loss.
 
     Restores the model, optimiser and RNGs exactly and leaves ``trainer.optimizer`` as it was (None stays None,
     so ``train()`` builds a fresh one). ``update_args=True`` sets ``trainer.args.learning_rate`` to the
-    suggestion (the lr ``create_optimizer`` uses); it needs a Trainer without a user-given optimiser.
-    Range options as in :func:`lrkit.range_test`.
+    suggestion (the lr ``create_optimizer`` uses); it needs a Trainer without a user-given optimiser. With
+    ``confirm`` (default) the ramp is extended when nothing diverged and short runs at the pick, /3 and /9 may move
+    it down, within ``max_steps`` optimiser steps (default 200; not ``args.max_steps``) and ``max_seconds``
+    (default: none), as in :func:`lrkit.integrations.torch.find_lr`; ``confirm=False``: one ramp. Range options as
+    in :func:`lrkit.range_test`.
     """
     check_range(start_lr, end_lr, num_iter)
     _check_trainer(trainer)
@@ -90,8 +97,9 @@ def find_lr(
     try:
         loader = trainer.get_train_dataloader()
         hf = HFTrainer(trainer, optimizer, loader, **options)
-        result = range_test(hf, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
-                            diverge_factor=diverge_factor, rule=rule, progress=progress)
+        result = run_finder(hf, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
+                            diverge_factor=diverge_factor, rule=rule, progress=progress, confirm=confirm,
+                            max_steps=max_steps, max_seconds=max_seconds)
     finally:
         trainer.optimizer = given
     if update_args and result.suggestion.lr is not None:
