@@ -16,7 +16,7 @@ import jax.numpy as jnp  # noqa: E402
 import lrkit.jax  # noqa: E402
 import lrkit.schedules  # noqa: E402
 from lrkit.errors import LrkitError  # noqa: E402
-from lrkit.finder import range_test  # noqa: E402
+from lrkit.finder import Replay, range_test  # noqa: E402
 from lrkit.schedules import ramp  # noqa: E402
 from lrkit.suggest import suggest  # noqa: E402
 
@@ -52,21 +52,6 @@ def task(seed=0):
 
 def leaves(tree):
     return [np.array(v, copy=True) for v in jax.tree_util.tree_leaves(tree)]
-
-
-class Replay:
-    def __init__(self, losses):
-        self.losses, self.i = list(losses), 0
-
-    def step(self, lr):
-        self.i += 1
-        return self.losses[self.i - 1]
-
-    def snapshot(self):
-        return None
-
-    def restore(self, snap):
-        pass
 
 
 def test_closed_form_sgd_losses_follow_the_ramp():

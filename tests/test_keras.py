@@ -19,7 +19,7 @@ if keras.backend.backend() != "torch":  # keras was imported earlier in this pro
 import lrkit.keras  # noqa: E402
 import lrkit.schedules  # noqa: E402
 from lrkit.errors import LrkitError  # noqa: E402
-from lrkit.finder import range_test  # noqa: E402
+from lrkit.finder import Replay, range_test  # noqa: E402
 from lrkit.suggest import infer_family, suggest  # noqa: E402
 
 rng = np.random.default_rng(0)
@@ -50,21 +50,6 @@ def assert_same(before, model):
     assert before.keys() == after.keys()
     for k in before:
         assert np.array_equal(before[k], after[k]), k
-
-
-class Replay:
-    def __init__(self, losses):
-        self.losses, self.i = list(losses), 0
-
-    def step(self, lr):
-        self.i += 1
-        return self.losses[self.i - 1]
-
-    def snapshot(self):
-        return None
-
-    def restore(self, snap):
-        pass
 
 
 def test_find_lr_restores_every_variable_and_suggests_like_the_engine():

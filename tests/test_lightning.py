@@ -19,7 +19,7 @@ import lrkit.lightning  # noqa: E402
 import lrkit.schedules  # noqa: E402
 from lrkit.adaptive import find  # noqa: E402
 from lrkit.errors import LrkitError  # noqa: E402
-from lrkit.finder import range_test  # noqa: E402
+from lrkit.finder import Replay, range_test  # noqa: E402
 from lrkit.integrations.torch import TorchTrainer  # noqa: E402
 from lrkit.integrations.torch import find_lr as torch_find_lr  # noqa: E402
 from lrkit.schedules import ramp  # noqa: E402
@@ -85,23 +85,6 @@ def assert_same(a, b):
     assert a["training"] == b["training"]
     assert torch.equal(a["torch"], b["torch"]) and np.array_equal(a["numpy"], b["numpy"])
     assert a["python"] == b["python"] and torch.equal(a["loader"], b["loader"])
-
-
-class Replay:
-    """A Trainer that plays back recorded losses: the plain engine on the same curve."""
-
-    def __init__(self, losses):
-        self.losses, self.i = list(losses), 0
-
-    def step(self, lr):
-        self.i += 1
-        return self.losses[self.i - 1]
-
-    def snapshot(self):
-        return None
-
-    def restore(self, snap):
-        pass
 
 
 def test_find_lr_restores_exactly_and_matches_the_torch_adapter():

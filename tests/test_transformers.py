@@ -18,7 +18,7 @@ import lrkit.schedules  # noqa: E402
 import lrkit.transformers  # noqa: E402
 from lrkit.adaptive import find  # noqa: E402
 from lrkit.errors import LrkitError  # noqa: E402
-from lrkit.finder import range_test  # noqa: E402
+from lrkit.finder import Replay, range_test  # noqa: E402
 from lrkit.integrations.torch import TorchTrainer  # noqa: E402
 from lrkit.integrations.torch import find_lr as torch_find_lr  # noqa: E402
 from lrkit.suggest import suggest  # noqa: E402
@@ -77,21 +77,6 @@ def loaders(trainer):
 def no_new_loader(trainer, registered):
     """No loader was left registered beyond those before (earlier tests' loaders may linger until collected)."""
     return all(any(d is r for r in registered) for d in loaders(trainer) if d is not None)
-
-
-class Replay:
-    def __init__(self, losses):
-        self.losses, self.i = list(losses), 0
-
-    def step(self, lr):
-        self.i += 1
-        return self.losses[self.i - 1]
-
-    def snapshot(self):
-        return None
-
-    def restore(self, snap):
-        pass
 
 
 def test_find_lr_restores_exactly_and_matches_the_torch_adapter(tmp_path):

@@ -42,6 +42,24 @@ class Trainer(Protocol):
     def restore(self, snap: object) -> None: ...
 
 
+class Replay:
+    """A :class:`Trainer` that plays recorded losses back, one per step: the engine's verdict on a recorded curve
+    (e.g. losses logged inside a framework's own loop). Restoring rewinds it."""
+
+    def __init__(self, losses: Sequence[float]) -> None:
+        self.losses, self.i = list(losses), 0
+
+    def step(self, lr: float) -> float:
+        self.i += 1
+        return self.losses[self.i - 1]
+
+    def snapshot(self) -> None:
+        return None
+
+    def restore(self, snap: object) -> None:
+        self.i = 0
+
+
 @dataclass
 class FinderResult:
     """What a range test recorded: lrs, raw and smoothed losses, why it stopped, and the suggestion."""
@@ -308,4 +326,4 @@ def range_test(
     return result
 
 
-__all__ = ["Trainer", "FinderResult", "range_test", "ema"]
+__all__ = ["Trainer", "FinderResult", "Replay", "range_test", "ema"]

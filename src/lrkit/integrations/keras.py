@@ -20,7 +20,7 @@ import numpy as np
 from lrkit.adaptive import run_finder
 from lrkit.curve import EMA
 from lrkit.errors import LrkitError, missing_extra
-from lrkit.finder import FinderResult, check_range, range_test
+from lrkit.finder import FinderResult, Replay, check_range, range_test
 from lrkit.schedules import ramp
 from lrkit.suggest import infer_family
 
@@ -201,23 +201,6 @@ def find_lr(
                       max_steps=max_steps, max_seconds=max_seconds)
 
 
-class _Replay:
-    """Plays recorded losses back to the engine, so the callback's result is the engine's on the same curve."""
-
-    def __init__(self, losses: list[float]) -> None:
-        self.losses, self.i = losses, 0
-
-    def step(self, lr: float) -> float:
-        self.i += 1
-        return self.losses[self.i - 1]
-
-    def snapshot(self) -> None:
-        return None
-
-    def restore(self, snap: object) -> None:
-        self.i = 0
-
-
 class LRFinder(keras.callbacks.Callback):
     """Run the range test inside ``model.fit``: the lr ramps per batch, fit stops after ``num_iter`` batches or
     when the smoothed loss diverges, and at the end every variable is restored; the result is ``self.result``.
@@ -271,7 +254,7 @@ class LRFinder(keras.callbacks.Callback):
                              "the range test needs (the model was restored); pass more epochs, e.g. epochs=100 "
                              "(the callback stops fit when done), or a smaller num_iter")
         family, momentum = infer_family(self.model.optimizer)
-        self.result = range_test(_Replay(self._losses), progress=False, family=family, momentum=momentum,
+        self.result = range_test(Replay(self._losses), progress=False, family=family, momentum=momentum,
                                  **self.kwargs)
 
 
