@@ -1,14 +1,20 @@
 """Quality of the doctor's direction (raise / lower / keep) on real curves over lr grids.
 
-Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached).
-Reports per-class accuracy and the confusion matrix on the tuning tasks and, separately, on the held-out tasks
-(never used to set thresholds). Targets: >= 90% on too-high and good, >= 80% on too-low. Side by side: the
-eyeballing rule users apply by hand (NaN or ended above the start: lower; fell < 30%: raise; else keep), since
-no library offers an lr doctor to compare with.
+Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about a
+minute after that). ``--final`` also scores the FINAL held-out tasks with the shipped model.
+
+The doctor = threshold rules (NaN, blow-up, climb-back, spikes) + a small fitted shape model
+(:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 24 tasks
+(``fit_direction.py``), so its accuracy on those is reported **leave-one-task-out**: each task's curves are
+diagnosed by forests fitted without that task. The FINAL tasks were never used to fit or choose anything.
+Side by side, on the same curves: the threshold rules alone (the doctor before the shape model) and the eyeballing
+rule users apply by hand (NaN or ended above the start: lower; fell < 30%: raise; else keep), since no library
+offers an lr doctor to compare with. Targets: >= 90% on too-high and good, >= 80% on too-low.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 import time
@@ -17,9 +23,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import make_curves  # noqa: E402
-from labelled import EXPECTED, load  # noqa: E402
+from fit_direction import dataset, fit  # noqa: E402
+from labelled import EXPECTED, _load, load  # noqa: E402
 
-from lrkit.doctor import diagnose  # noqa: E402
+from lrkit.curve import Curve  # noqa: E402
+from lrkit.doctor import diagnose, direction  # noqa: E402
 
 CLASSES = ("too_high", "good", "too_low")
 ACTIONS = ("lower", "keep", "raise")
@@ -36,44 +44,78 @@ def eyeball(curve) -> str:
     return "raise" if (first - last) / abs(first) < 0.3 else "keep"
 
 
-def report(runs: list[dict], title: str, verbose: bool = False, rule=None) -> dict[str, float]:
+def without_gn(c: Curve) -> Curve:
+    return Curve(c.steps, c.values, c.lrs, name=c.name, meta=c.meta)
+
+
+def table(runs: list[dict], key: str, title: str) -> dict[str, float]:
     conf = {c: dict.fromkeys(ACTIONS, 0) for c in CLASSES}
     for r in runs:
-        if rule is not None:
-            conf[r["label"]][rule(r["curve"])] += 1
-            continue
-        d = diagnose(r["curve"])
-        conf[r["label"]][d.recommendation.action] += 1
-        if verbose and d.recommendation.action != EXPECTED[r["label"]]:
-            print(f"   miss {r['label']:8s} -> {d.recommendation.action:5s} {r['task']:24s} seed={r['seed']} "
-                  f"lr={r['lr']:.3g} ({r['lr'] / r['best_lr']:.3g}x best) {d.verdict}")
+        conf[r["label"]][r[key]] += 1
     print(f"\n{title} ({len(runs)} curves)")
     print(f"{'label':10s} {'n':>4s}   " + "  ".join(f"{a:>6s}" for a in ACTIONS) + "   accuracy (target)")
     acc = {}
     for c in CLASSES:
         n = sum(conf[c].values())
         acc[c] = conf[c][EXPECTED[c]] / n if n else float("nan")
-        target = 0.8 if c == "too_low" else 0.9
         print(f"{c:10s} {n:4d}   " + "  ".join(f"{conf[c][a]:6d}" for a in ACTIONS)
-              + f"   {acc[c]:6.1%} ({target:.0%})")
+              + f"   {acc[c]:6.1%} ({0.8 if c == 'too_low' else 0.9:.0%})")
     return acc
 
 
+def score(runs: list[dict]) -> None:
+    """Fill each run's calls: doctor (current models), doctor without grad norm, rules alone, eyeball."""
+    for r in runs:
+        c = r["curve"]
+        r["doctor"] = diagnose(c).recommendation.action
+        r["doctor_loss_only"] = diagnose(without_gn(c)).recommendation.action
+        r["rules"] = diagnose(c, use_shape=False).recommendation.action
+        r["eyeball"] = eyeball(c)
+
+
 def main() -> None:
-    if not os.path.exists(make_curves.CACHE):
-        make_curves.main()
+    for path, tasks in ((make_curves.CACHE, make_curves.TASKS), (make_curves.FRESH_CACHE, make_curves.FRESH_TASKS),
+                        (make_curves.EXTRA_CACHE, make_curves.EXTRA_TASKS)):
+        parts = glob.glob(path.replace(".npz", ".part*.npz"))
+        if not os.path.exists(path) and not parts:
+            make_curves.generate(path, tasks)
     t0 = time.time()
-    runs = load()
-    verbose = "-v" in sys.argv
+    runs = load(fresh=True)
     tasks = sorted({r["task"] for r in runs})
-    print(f"{len(runs)} labelled curves from {len(tasks)} tasks (data|architecture|optimiser), 300 steps each; "
-          f"held out: {sorted({r['task'] for r in runs if r['held_out']})}")
-    report([r for r in runs if not r["held_out"]], "lrkit doctor, tuning tasks", verbose)
-    report([r for r in runs if r["held_out"]], "lrkit doctor, HELD-OUT tasks", verbose)
-    report([r for r in runs if r["held_out"]], "eyeballing rule, HELD-OUT tasks", rule=eyeball)
-    report(runs, "lrkit doctor, all tasks")
-    report(runs, "eyeballing rule, all tasks", rule=eyeball)
-    print(f"\n{len(runs)} labelled curves diagnosed in {time.time() - t0:.1f}s")
+    print(f"{len(runs)} labelled curves from {len(tasks)} fitting tasks, 300 steps each")
+    feats = {"with_gn": direction.LOSS_FEATURES + direction.GN_FEATURES, "loss_only": direction.LOSS_FEATURES}
+    data = {name: dataset(runs, fs) for name, fs in feats.items()}
+    try:
+        for task in tasks:  # leave-one-task-out: forests fitted without this task diagnose its curves
+            models = {}
+            for name, (X, y, groups, _) in data.items():
+                keep = groups != task
+                models[name] = direction.export_forest(fit(X[keep], y[keep]), feats[name])
+            direction.set_models(models)
+            score([r for r in runs if r["task"] == task])
+    finally:
+        direction.set_models(None)
+    material = [r for r in runs if r["material"]]
+    print(f"({len(runs) - len(material)} too-high/too-low curves lost < {5}% of the achievable descent: "
+          "'material' tables leave them out)")
+    table(runs, "doctor", "lrkit doctor, leave-one-task-out, all fitting tasks")
+    table(material, "doctor", "lrkit doctor, leave-one-task-out, material labels")
+    table(runs, "doctor_loss_only", "lrkit doctor without the grad-norm column, leave-one-task-out")
+    table(runs, "rules", "threshold rules alone (the doctor before the shape model)")
+    table(runs, "eyeball", "eyeballing rule")
+    if "--final" in sys.argv:
+        if not os.path.exists(make_curves.FINAL_CACHE):
+            make_curves.generate(make_curves.FINAL_CACHE, make_curves.FINAL_TASKS)
+        final = _load(make_curves.FINAL_CACHE, "--final")
+        score(final)
+        print(f"\nFINAL held-out tasks (never used to fit or choose anything): "
+              f"{sorted({r['task'] for r in final})}")
+        table(final, "doctor", "lrkit doctor (shipped model), FINAL held-out tasks")
+        table([r for r in final if r["material"]], "doctor", "lrkit doctor (shipped model), FINAL, material labels")
+        table(final, "doctor_loss_only", "lrkit doctor without the grad-norm column, FINAL held-out tasks")
+        table(final, "rules", "threshold rules alone, FINAL held-out tasks")
+        table(final, "eyeball", "eyeballing rule, FINAL held-out tasks")
+    print(f"\nscored in {time.time() - t0:.0f}s")
 
 
 if __name__ == "__main__":

@@ -5,16 +5,18 @@ went NaN is worst). ``lr >= 4x best``: too high (the doctor should say lower); `
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from make_curves import CACHE, HELD_OUT  # noqa: E402
+from make_curves import CACHE, EXTRA_CACHE, FRESH_CACHE, HELD_OUT  # noqa: E402
 
 from lrkit.curve import Curve  # noqa: E402
 
+MATERIAL = 0.05  # a too-high/too-low lr "costs" when it loses more than this share of the achievable descent
 EXPECTED = {"too_high": "lower", "good": "keep", "too_low": "raise"}
 
 
@@ -35,11 +37,25 @@ def label(lr: float, best: float) -> str | None:
     return None
 
 
-def load() -> list[dict]:
-    """Every labelled run: dict(curve, label, task, seed, lr, best_lr, held_out)."""
-    if not os.path.exists(CACHE):
-        raise SystemExit(f"no cached curves at {CACHE}: run python benchmarks/doctor/make_curves.py first")
-    d = np.load(CACHE)
+def load(fresh: bool = False) -> list[dict]:
+    """Every labelled run: dict(curve, label, task, seed, lr, best_lr, held_out, group, excess, material);
+    ``excess`` is the share of the achievable descent the run's lr lost against the best lr (mean over seeds) and
+    ``material`` says whether a too-high / too-low label costs something (excess > MATERIAL); ``fresh=True`` also loads
+    the FRESH tasks (group "fresh") and the EXTRA ones if generated (group "extra"); the others are "tuning" or
+    "held_out". All of these fit the shape model; only the FINAL tasks (``make_curves.FINAL_CACHE``) are held out."""
+    out = _load(CACHE, "--force")
+    if fresh:
+        out += [{**r, "held_out": True, "group": "fresh"} for r in _load(FRESH_CACHE, "--fresh")]
+        parts = [p for p in sorted(glob.glob(EXTRA_CACHE.replace(".npz", "*.npz"))) if ".tmp." not in p]
+        for path in parts:  # extra.npz or its parallel parts
+            out += [{**r, "group": "extra"} for r in _load(path, "--extra")]
+    return out
+
+
+def _load(path: str, flag: str) -> list[dict]:
+    if not os.path.exists(path):
+        raise SystemExit(f"no cached curves at {path}: run python benchmarks/doctor/make_curves.py {flag} first")
+    d = np.load(path)
     task, lr, seed = d["task"], d["lr"], d["seed"]
     loss, gn = d["loss"].astype(np.float64), d["grad_norm"].astype(np.float64)
     out = []
@@ -47,6 +63,10 @@ def load() -> list[dict]:
         grid = sorted(set(lr[task == name].tolist()))
         score = [np.mean([final_loss(loss[i]) for i in np.where((task == name) & (lr == g))[0]]) for g in grid]
         best = float(grid[int(np.argmin(score))])
+        ib = int(np.argmin(score))
+        start = np.mean([np.median(loss[i][:10]) for i in np.where((task == name) & (lr == grid[ib]))[0]])
+        # the share of the achievable descent (start -> best final) this lr lost, averaged over the seeds
+        excess = {g: (s - score[ib]) / max(start - score[ib], 1e-12) for g, s in zip(grid, score)}
         for i in np.where(task == name)[0]:
             key = (name, int(seed[i]))
             lab = label(float(lr[i]), best)
@@ -57,5 +77,7 @@ def load() -> list[dict]:
             c = Curve(np.arange(n), y[:n], np.full(n, lr[i]), name="loss", extra={"grad_norm": gn[i][:n]},
                       meta={"source": f"{key[0]} seed={key[1]} lr={lr[i]:.3g}"})
             out.append({"curve": c, "label": lab, "task": key[0], "seed": key[1], "lr": float(lr[i]),
-                        "best_lr": best, "held_out": key[0] in HELD_OUT})
+                        "best_lr": best, "held_out": key[0] in HELD_OUT, "excess": float(excess[float(lr[i])]),
+                        "material": lab == "good" or excess[float(lr[i])] > MATERIAL,
+                        "group": "held_out" if key[0] in HELD_OUT else "tuning"})
     return out

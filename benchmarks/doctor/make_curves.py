@@ -1,7 +1,8 @@
 """Train small real models over an lr grid and cache their per-step training curves (the doctor's labelled set).
 
 Run: ``python benchmarks/doctor/make_curves.py`` (about 2-4 minutes on one CPU thread; cached in
-``benchmarks/doctor/.cache/curves.npz``; rerun with ``--force`` to regenerate).
+``benchmarks/doctor/.cache/curves.npz``; rerun with ``--force`` to regenerate); ``--fresh`` generates the FRESH
+held-out tasks into ``.cache/fresh.npz`` (a few minutes).
 Each task is (data, architecture, optimiser); each run records the raw minibatch loss, the gradient norm and
 the lr at every optimiser step.
 """
@@ -15,6 +16,7 @@ import time
 import numpy as np
 
 CACHE = os.path.join(os.path.dirname(__file__), ".cache", "curves.npz")
+FRESH_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "fresh.npz")  # the FRESH held-out tasks
 STEPS = 300
 BATCH = 32
 GRID = 2.0 ** np.arange(-17, 5)  # 7.6e-6 .. 16, factor 2 apart
@@ -52,6 +54,31 @@ def _clean_data(name: str):
         d = datasets.load_diabetes()
         y = (d.target - d.target.mean()) / d.target.std()
         return StandardScaler().fit_transform(d.data), y, "reg"
+    if name == "seq":  # sequences of 24 steps x 4 channels; class = sign pattern of two running interactions
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((3000, 24, 4))
+        a = (x[:, :, 0] * x[:, :, 1]).mean(axis=1)
+        b = x[:, 12:, 2].mean(axis=1) - x[:, :12, 3].mean(axis=1)
+        return x, (a > 0).astype(int) * 2 + (b > 0).astype(int), "clf"
+    if name == "moons":
+        x, y = datasets.make_moons(n_samples=3000, noise=0.25, random_state=0)
+        return StandardScaler().fit_transform(np.c_[x, x[:, :1] * x[:, 1:]]), y, "clf"
+    if name == "circles":  # two noisy rings plus 6 distractor features
+        x, y = datasets.make_circles(n_samples=3000, noise=0.15, factor=0.5, random_state=2)
+        x = np.c_[x, np.random.default_rng(2).standard_normal((3000, 6))]
+        return StandardScaler().fit_transform(x), y, "clf"
+    if name == "classif":  # 6 classes, 30 features, 12 informative, redundant and repeated features
+        x, y = datasets.make_classification(n_samples=3000, n_features=30, n_informative=12, n_redundant=6,
+                                            n_repeated=2, n_classes=6, n_clusters_per_class=2, random_state=3)
+        return StandardScaler().fit_transform(x), y, "clf"
+    if name == "regress":  # a nonlinear regression: tanh of a sparse linear model plus interactions
+        x, y = datasets.make_regression(n_samples=3000, n_features=16, n_informative=6, noise=10.0,
+                                        random_state=4)
+        y = np.tanh(y / y.std()) + 0.3 * x[:, 0] * x[:, 1]
+        return StandardScaler().fit_transform(x), (y - y.mean()) / y.std(), "reg"
+    if name == "digits_seq":  # the 8x8 digits read row by row: a sequence of 8 steps x 8 channels
+        d = datasets.load_digits()
+        return (d.data / 16.0).reshape(-1, 8, 8), d.target, "clf"
     if name == "friedman":
         x, y = datasets.make_friedman1(n_samples=2000, noise=0.5, random_state=0)
         return x, (y - y.mean()) / y.std(), "reg"
@@ -80,14 +107,41 @@ def _model(arch: str, n_in: int, n_out: int, torch):
         return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
                              nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
                              nn.Linear(64, n_out))
+    if arch == "gru":
+        class GRUHead(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.gru, self.fc = nn.GRU(n_in, 32, batch_first=True), nn.Linear(32, n_out)
+
+            def forward(self, x):
+                return self.fc(self.gru(x)[0][:, -1])
+        return GRUHead()
+    if arch == "conv1d":  # (batch, time, channels) -> 1-d convolutions over time
+        return nn.Sequential(_Transpose(nn), nn.Conv1d(n_in, 16, 5, padding=2), nn.GELU(), nn.Conv1d(16, 16, 5, padding=2),
+                             nn.GELU(), nn.AdaptiveMaxPool1d(1), nn.Flatten(), nn.Linear(16, n_out))
+    if arch == "mlp_bn":
+        return nn.Sequential(nn.Linear(n_in, 48), nn.BatchNorm1d(48), nn.GELU(), nn.Linear(48, 48),
+                             nn.BatchNorm1d(48), nn.GELU(), nn.Linear(48, n_out))
+    if arch == "mlp_silu":
+        return nn.Sequential(nn.Linear(n_in, 128), nn.SiLU(), nn.Linear(128, 32), nn.SiLU(), nn.Linear(32, n_out))
     raise ValueError(arch)
+
+
+def _Transpose(nn):
+    class T(nn.Module):
+        def forward(self, x):
+            return x.transpose(1, 2)
+    return T()
 
 
 def _optim(name: str, params, lr: float, torch):
     o = torch.optim
     return {"sgd": lambda: o.SGD(params, lr=lr), "momentum": lambda: o.SGD(params, lr=lr, momentum=0.9),
             "adam": lambda: o.Adam(params, lr=lr), "adamw": lambda: o.AdamW(params, lr=lr, weight_decay=0.01),
-            "rmsprop": lambda: o.RMSprop(params, lr=lr), "adagrad": lambda: o.Adagrad(params, lr=lr)}[name]()
+            "rmsprop": lambda: o.RMSprop(params, lr=lr), "adagrad": lambda: o.Adagrad(params, lr=lr),
+            "nesterov": lambda: o.SGD(params, lr=lr, momentum=0.9, nesterov=True),
+            "nadam": lambda: o.NAdam(params, lr=lr), "adamax": lambda: o.Adamax(params, lr=lr),
+            "rmsprop_m": lambda: o.RMSprop(params, lr=lr, momentum=0.5, centered=True)}[name]()
 
 
 # (data, architecture, optimiser); the last third (HELD_OUT) is never used to tune the doctor's thresholds
@@ -100,27 +154,49 @@ TASKS = [
     ("cancer", "mlp", "rmsprop"),
 ]
 HELD_OUT = {"|".join(t) for t in TASKS[8:]}
+# FRESH held-out tasks (data, architecture, optimiser, batch size), added after the held-out set above had been
+# looked at several times: new data, architectures, optimisers and batch sizes; never used to tune anything.
+FRESH_TASKS = [
+    ("seq", "gru", "adam", 32), ("seq", "conv1d", "nesterov", 64), ("diabetes", "mlp_silu", "rmsprop_m", 16),
+    ("moons", "mlp_bn", "nadam", 128),
+]
+FRESH = {"|".join(map(str, t)) for t in FRESH_TASKS}
+# EXTRA fitting tasks for the shape model (added with it; used like the tasks above, never as held-out evidence)
+EXTRA_TASKS = [
+    ("digits", "mlp_bn", "adam", 64), ("blobs", "resmlp_ln", "sgd", 32), ("cancer", "deep_tanh", "adamw", 16),
+    ("friedman", "mlp", "rmsprop", 32), ("moons", "mlp", "momentum", 32), ("seq", "conv1d", "adamw", 32),
+    ("wine", "linear", "nesterov", 16), ("diabetes", "resmlp_ln", "adagrad", 32),
+]
+EXTRA_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "extra.npz")
+# FINAL held-out tasks: generated and scored once, after the direction model had been fitted on everything above
+# (tuning, held-out and FRESH tasks had all been looked at by then); new data, architectures and optimiser settings.
+FINAL_TASKS = [
+    ("classif", "resmlp_ln", "momentum", 32), ("circles", "mlp_silu", "adamw", 64), ("regress", "mlp_bn", "sgd", 32),
+    ("digits_seq", "gru", "rmsprop", 32), ("wine", "deep_tanh", "adamax", 16),
+]
+FINAL_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "final.npz")
 
 
-def run(data: str, arch: str, opt: str, lr: float, seed: int):
+def run(data: str, arch: str, opt: str, lr: float, seed: int, batch: int = BATCH):
     import torch
 
     x, y, kind = _data(data)
     x = torch.tensor(x, dtype=torch.float32)
+    n_in = x.shape[-1]
     n_out = int(y.max()) + 1 if kind == "clf" else 1
     y = torch.tensor(y, dtype=torch.long if kind == "clf" else torch.float32)
     torch.manual_seed(seed)
-    model = _model(arch, x.shape[1], n_out, torch)
+    model = _model(arch, n_in, n_out, torch)
     optim = _optim(opt, model.parameters(), lr, torch)
     crit = torch.nn.CrossEntropyLoss() if kind == "clf" else torch.nn.MSELoss()
     g = torch.Generator().manual_seed(seed)
     losses, gnorms = np.full(STEPS, np.nan), np.full(STEPS, np.nan)
     perm, pos = torch.randperm(len(x), generator=g), 0
     for t in range(STEPS):
-        if pos + BATCH > len(x):
+        if pos + batch > len(x):
             perm, pos = torch.randperm(len(x), generator=g), 0
-        idx = perm[pos:pos + BATCH]
-        pos += BATCH
+        idx = perm[pos:pos + batch]
+        pos += batch
         out = model(x[idx])
         loss = crit(out.squeeze(-1) if kind == "reg" else out, y[idx])
         optim.zero_grad()
@@ -136,31 +212,50 @@ def run(data: str, arch: str, opt: str, lr: float, seed: int):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--force", action="store_true")
+    ap.add_argument("--fresh", action="store_true", help="generate the FRESH held-out tasks (into FRESH_CACHE)")
+    ap.add_argument("--final", action="store_true", help="generate the FINAL held-out tasks (into FINAL_CACHE)")
+    ap.add_argument("--extra", action="store_true", help="generate the EXTRA fitting tasks (into EXTRA_CACHE)")
+    ap.add_argument("--part", default=None, help="K/N: only the K-th of N slices of the tasks (parallel runs)")
     args = ap.parse_args()
-    if os.path.exists(CACHE) and not args.force:
-        print(f"cached: {CACHE}")
+    if args.extra:
+        tasks, path = EXTRA_TASKS, EXTRA_CACHE
+        if args.part:
+            k, n = map(int, args.part.split("/"))
+            tasks, path = tasks[k::n], path.replace(".npz", f".part{k}.npz")
+        generate(path, tasks, args.force)
+    elif args.final:
+        generate(FINAL_CACHE, FINAL_TASKS, args.force)
+    else:
+        generate(FRESH_CACHE if args.fresh else CACHE, FRESH_TASKS if args.fresh else TASKS, args.force)
+
+
+def generate(path: str, tasks: list, force: bool = False) -> None:
+    """Train every (task, seed, lr) run of ``tasks`` and cache the curves at ``path`` (atomic write)."""
+    if os.path.exists(path) and not force:
+        print(f"cached: {path}")
         return
     import torch
 
     torch.set_num_threads(1)
     t0 = time.time()
     keys, lrs, seeds, L, G = [], [], [], [], []
-    for task in TASKS:
+    for task in tasks:
+        data, arch, opt, *batch = task
         for seed in SEEDS:
             for lr in GRID:
-                loss, gn = run(*task, float(lr), seed)
-                keys.append("|".join(task))
+                loss, gn = run(data, arch, opt, float(lr), seed, *batch)
+                keys.append("|".join(map(str, task)))
                 lrs.append(lr)
                 seeds.append(seed)
                 L.append(loss)
                 G.append(gn)
-        print(f"{'|'.join(task):28s} done, {time.time() - t0:.0f}s", flush=True)
-    os.makedirs(os.path.dirname(CACHE), exist_ok=True)
-    tmp = CACHE + ".tmp.npz"
+        print(f"{'|'.join(map(str, task)):28s} done, {time.time() - t0:.0f}s", flush=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp.npz"
     np.savez_compressed(tmp, task=np.array(keys), lr=np.array(lrs), seed=np.array(seeds),
                         loss=np.array(L, dtype=np.float32), grad_norm=np.array(G, dtype=np.float32), steps=STEPS)
-    os.replace(tmp, CACHE)
-    print(f"wrote {len(keys)} curves to {CACHE} in {time.time() - t0:.0f}s")
+    os.replace(tmp, path)
+    print(f"wrote {len(keys)} curves to {path} in {time.time() - t0:.0f}s")
 
 
 if __name__ == "__main__":

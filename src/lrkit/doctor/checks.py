@@ -30,10 +30,14 @@ class Thresholds:
     slow_drop: float = 0.2  # relative drop below this ...
     slow_decel: float = 0.3  # ... or the end slope still above this fraction of the start slope ...
     flat_drop: float = 0.03  # relative drop below this: flat (plateau from the start)
+    instant_share: float = 0.9  # this share of the descent (from the first logged value) made by the head ...
+    instant_drop: float = 0.15  # ... of a descent at least this fraction of the first value: lr too high
     spike_z: float = 6.0  # robust z-score of a spike
     spike_persistence: int = 3  # consecutive outliers (in logged points) that make a spike
     update_ratio_high: float = 1e-2  # update/weight ratio above this: lr too high (rule of thumb ~1e-3)
     update_ratio_low: float = 1e-4  # below this: lr too low
+    shape_confidence: float = 0.4  # the shape model overrules the trend rules when its vote is at least this ...
+    shape_confidence_loss_only: float = 0.5  # ... or this without a gradient-norm column (leave-one-task-out picks)
 
 
 @dataclass
@@ -197,6 +201,9 @@ def features(curve: Curve) -> dict[str, float]:
         ninety = float(below[0]) / m if below.size else 1.0
     else:
         half = ninety = float("nan")
+    first = float(yf[0])
+    f["first_drop"] = (first - final) / abs(first) if first else float("nan")
+    f["instant"] = (first - init) / (first - final) if first > final else 0.0  # share of descent in the head
     f.update(init=init, final=final, best=best, span=span, half_time=half, ninety_time=ninety, late=late,
              early_peak=float(np.max(med5)) / init if init > 0 else float("nan"),
              rise=(final - best) / span, noise=noise / span, noise_level=noise / max(abs(final), 1e-12),
@@ -208,10 +215,12 @@ def features(curve: Curve) -> dict[str, float]:
 
 
 # -------------------------------------------------------------------------------------------------------- checks
-def diagnose(curve: Curve, thresholds: Thresholds | None = None, **overrides: float) -> Diagnosis:
+def diagnose(curve: Curve, thresholds: Thresholds | None = None, use_shape: bool = True,
+             **overrides: float) -> Diagnosis:
     """Diagnose one loss curve: findings (most severe first) and a recommendation for the lr.
 
-    ``thresholds`` (or keyword overrides of :class:`Thresholds` fields) tune the checks."""
+    ``thresholds`` (or keyword overrides of :class:`Thresholds` fields) tune the checks; ``use_shape=False`` leaves
+    out the fitted shape model (:mod:`lrkit.doctor.direction`) and judges by the threshold rules alone."""
     if not isinstance(curve, Curve):
         raise LrkitError(f"diagnose needs a Curve or a log path, got {type(curve).__name__}")
     t = thresholds or Thresholds()
@@ -273,6 +282,13 @@ def diagnose(curve: Curve, thresholds: Thresholds | None = None, **overrides: fl
         elif "ended_higher" in verdicts:
             findings.append(Finding("diverging", [int(ss[0]), int(ss[-1])], f"the loss ended higher ({final:.4g}) "
                                     f"than it started ({init:.4g})", {"drop": f["drop"]}))
+        if "instant" in verdicts:
+            k = max(3, valid // 50)
+            findings.append(Finding("oscillating", [int(ss[0]), int(ss[k]), int(ss[-1])], f"the loss fell from "
+                                    f"{ys[0]:.4g} to {init:.4g} within the first {k} logged points "
+                                    f"({f['instant']:.0%} of its whole descent to {final:.4g}) and little after: an "
+                                    "lr large enough to finish the descent in a few steps, then bounce on a floor "
+                                    "that a lower lr gets under", {"instant": f["instant"], "first": float(ys[0])}))
         # ----- oscillating: large noise around the trend relative to the progress made
         if "oscillating" in verdicts:
             findings.append(Finding("oscillating", [int(ss[valid // 2]), int(ss[-1])], f"over the second half the "
@@ -288,6 +304,8 @@ def diagnose(curve: Curve, thresholds: Thresholds | None = None, **overrides: fl
                                     f"({init:.4g} -> {final:.4g}) and is still falling at "
                                     f"{f['deceleration']:.0%} of its initial rate in the last third{late}",
                                     {"drop": f["drop"], "deceleration": f["deceleration"], "late": f["late"]}))
+    if use_shape:
+        _shape_call(c, ys, ss, valid, f, findings, notes, t)
     _update_ratio_findings(c, t, findings)
     if not findings:
         findings.append(Finding("healthy", [], "the loss fell and levelled off without spikes, divergence or "
@@ -312,14 +330,74 @@ def classify(f: dict[str, float], t: Thresholds) -> set[str]:
     elif f["drop"] < -0.01 and f["final"] - f["init"] > 2 * f["noise_abs"]:
         out.add("ended_higher")
     diverging = bool(out) or f["nan_index"] >= 0
-    if progress and f["noise"] > t.noise and not diverging:
+    if not diverging and f["instant"] >= t.instant_share and f["first_drop"] >= t.instant_drop:
+        out.add("instant")
+    if progress and f["noise"] > t.noise and not diverging and "instant" not in out:
         out.add("oscillating")
-    if not diverging and "oscillating" not in out:
+    if not diverging and "oscillating" not in out and "instant" not in out:
         if f["drop"] < t.flat_drop:
             out.add("plateau")
         elif f["drop"] < t.slow_drop or f["deceleration"] > t.slow_decel:
             out.add("too_slow")
     return out
+
+
+def _shape_call(c: Curve, ys: np.ndarray, ss: np.ndarray, valid: int, f: dict[str, float],
+                findings: list[Finding], notes: list[str], t: Thresholds) -> None:
+    """Let the fitted shape model (:mod:`lrkit.doctor.direction`) settle the direction of a run that neither diverged
+    nor spiked, when its vote is confident: it replaces the threshold rules' oscillating / too_slow / plateau findings
+    by one that agrees with it.
+
+    Applies to finite runs at a constant lr (the model was fitted on such runs); scheduled runs keep the rules."""
+    from lrkit.doctor.direction import predict, shape_features
+
+    if valid < len(c) or "init" not in f or any(x.kind in ("diverging", "spiking") or "instant" in x.data
+                                                for x in findings):
+        return
+    if c.lrs is not None:
+        lr = c.lrs[:valid][np.isfinite(c.lrs[:valid])]
+        if lr.size and (lr.min() <= 0 or lr.max() > 1.5 * lr.min()):
+            notes.append("the lr changes during the run: judged by the threshold rules alone (the shape model was "
+                         "fitted on constant-lr runs)")
+            return
+    gn = c.extra.get("grad_norm")
+    sf = shape_features(ys, gn[:valid] if gn is not None and gn.shape == c.values.shape else None)
+    if sf is None:
+        return
+    probs, model = predict(sf)
+    call = max(probs, key=probs.__getitem__)
+    f.update({f"p_{k}": v for k, v in probs.items()})
+    f["shape_model"] = 1.0 if model == "with_gn" else 0.0
+    if probs[call] < (t.shape_confidence if model == "with_gn" else t.shape_confidence_loss_only):
+        return  # not sure enough: the trend rules decide
+    soft = ("oscillating", "too_slow", "plateau")
+    rule_kinds = [x.kind for x in findings if x.kind in soft]
+    keep = {"too_high": ("oscillating",), "too_low": ("too_slow", "plateau"), "good": ()}[call]
+    findings[:] = [x for x in findings if x.kind not in soft or x.kind in keep]
+    odds = (f"{probs[call]:.0%} of the fitted model's vote ({'loss and gradient-norm' if model == 'with_gn' else 'loss'}"
+            " shape, from lrkit's labelled real runs)")
+    init, final = f["init"], f["final"]
+    if call == "too_high" and not any(x.kind == "oscillating" for x in findings):
+        t90 = f.get("ninety_time", float("nan"))
+        i90 = min(int(t90 * valid), valid - 1) if t90 == t90 else 0
+        findings.append(Finding("oscillating", [int(ss[i90]), int(ss[-1])], f"the loss made 90% of its descent "
+                                f"({init:.4g} -> {final:.4g}) by step {ss[i90]} ({t90:.0%} of the run) and then sat "
+                                f"on a floor of batch noise (±{f['noise_abs']:.3g}, {f['noise_level']:.1%} of the "
+                                f"level): the shape of a run whose lr is about 4x or more too high; {odds}",
+                                {"ninety_time": t90, "noise_level": f["noise_level"], **probs}))
+    elif call == "too_low" and not any(x.kind in ("too_slow", "plateau") for x in findings):
+        late = f.get("late", float("nan"))
+        findings.append(Finding("too_slow", [int(ss[valid // 2]), int(ss[-1])], f"the loss is still falling at the "
+                                f"end ({init:.4g} -> {final:.4g}, {f['drop']:.0%} lower"
+                                + (f"; {late:.0%} of that came in the second half" if 0 <= late <= 1 else "")
+                                + f"): the shape of a run whose lr is about 10x too low; {odds}",
+                                {"drop": f["drop"], "late": late, **probs}))
+    elif call == "good" and rule_kinds:
+        notes.append(f"the threshold rules saw {', '.join(rule_kinds)}, but the shape model calls this lr good "
+                     f"({odds}): keep")
+    for x in findings:
+        if x.kind in soft and x.kind in keep:
+            x.data.update(probs)
 
 
 def _spike_finding(loss_spikes: list, gn_spikes: list, c: Curve, ss: np.ndarray) -> Finding:

@@ -1,0 +1,92 @@
+"""Fit the doctor's direction model (too high / good / too low from a curve's shape) on the labelled real curves.
+
+Run: ``python benchmarks/doctor/fit_direction.py`` (needs the cached curves: ``make_curves.py --force`` and
+``make_curves.py --fresh``). Reports leave-one-task-out accuracy (each task's curves scored by a forest fitted
+without that task), then fits on every tuning task and, with ``--write``, writes
+``src/lrkit/doctor/direction_model.npz`` (two forests: with and without gradient-norm features). The FINAL held-out tasks (``make_curves.py --final``) are never read here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from labelled import load  # noqa: E402
+
+from lrkit.doctor.direction import (  # noqa: E402
+    CLASSES,
+    GN_FEATURES,
+    LOSS_FEATURES,
+    export_forest,
+    forest_proba,
+    shape_features,
+)
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "..", "src", "lrkit", "doctor", "direction_model.npz")
+FOREST = {"n_estimators": 100, "max_depth": 6, "min_samples_leaf": 3, "class_weight": "balanced", "random_state": 0}
+
+
+def dataset(runs: list[dict], names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+    X, y, groups, kept = [], [], [], []
+    for r in runs:
+        c = r["curve"]
+        f = shape_features(c.values, c.extra.get("grad_norm"))
+        if f is None or not all(k in f for k in names):
+            continue
+        X.append([f[k] for k in names])
+        y.append(CLASSES.index(r["label"]))
+        groups.append(r["task"])
+        kept.append(r)
+    return np.array(X), np.array(y), np.array(groups), kept
+
+
+def fit(X: np.ndarray, y: np.ndarray, **params):
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier(**{**FOREST, **params}).fit(X, y)
+
+
+def per_class(y: np.ndarray, pred: np.ndarray) -> list[float]:
+    return [float((pred[y == i] == i).mean()) if (y == i).any() else float("nan") for i in range(len(CLASSES))]
+
+
+def loto(X: np.ndarray, y: np.ndarray, groups: np.ndarray, **params) -> np.ndarray:
+    """Leave-one-task-out predictions: each task scored by a forest fitted on the other tasks."""
+    pred = np.empty_like(y)
+    for g in np.unique(groups):
+        te = groups == g
+        pred[te] = fit(X[~te], y[~te], **params).predict(X[te])
+    return pred
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write", action="store_true", help="write src/lrkit/doctor/direction_model.npz")
+    args = ap.parse_args()
+    runs = load(fresh=True)
+    arrays = {}
+    for name, feats in (("with_gn", LOSS_FEATURES + GN_FEATURES), ("loss_only", LOSS_FEATURES)):
+        X, y, groups, _ = dataset(runs, feats)
+        acc = per_class(y, loto(X, y, groups))
+        print(f"{name}: {len(y)} finite curves from {len(np.unique(groups))} tasks, {len(feats)} features; "
+              f"leave-one-task-out accuracy: too_high {acc[0]:.1%}  good {acc[1]:.1%}  too_low {acc[2]:.1%}")
+        forest = fit(X, y)
+        imp = sorted(zip(forest.feature_importances_, feats), reverse=True)
+        print("  importance: " + ", ".join(f"{k} {v:.2f}" for v, k in imp[:8]))
+        model = export_forest(forest, feats)
+        # the numpy evaluator must agree with scikit-learn on the training rows
+        assert np.allclose(forest_proba(model, X), forest.predict_proba(X), atol=1e-9)
+        arrays.update({f"{name}/{k}": v for k, v in model.items()})
+    if args.write:
+        tmp = OUT + ".tmp.npz"
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, OUT)
+        print(f"wrote {os.path.normpath(OUT)} ({os.path.getsize(OUT) / 1024:.0f} KiB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Which way the lr is off, from the shape of one training curve: a small fitted model over robust curve statistics.
+
+A run whose loss neither blew up nor spiked can still have its lr 4x too high (it drops fast, then sits on a noise
+floor) or 10x too low (it is still crawling down at the end). :func:`shape_features` measures the shape with
+dimensionless, scale-free statistics (time as a fraction of the run, loss relative to its own descent and noise);
+:func:`predict` turns them into probabilities of (too high, good, too low) with a small random forest fitted on the
+labelled real curves of ``benchmarks/doctor`` (``fit_direction.py --write`` writes ``direction_model.npz``) and
+evaluated here in numpy: no scikit-learn at run time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from lrkit.curve import ema
+
+CLASSES = ("too_high", "good", "too_low")
+ACTIONS = {"too_high": "lower", "good": "keep", "too_low": "raise"}
+LOSS_FEATURES = ("drop", "log_t50", "log_t90", "t_fast", "late3", "late_z", "late_z_sq", "log_noise_span",
+                 "log_noise_level", "decel", "rise", "acf1", "tail_slope_z", "level_z", "early_peak", "half2_z", "wander",
+                 "noise_change", "first_share", "first_drop")
+GN_FEATURES = ("gn_change", "gn_tail_trend", "gn_tail_cv", "gn_early_peak")
+
+
+def _mad(a: np.ndarray) -> float:
+    return 1.4826 * float(np.median(np.abs(a - np.median(a))))
+
+
+def _level(y: np.ndarray, i0: int, i1: int) -> float:
+    return float(np.median(y[max(i0, 0): max(i1, i0 + 1)]))
+
+
+def shape_features(loss: np.ndarray, grad_norm: np.ndarray | None = None) -> dict[str, float] | None:
+    """Dimensionless statistics of a finite loss curve (and its gradient norm, if given); None below 24 points.
+
+    Time is measured as a fraction of the run; loss changes relative to the run's own descent or batch noise."""
+    y = np.asarray(loss, dtype=np.float64)
+    m = len(y)
+    if m < 24 or not np.isfinite(y).all():
+        return None
+    k = max(3, m // 50)
+    init = _level(y, 0, k)
+    tail_n = max(3, m // 10)
+    final = _level(y, m - tail_n, m)
+    total = init - final
+    sm = ema(y, 1.0 - 1.0 / max(5.0, m / 30))
+    # batch noise from first differences (robust to the trend), its standard error over a median of n points
+    step_noise = max(_mad(np.diff(y)) / math.sqrt(2.0), 1e-12 * max(abs(final), 1.0))
+
+    def se(n: int) -> float:
+        return 1.2533 * step_noise / math.sqrt(max(n, 1))
+
+    f: dict[str, float] = {}
+    f["drop"] = float(np.clip(total / abs(init), -1.0, 1.0)) if init else 0.0
+    pos = max(total, 1e-12 * max(abs(init), 1.0))
+    # time to 50% / 90% of the total descent (smoothed), and the share of it made within the first 5% of the run
+    below50 = np.nonzero(sm <= init - 0.5 * pos)[0]
+    below90 = np.nonzero(sm <= init - 0.9 * pos)[0]
+    t50 = (float(below50[0]) + 1) / m if below50.size and total > 0 else 1.0
+    t90 = (float(below90[0]) + 1) / m if below90.size and total > 0 else 1.0
+    f["log_t50"], f["log_t90"] = math.log(t50), math.log(t90)
+    f["t_fast"] = float(np.clip((init - _level(y, m // 20, m // 20 + k)) / pos, -1.0, 2.0)) if total > 0 else 0.0
+    # descent in the last third (median levels of the middle and the last third)
+    third = max(3, m // 3)
+    late = _level(y, m - 2 * third, m - third) - _level(y, m - third, m)
+    f["late3"] = float(np.clip(late / pos, -1.0, 1.0)) if total > 0 else 0.0
+    lz = late / (se(third) * math.sqrt(2.0))
+    f["late_z"] = float(np.sign(lz) * math.log1p(abs(lz)))
+    f["late_z_sq"] = f["late_z"] ** 2
+    # noise around the smoothed trend over the second half, relative to the descent and to the level
+    resid = y[m // 2:] - sm[m // 2:]
+    noise = max(_mad(resid), 1e-12 * max(abs(final), 1.0))
+    f["log_noise_span"] = math.log(noise / pos)
+    f["log_noise_level"] = math.log(noise / max(abs(final), 1e-12))
+    # end slope relative to the start slope (robust: slopes of median levels)
+    s0 = (init - _level(y, third - k, third)) / third
+    s1 = late / third
+    f["decel"] = float(np.clip(s1 / s0, -1.0, 1.0)) if s0 > 0 else 0.0
+    best = float(np.min(sm[m // 10:]))
+    f["rise"] = float(np.clip((final - best) / pos, 0.0, 2.0))
+    # lag-1 autocorrelation of the de-trended tail (oscillation across steps is negative, slow wander positive)
+    d = resid - np.median(resid)
+    den = float(np.dot(d, d))
+    f["acf1"] = float(np.dot(d[1:], d[:-1]) / den) if den > 0 else 0.0
+    # slope over the last 20% in standard errors (still falling at the very end?)
+    w = max(6, m // 5)
+    x = np.arange(w, dtype=np.float64)
+    tail = y[-w:]
+    slope = float(np.polyfit(x, tail, 1)[0]) if w >= 3 else 0.0
+    slope_se = step_noise / math.sqrt(float(np.sum((x - x.mean()) ** 2)))
+    z = -slope / slope_se
+    f["tail_slope_z"] = float(np.sign(z) * math.log1p(abs(z)))
+    # the final level against the initial one in standard errors (a crawl goes down significantly, churn goes up)
+    lz = (init - final) / math.sqrt(se(k) ** 2 + se(tail_n) ** 2)
+    f["level_z"] = float(np.sign(lz) * math.log1p(abs(lz)))
+    # early rise: the highest 5-point running median of the first 30% over the initial level (log)
+    early = y[: max(5, int(0.3 * m))]
+    med5 = np.median(np.lib.stride_tricks.sliding_window_view(early, 5), axis=1)
+    f["early_peak"] = float(np.clip((np.max(med5) - init) / max(abs(init), 1e-12), 0.0, 10.0))
+    # descent over the second half in standard errors (first vs last quarter of the second half)
+    q = max(3, m // 8)
+    hz = (_level(y, m // 2, m // 2 + q) - final) / math.sqrt(se(q) ** 2 + se(tail_n) ** 2)
+    f["half2_z"] = float(np.sign(hz) * math.log1p(abs(hz)))
+    # wander: variance of 10-step block means of the linearly de-trended second half against what independent
+    # batch noise would give (log; ~0 for batch noise, > 0 when the weights random-walk at a too-high lr)
+    h = y[m // 2:]
+    xh = np.arange(len(h), dtype=np.float64)
+    r = h - np.polyval(np.polyfit(xh, h, 1), xh)
+    b = 10 if len(r) >= 40 else max(2, len(r) // 4)
+    blocks = r[: len(r) // b * b].reshape(-1, b).mean(axis=1)
+    v1 = float(np.var(np.diff(r))) / 2.0
+    f["wander"] = math.log(max(float(np.var(blocks)) * b, 1e-300) / max(v1, 1e-300)) if v1 > 0 else 0.0
+    # batch noise at the end against the start (log): it shrinks with the loss at a good lr
+    n0 = _mad(np.diff(y[: max(8, m // 5)])) / math.sqrt(2.0)
+    n1 = _mad(np.diff(y[-max(8, m // 5):])) / math.sqrt(2.0)
+    f["noise_change"] = math.log(max(n1, 1e-300) / max(n0, 1e-300)) if n0 > 0 and n1 > 0 else 0.0
+    # the very first logged loss (before or right after the first updates): a too-high lr can make the whole descent
+    # within the first few points and then bounce on a high floor, which a median over the first points hides
+    top = float(y[0])
+    total0 = top - final
+    f["first_share"] = float(np.clip((top - init) / total0, -1.0, 2.0)) if total0 > 0 else 0.0
+    f["first_drop"] = float(np.clip(total0 / abs(top), -1.0, 1.0)) if top else 0.0
+    if grad_norm is not None:
+        g = np.asarray(grad_norm, dtype=np.float64)
+        ok = np.isfinite(g) & (g > 0)
+        if g.shape == y.shape and ok.sum() >= 24:
+            lg = np.log(g[ok])
+            n = len(lg)
+            kk = max(3, n // 10)
+            f["gn_change"] = float(np.median(lg[-kk:]) - np.median(lg[:kk]))
+            half = lg[n // 2:]
+            f["gn_tail_trend"] = float(np.polyfit(np.linspace(0.0, 1.0, len(half)), half, 1)[0])
+            f["gn_tail_cv"] = _mad(np.diff(half)) / math.sqrt(2.0)
+            f["gn_early_peak"] = float(np.max(lg[: max(kk, n // 5)]) - np.median(lg[:kk]))
+    return f
+
+
+def export_forest(forest, features: tuple[str, ...] | list[str]) -> dict[str, np.ndarray]:
+    """The arrays of a fitted scikit-learn random-forest classifier, for :func:`forest_proba` (no sklearn needed
+    to predict): every tree's nodes stacked, children as global indices (-1 at leaves), leaves' class shares."""
+    feat, thr, left, right, value, roots = [], [], [], [], [], []
+    off = 0
+    for est in forest.estimators_:
+        t = est.tree_
+        n = t.node_count
+        leaf = t.children_left < 0
+        roots.append(off)
+        feat.append(np.where(leaf, -1, t.feature))
+        thr.append(t.threshold)
+        left.append(np.where(leaf, -1, t.children_left + off))
+        right.append(np.where(leaf, -1, t.children_right + off))
+        v = t.value[:, 0, :].astype(np.float64)
+        value.append(v / np.maximum(v.sum(axis=1, keepdims=True), 1e-300))
+        off += n
+    return {"features": np.array(list(features)), "classes": np.array([CLASSES[int(c)] for c in forest.classes_]),
+            "feature": np.concatenate(feat).astype(np.int16), "threshold": np.concatenate(thr),
+            "left": np.concatenate(left).astype(np.int32), "right": np.concatenate(right).astype(np.int32),
+            "value": np.concatenate(value), "roots": np.array(roots, dtype=np.int32)}
+
+
+def forest_proba(model: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Class probabilities (mean of the trees' leaf shares) for feature rows ``x`` (n, features) -> (n, classes)."""
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    feat, thr, left, right = model["feature"], model["threshold"], model["left"], model["right"]
+    out = np.empty((len(x), model["value"].shape[1]))
+    for r, row in enumerate(x):
+        node = model["roots"].astype(np.int64)
+        while True:
+            f = feat[node]
+            inner = f >= 0
+            if not inner.any():
+                break
+            go_left = row[np.where(inner, f, 0)] <= thr[node]
+            node = np.where(inner, np.where(go_left, left[node], right[node]), node)
+        out[r] = model["value"][node].mean(axis=0)
+    return out
+
+
+_MODELS: dict[str, dict[str, np.ndarray]] = {}
+
+
+def load_models() -> dict[str, dict[str, np.ndarray]]:
+    """The shipped direction models: ``with_gn`` (loss and gradient-norm features) and ``loss_only``."""
+    if not _MODELS:
+        path = os.path.join(os.path.dirname(__file__), "direction_model.npz")
+        with np.load(path) as d:
+            for name in ("with_gn", "loss_only"):
+                _MODELS[name] = {k.split("/", 1)[1]: d[k] for k in d.files if k.startswith(name + "/")}
+    return _MODELS
+
+
+def set_models(models: dict[str, dict[str, np.ndarray]] | None) -> None:
+    """Use ``models`` (``{"with_gn": ..., "loss_only": ...}`` from :func:`export_forest`) instead of the shipped
+    ones, e.g. forests fitted without the task being scored; ``None`` goes back to the shipped models."""
+    _MODELS.clear()
+    if models is not None:
+        _MODELS.update(models)
+
+
+def predict(f: dict[str, float]) -> tuple[dict[str, float], str]:
+    """Probabilities of (too_high, good, too_low) for :func:`shape_features` ``f``, and which model gave them (the
+    one with gradient-norm features when ``f`` has them)."""
+    models = load_models()
+    name = "with_gn" if all(k in f for k in models["with_gn"]["features"]) else "loss_only"
+    model = models[name]
+    p = forest_proba(model, np.array([[f[str(k)] for k in model["features"]]]))[0]
+    return {str(c): float(pi) for c, pi in zip(model["classes"], p)}, name

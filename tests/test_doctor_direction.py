@@ -1,0 +1,107 @@
+"""The doctor's fitted shape model: the numpy forest evaluator against scikit-learn, scale-free features, and its
+calls on real training curves (a numpy softmax regression trained by SGD over an lr grid)."""
+
+import numpy as np
+import pytest
+
+from lrkit.curve import Curve
+from lrkit.doctor import diagnose, direction
+
+sklearn_ensemble = pytest.importorskip("sklearn.ensemble")
+
+
+def test_numpy_forest_matches_sklearn_predict_proba():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 6))
+    y = (X[:, 0] + 0.5 * X[:, 1] ** 2 > 0.3).astype(int) + (X[:, 2] > 1).astype(int)
+    forest = sklearn_ensemble.RandomForestClassifier(25, max_depth=5, random_state=0).fit(X, y)
+    model = direction.export_forest(forest, [f"f{i}" for i in range(6)])
+    Xt = rng.standard_normal((50, 6))
+    np.testing.assert_allclose(direction.forest_proba(model, Xt), forest.predict_proba(Xt), atol=1e-12)
+
+
+def test_shipped_models_load_and_give_probabilities():
+    models = direction.load_models()
+    assert list(models["with_gn"]["features"]) == list(direction.LOSS_FEATURES + direction.GN_FEATURES)
+    assert list(models["loss_only"]["features"]) == list(direction.LOSS_FEATURES)
+    y = 0.5 + 2.0 * np.exp(-np.arange(300) / 40) + 0.02 * np.random.default_rng(1).standard_normal(300)
+    p, name = direction.predict(direction.shape_features(y))
+    assert name == "loss_only" and set(p) == set(direction.CLASSES) and sum(p.values()) == pytest.approx(1.0)
+    p, name = direction.predict(direction.shape_features(y, np.exp(-np.arange(300) / 100)))
+    assert name == "with_gn"
+
+
+def test_shape_features_are_scale_free():
+    rng = np.random.default_rng(2)
+    y = 0.4 + 2.0 * np.exp(-np.arange(500) / 80) + 0.05 * rng.standard_normal(500)
+    g = np.exp(0.1 * rng.standard_normal(500)) * (1 + np.arange(500) / 300)
+    a = direction.shape_features(y, g)
+    b = direction.shape_features(37.0 * y, 0.01 * g)
+    assert a.keys() == b.keys() and len(a) == len(direction.LOSS_FEATURES + direction.GN_FEATURES)
+    for k in a:
+        assert b[k] == pytest.approx(a[k], rel=1e-9, abs=1e-9), k
+    assert direction.shape_features(y[:20]) is None
+    assert direction.shape_features(np.r_[y[:100], np.nan]) is None
+
+
+def _softmax_sgd_curves(lrs, steps=300, batch=32, seed=0):
+    """Real training curves: softmax regression on 4 noisy Gaussian classes in 20-d, plain SGD, one per lr."""
+    rng = np.random.default_rng(seed)
+    n, d, k = 3000, 20, 4
+    centers = rng.standard_normal((k, d)) * 0.6
+    labels = rng.integers(0, k, n)
+    x = centers[labels] + rng.standard_normal((n, d))
+    flip = rng.random(n) < 0.15
+    labels[flip] = rng.integers(0, k, flip.sum())
+    x = (x - x.mean(0)) / x.std(0) * 3.0  # badly scaled inputs: a wide range of lrs is meaningful
+    out = {}
+    for lr in lrs:
+        w, b = np.zeros((d, k)), np.zeros(k)
+        shuffle = np.random.default_rng(seed + 1)
+        order, pos = shuffle.permutation(n), 0
+        losses = np.empty(steps)
+        for t in range(steps):
+            if pos + batch > n:  # a new epoch: reshuffle
+                order, pos = shuffle.permutation(n), 0
+            idx = order[pos:pos + batch]
+            pos += batch
+            z = x[idx] @ w + b
+            z -= z.max(1, keepdims=True)
+            p = np.exp(z)
+            p /= p.sum(1, keepdims=True)
+            losses[t] = -np.log(p[np.arange(batch), labels[idx]] + 1e-300).mean()
+            p[np.arange(batch), labels[idx]] -= 1.0
+            w -= lr * x[idx].T @ p / batch
+            b -= lr * p.mean(0)
+        out[lr] = losses
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_real_sgd_curves_far_from_the_best_lr_get_the_right_direction(seed):
+    # an independent family of runs (not in the fitting set): the grid's best lr by final loss is the reference
+    grid = 2.0 ** np.arange(-14, 3)
+    curves = _softmax_sgd_curves(grid, seed=seed)
+    finals = {lr: c[-30:].mean() if np.isfinite(c).all() else np.inf for lr, c in curves.items()}
+    best = min(finals, key=finals.get)
+    low, high = [lr for lr in grid if lr <= best / 16], [lr for lr in grid if lr >= 128 * best]
+    assert low and high, "the grid must reach well below and well above the best lr"
+
+    def action(lr):
+        return diagnose(Curve(np.arange(300), curves[lr], np.full(300, lr))).recommendation.action
+
+    assert [action(lr) for lr in low] == ["raise"] * len(low), best
+    assert [action(lr) for lr in high] == ["lower"] * len(high), best
+    assert action(best) != "raise"
+
+
+def test_scheduled_lr_is_left_to_the_rules_and_use_shape_false_is_the_rules():
+    t = np.arange(400)
+    y = 0.5 + 2.0 * np.exp(-t / 50) + 0.03 * np.random.default_rng(3).standard_normal(400)
+    cosine = 1e-3 * 0.5 * (1 + np.cos(np.pi * t / 400))
+    d = diagnose(Curve(t, y, cosine))
+    assert "p_good" not in d.stats and any("lr changes during the run" in n for n in d.notes)
+    d = diagnose(Curve(t, y, np.full(400, 1e-3)))
+    assert "p_good" in d.stats
+    rules = diagnose(Curve(t, y, np.full(400, 1e-3)), use_shape=False)
+    assert "p_good" not in rules.stats
