@@ -1,12 +1,13 @@
 """Quality of the doctor's direction (raise / lower / keep) on real curves over lr grids.
 
 Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about a
-minute after that). ``--final`` also scores the FINAL held-out tasks with the shipped model.
+minute after that). ``--final`` also scores the FINAL2 held-out tasks with the shipped model.
 
 The doctor = threshold rules (NaN, blow-up, climb-back, spikes) + a small fitted shape model
-(:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 24 tasks
+(:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 37 tasks
 (``fit_direction.py``), so its accuracy on those is reported **leave-one-task-out**: each task's curves are
-diagnosed by forests fitted without that task. The FINAL tasks were never used to fit or choose anything.
+diagnosed by forests fitted without that task. The FINAL2 tasks were never used to fit or choose anything (the
+first FINAL set was scored once with the first shape model, then folded into the fitting tasks).
 Side by side, on the same curves: the threshold rules alone (the doctor before the shape model) and the eyeballing
 rule users apply by hand (NaN or ended above the start: lower; fell < 30%: raise; else keep), since no library
 offers an lr doctor to compare with. Targets: >= 90% on too-high and good, >= 80% on too-low.
@@ -75,7 +76,9 @@ def score(runs: list[dict]) -> None:
 
 def main() -> None:
     for path, tasks in ((make_curves.CACHE, make_curves.TASKS), (make_curves.FRESH_CACHE, make_curves.FRESH_TASKS),
-                        (make_curves.EXTRA_CACHE, make_curves.EXTRA_TASKS)):
+                        (make_curves.EXTRA_CACHE, make_curves.EXTRA_TASKS),
+                        (make_curves.EXTRA2_CACHE, make_curves.EXTRA2_TASKS),
+                        (make_curves.FINAL_CACHE, make_curves.FINAL_TASKS)):
         parts = glob.glob(path.replace(".npz", ".part*.npz"))
         if not os.path.exists(path) and not parts:
             make_curves.generate(path, tasks)
@@ -104,17 +107,17 @@ def main() -> None:
     table(runs, "rules", "threshold rules alone (the doctor before the shape model)")
     table(runs, "eyeball", "eyeballing rule")
     if "--final" in sys.argv:
-        if not os.path.exists(make_curves.FINAL_CACHE):
-            make_curves.generate(make_curves.FINAL_CACHE, make_curves.FINAL_TASKS)
-        final = _load(make_curves.FINAL_CACHE, "--final")
+        if not os.path.exists(make_curves.FINAL2_CACHE):
+            make_curves.generate(make_curves.FINAL2_CACHE, make_curves.FINAL2_TASKS)
+        final = _load(make_curves.FINAL2_CACHE, "--final2")
         score(final)
-        print(f"\nFINAL held-out tasks (never used to fit or choose anything): "
+        print(f"\nFINAL2 held-out tasks (never used to fit or choose anything): "
               f"{sorted({r['task'] for r in final})}")
-        table(final, "doctor", "lrkit doctor (shipped model), FINAL held-out tasks")
-        table([r for r in final if r["material"]], "doctor", "lrkit doctor (shipped model), FINAL, material labels")
-        table(final, "doctor_loss_only", "lrkit doctor without the grad-norm column, FINAL held-out tasks")
-        table(final, "rules", "threshold rules alone, FINAL held-out tasks")
-        table(final, "eyeball", "eyeballing rule, FINAL held-out tasks")
+        table(final, "doctor", "lrkit doctor (shipped model), FINAL2 held-out tasks")
+        table([r for r in final if r["material"]], "doctor", "lrkit doctor (shipped model), FINAL2, material labels")
+        table(final, "doctor_loss_only", "lrkit doctor without the grad-norm column, FINAL2 held-out tasks")
+        table(final, "rules", "threshold rules alone, FINAL2 held-out tasks")
+        table(final, "eyeball", "eyeballing rule, FINAL2 held-out tasks")
     print(f"\nscored in {time.time() - t0:.0f}s")
 
 

@@ -3,7 +3,7 @@
 Run: ``python benchmarks/doctor/fit_direction.py`` (needs the cached curves: ``make_curves.py --force`` and
 ``make_curves.py --fresh``). Reports leave-one-task-out accuracy (each task's curves scored by a forest fitted
 without that task), then fits on every tuning task and, with ``--write``, writes
-``src/lrkit/doctor/direction_model.npz`` (two forests: with and without gradient-norm features). The FINAL held-out tasks (``make_curves.py --final``) are never read here.
+``src/lrkit/doctor/direction_model.npz`` (two forests: with and without gradient-norm features). The FINAL2 held-out tasks (``make_curves.py --final2``) are never read here.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from lrkit.doctor.direction import (  # noqa: E402
 )
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "..", "src", "lrkit", "doctor", "direction_model.npz")
-FOREST = {"n_estimators": 100, "max_depth": 6, "min_samples_leaf": 3, "class_weight": "balanced", "random_state": 0}
+FOREST = {"n_estimators": 100, "max_depth": 8, "min_samples_leaf": 3, "class_weight": "balanced", "random_state": 0}
 
 
 def dataset(runs: list[dict], names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:

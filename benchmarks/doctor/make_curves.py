@@ -79,6 +79,18 @@ def _clean_data(name: str):
     if name == "digits_seq":  # the 8x8 digits read row by row: a sequence of 8 steps x 8 channels
         d = datasets.load_digits()
         return (d.data / 16.0).reshape(-1, 8, 8), d.target, "clf"
+    if name == "quantiles":  # 4 classes by the radius of a 6-d Gaussian
+        x, y = datasets.make_gaussian_quantiles(n_samples=3000, n_features=6, n_classes=4, random_state=5)
+        return StandardScaler().fit_transform(x), y, "clf"
+    if name == "hastie":  # Hastie et al. 10.2: sum of squares above the chi-square median
+        x, y = datasets.make_hastie_10_2(n_samples=3000, random_state=6)
+        return x, (y > 0).astype(int), "clf"
+    if name == "friedman3":
+        x, y = datasets.make_friedman3(n_samples=3000, noise=0.1, random_state=7)
+        return StandardScaler().fit_transform(x), (y - y.mean()) / y.std(), "reg"
+    if name == "scurve":  # the position along a 3-d S-curve from its noisy coordinates
+        x, t = datasets.make_s_curve(n_samples=3000, noise=0.1, random_state=8)
+        return StandardScaler().fit_transform(x), (t - t.mean()) / t.std(), "reg"
     if name == "friedman":
         x, y = datasets.make_friedman1(n_samples=2000, noise=0.5, random_state=0)
         return x, (y - y.mean()) / y.std(), "reg"
@@ -122,6 +134,11 @@ def _model(arch: str, n_in: int, n_out: int, torch):
     if arch == "mlp_bn":
         return nn.Sequential(nn.Linear(n_in, 48), nn.BatchNorm1d(48), nn.GELU(), nn.Linear(48, 48),
                              nn.BatchNorm1d(48), nn.GELU(), nn.Linear(48, n_out))
+    if arch == "wide":
+        return nn.Sequential(nn.Linear(n_in, 256), nn.ReLU(), nn.Linear(256, n_out))
+    if arch == "mlp_drop":
+        return nn.Sequential(nn.Linear(n_in, 96), nn.ReLU(), nn.Dropout(0.1), nn.Linear(96, 96), nn.ReLU(),
+                             nn.Dropout(0.1), nn.Linear(96, n_out))
     if arch == "mlp_silu":
         return nn.Sequential(nn.Linear(n_in, 128), nn.SiLU(), nn.Linear(128, 32), nn.SiLU(), nn.Linear(32, n_out))
     raise ValueError(arch)
@@ -141,7 +158,9 @@ def _optim(name: str, params, lr: float, torch):
             "rmsprop": lambda: o.RMSprop(params, lr=lr), "adagrad": lambda: o.Adagrad(params, lr=lr),
             "nesterov": lambda: o.SGD(params, lr=lr, momentum=0.9, nesterov=True),
             "nadam": lambda: o.NAdam(params, lr=lr), "adamax": lambda: o.Adamax(params, lr=lr),
-            "rmsprop_m": lambda: o.RMSprop(params, lr=lr, momentum=0.5, centered=True)}[name]()
+            "rmsprop_m": lambda: o.RMSprop(params, lr=lr, momentum=0.5, centered=True),
+            "radam": lambda: o.RAdam(params, lr=lr), "adamw95": lambda: o.AdamW(params, lr=lr, betas=(0.9, 0.95)),
+            "momentum5": lambda: o.SGD(params, lr=lr, momentum=0.5)}[name]()
 
 
 # (data, architecture, optimiser); the last third (HELD_OUT) is never used to tune the doctor's thresholds
@@ -168,6 +187,20 @@ EXTRA_TASKS = [
     ("wine", "linear", "nesterov", 16), ("diabetes", "resmlp_ln", "adagrad", 32),
 ]
 EXTRA_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "extra.npz")
+# more fitting tasks, added with the FINAL tasks folded into fitting once they had been scored (see FINAL2 below)
+EXTRA2_TASKS = [
+    ("circles", "deep_tanh", "momentum", 32), ("classif", "mlp", "adagrad", 16), ("regress", "resmlp_ln", "adamw", 64),
+    ("digits_seq", "conv1d", "adam", 32), ("moons", "mlp_silu", "sgd", 8), ("blobs", "mlp_bn", "rmsprop", 128),
+    ("cancer", "resmlp_ln", "nadam", 32), ("friedman", "mlp_bn", "adamax", 16),
+]
+EXTRA2_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "extra2.npz")
+# FINAL2 held-out tasks: new data, architectures and optimisers; generated before the second round of changes to the
+# shape model and scored once at its end (the FINAL tasks had been scored by then, so they joined the fitting set)
+FINAL2_TASKS = [
+    ("quantiles", "wide", "radam", 32), ("hastie", "mlp_drop", "momentum5", 64), ("friedman3", "deep_tanh", "adam", 32),
+    ("scurve", "wide", "nesterov", 16), ("digits", "mlp_drop", "adamw95", 32),
+]
+FINAL2_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "final2.npz")
 # FINAL held-out tasks: generated and scored once, after the direction model had been fitted on everything above
 # (tuning, held-out and FRESH tasks had all been looked at by then); new data, architectures and optimiser settings.
 FINAL_TASKS = [
@@ -215,10 +248,13 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="generate the FRESH held-out tasks (into FRESH_CACHE)")
     ap.add_argument("--final", action="store_true", help="generate the FINAL held-out tasks (into FINAL_CACHE)")
     ap.add_argument("--extra", action="store_true", help="generate the EXTRA fitting tasks (into EXTRA_CACHE)")
+    ap.add_argument("--extra2", action="store_true", help="generate the EXTRA2 fitting tasks (into EXTRA2_CACHE)")
+    ap.add_argument("--final2", action="store_true", help="generate the FINAL2 held-out tasks (into FINAL2_CACHE)")
     ap.add_argument("--part", default=None, help="K/N: only the K-th of N slices of the tasks (parallel runs)")
     args = ap.parse_args()
-    if args.extra:
-        tasks, path = EXTRA_TASKS, EXTRA_CACHE
+    if args.extra or args.extra2 or args.final2:
+        tasks, path = ((EXTRA_TASKS, EXTRA_CACHE) if args.extra else (EXTRA2_TASKS, EXTRA2_CACHE) if args.extra2
+                       else (FINAL2_TASKS, FINAL2_CACHE))
         if args.part:
             k, n = map(int, args.part.split("/"))
             tasks, path = tasks[k::n], path.replace(".npz", f".part{k}.npz")

@@ -221,7 +221,9 @@ class Spike:
 
 class SpikeDetector:
     """Online spike rule: a value more than ``z`` robust scales above the baseline for ``persistence``
-    consecutive updates starts a spike, reported at its first step; it ends when a value is back within
+    consecutive updates (each also more than ``z/2`` scales above the median of the last 5 ordinary values, so a
+    stale trend forecast after a steep start is no spike) starts a spike, reported at its first step; it ends when a
+    value is back within
     ``z/2`` scales of the pre-spike baseline (or of the forecast). Values inside a spike do not move the baseline;
     a spike longer than ``max_len`` updates (default ``2/(1-beta)``) is a new level: it stays unrecovered and the
     baseline is learnt afresh. O(1) per update; one detector per series (loss, grad norm).
@@ -240,6 +242,7 @@ class SpikeDetector:
         self._open: Spike | None = None
         self._open_base: tuple[float, float] = (0.0, 0.0)  # pre-spike (loc, scale) in the scored space
         self._open_len = 0
+        self._recent: list[float] = []  # the last 5 ordinary (non-outlier) values, in the scored space
 
     def update(self, step: int, value: float) -> tuple[Spike | None, Spike | None]:
         """Add one value; returns (spike that starts now or None, spike that ended now or None)."""
@@ -264,6 +267,16 @@ class SpikeDetector:
                 self.rz = RobustZ(self.rz.beta, self.rz.clip, self.rz.min_periods)
             return None, ended
         zscore = self.rz.update(v)
+        # an outlier must also stand out of the last few ordinary values, not only of the trend's forecast: right
+        # after a steep start the forecast extrapolates a slope that has already flattened, and every value is
+        # "above" it without any jump
+        r = self._recent
+        if zscore > self.z and len(r) >= 3 and v <= sorted(r)[len(r) // 2] + 0.5 * self.z * scale:
+            zscore = 0.0
+        if zscore <= self.z:
+            r.append(v)
+            if len(r) > 5:
+                r.pop(0)
         if zscore > self.z:
             if not self._run:
                 self._open_base = (loc, scale)
@@ -282,7 +295,7 @@ class SpikeDetector:
     def state_dict(self) -> dict:
         o = self._open
         return {"rz": self.rz.state_dict(), "run": list(self._run), "base": list(self._open_base),
-                "open_len": self._open_len,
+                "open_len": self._open_len, "recent": list(self._recent),
                 "open": None if o is None else [o.start, o.peak, o.end, o.peak_value, o.baseline, o.peak_z]}
 
     def load_state_dict(self, state: dict) -> None:
@@ -290,6 +303,7 @@ class SpikeDetector:
         self._run = [tuple(r) for r in state["run"]]
         self._open_base = tuple(state["base"])
         self._open_len = int(state.get("open_len", 0))
+        self._recent = [float(v) for v in state.get("recent", [])]
         self._open = None if state["open"] is None else Spike(*state["open"])
 
 

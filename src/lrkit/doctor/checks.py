@@ -32,11 +32,12 @@ class Thresholds:
     flat_drop: float = 0.03  # relative drop below this: flat (plateau from the start)
     instant_share: float = 0.9  # this share of the descent (from the first logged value) made by the head ...
     instant_drop: float = 0.15  # ... of a descent at least this fraction of the first value: lr too high
+    progress_z: float = 2.0  # a crawl's progress since early on stands this many standard errors out of the noise
     spike_z: float = 6.0  # robust z-score of a spike
     spike_persistence: int = 3  # consecutive outliers (in logged points) that make a spike
     update_ratio_high: float = 1e-2  # update/weight ratio above this: lr too high (rule of thumb ~1e-3)
     update_ratio_low: float = 1e-4  # below this: lr too low
-    shape_confidence: float = 0.4  # the shape model overrules the trend rules when its vote is at least this ...
+    shape_confidence: float = 0.55  # the shape model overrules the trend rules when its vote is at least this ...
     shape_confidence_loss_only: float = 0.5  # ... or this without a gradient-norm column (leave-one-task-out picks)
 
 
@@ -211,6 +212,13 @@ def features(curve: Curve) -> dict[str, float]:
              relative_drop=tr.relative_drop, deceleration=tr.deceleration,
              start_slope=tr.start_slope, end_slope=tr.end_slope, noise_abs=noise,
              progress=(mid - final) / noise_abs)
+    # progress since early on (median of 10-30% of the run against the last 30%) in standard errors of the batch
+    # noise (from first differences: robust to the trend): a crawl stands out, a run stalled on a floor does not
+    step_noise = max(1.4826 * float(np.median(np.abs(np.diff(yf) - np.median(np.diff(yf))))) / math.sqrt(2.0),
+                     1e-12 * max(abs(final), 1.0))
+    a, b = yf[m // 10: max(3 * m // 10, m // 10 + 3)], yf[-max(3, 3 * m // 10):]
+    se = 1.2533 * step_noise * math.sqrt(1.0 / len(a) + 1.0 / len(b))
+    f["progress_z"] = (float(np.median(a)) - float(np.median(b))) / se
     return f
 
 
@@ -282,6 +290,13 @@ def diagnose(curve: Curve, thresholds: Thresholds | None = None, use_shape: bool
         elif "ended_higher" in verdicts:
             findings.append(Finding("diverging", [int(ss[0]), int(ss[-1])], f"the loss ended higher ({final:.4g}) "
                                     f"than it started ({init:.4g})", {"drop": f["drop"]}))
+        if "stalled" in verdicts:
+            findings.append(Finding("oscillating", [int(ss[valid // 10]), int(ss[-1])], f"the loss fell from "
+                                    f"{ys[0]:.4g} early, then stalled: from 10-30% of the run to its last 30% it "
+                                    f"moved {f['progress_z']:.1f} standard errors of its batch noise "
+                                    f"(±{f['noise_abs']:.3g}), no progress a crawl would show; a floor of noise that "
+                                    "a lower lr gets under", {"progress_z": f["progress_z"], "first": float(ys[0]),
+                                                              "stalled": True}))
         if "instant" in verdicts:
             k = max(3, valid // 50)
             findings.append(Finding("oscillating", [int(ss[0]), int(ss[k]), int(ss[-1])], f"the loss fell from "
@@ -338,7 +353,12 @@ def classify(f: dict[str, float], t: Thresholds) -> set[str]:
         if f["drop"] < t.flat_drop:
             out.add("plateau")
         elif f["drop"] < t.slow_drop or f["deceleration"] > t.slow_decel:
-            out.add("too_slow")
+            if f["progress_z"] >= t.progress_z:
+                out.add("too_slow")
+            elif f["first_drop"] >= t.instant_drop:
+                out.add("stalled")  # it fell from its first value, then made no progress that beats the noise
+            else:
+                out.add("plateau")
     return out
 
 

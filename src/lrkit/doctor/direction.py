@@ -163,7 +163,8 @@ def export_forest(forest, features: tuple[str, ...] | list[str]) -> dict[str, np
 
 def forest_proba(model: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     """Class probabilities (mean of the trees' leaf shares) for feature rows ``x`` (n, features) -> (n, classes)."""
-    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    # scikit-learn's trees compare float32 features with their thresholds: round the same way to take the same branch
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64)).astype(np.float32).astype(np.float64)
     feat, thr, left, right = model["feature"], model["threshold"], model["left"], model["right"]
     out = np.empty((len(x), model["value"].shape[1]))
     for r, row in enumerate(x):
