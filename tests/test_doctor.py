@@ -168,3 +168,32 @@ def test_update_ratio_and_grad_norm_evidence():
     g[500:506] *= 30
     sp = next(f for f in diagnose(Curve(T, y, extra={"grad_norm": g})).findings if f.kind == "spiking")
     assert "gradient norm spiked with 1 of them" in sp.evidence
+
+
+def test_steep_start_is_no_spike_but_a_jump_is():
+    # a loss that falls steadily for 10 steps and then flattens: the trend forecast learnt on the first steps keeps
+    # going down for a while and every later value sits above it, which is no spike
+    t = np.arange(400)
+    rng = np.random.default_rng(21)
+    y = 1.4 - 0.04 * np.minimum(t, 10) + np.where(t < 10, 0.01, 0.08) * rng.standard_normal(400)
+    assert diagnose(Curve(t, y), use_shape=False).verdict != "spiking"
+    y[200:204] += 1.0  # a real jump, 12 noise scales, 4 steps long
+    sp = next(f for f in diagnose(Curve(t, y)).findings if f.kind == "spiking")
+    assert abs(sp.steps[0] - 200) <= 2
+
+
+def test_stalled_noisy_run_is_lowered_and_a_noisy_crawl_raised():
+    t = np.arange(300)
+    rng = np.random.default_rng(22)
+    # fell from 1.4 to a floor within 3 steps, then nothing but batch noise: lr too high, not "too slow"
+    instant = np.r_[1.4, 1.0, 0.8, np.full(297, 0.75)] + np.r_[0, 0, 0, 0.15 * rng.standard_normal(297)]
+    d = diagnose(Curve(t, instant), use_shape=False)
+    assert d.recommendation.action == "lower" and "instant" in d.findings[0].data
+    # the fall spread a little past the first points (too little left after them for "instant"): the stall shows it
+    stalled = 0.9 + 0.65 * np.exp(-t / 2.5) + 0.15 * rng.standard_normal(300)
+    d = diagnose(Curve(t, stalled), use_shape=False)
+    assert d.recommendation.action == "lower" and d.findings[0].data.get("stalled"), d
+    # a crawl as noisy, but going steadily down all the way: raise
+    crawl = 1.4 - 0.0008 * t + 0.15 * rng.standard_normal(300)
+    d = diagnose(Curve(t, crawl), use_shape=False)
+    assert d.verdict == "too_slow" and d.recommendation.action == "raise"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -242,7 +243,7 @@ class SpikeDetector:
         self._open: Spike | None = None
         self._open_base: tuple[float, float] = (0.0, 0.0)  # pre-spike (loc, scale) in the scored space
         self._open_len = 0
-        self._recent: list[float] = []  # the last 5 ordinary (non-outlier) values, in the scored space
+        self._recent: deque[float] = deque(maxlen=5)  # the last 5 ordinary (non-outlier) values, scored space
 
     def update(self, step: int, value: float) -> tuple[Spike | None, Spike | None]:
         """Add one value; returns (spike that starts now or None, spike that ended now or None)."""
@@ -275,8 +276,6 @@ class SpikeDetector:
             zscore = 0.0
         if zscore <= self.z:
             r.append(v)
-            if len(r) > 5:
-                r.pop(0)
         if zscore > self.z:
             if not self._run:
                 self._open_base = (loc, scale)
@@ -303,7 +302,7 @@ class SpikeDetector:
         self._run = [tuple(r) for r in state["run"]]
         self._open_base = tuple(state["base"])
         self._open_len = int(state.get("open_len", 0))
-        self._recent = [float(v) for v in state.get("recent", [])]
+        self._recent = deque((float(v) for v in state.get("recent", [])), maxlen=5)
         self._open = None if state["open"] is None else Spike(*state["open"])
 
 

@@ -388,7 +388,11 @@ def _shape_call(c: Curve, ys: np.ndarray, ss: np.ndarray, valid: int, f: dict[st
     call = max(probs, key=probs.__getitem__)
     f.update({f"p_{k}": v for k, v in probs.items()})
     f["shape_model"] = 1.0 if model == "with_gn" else 0.0
-    if probs[call] < (t.shape_confidence if model == "with_gn" else t.shape_confidence_loss_only):
+    level = t.shape_confidence if model == "with_gn" else t.shape_confidence_loss_only
+    notes.append(f"shape model ({'loss and gradient norm' if model == 'with_gn' else 'loss'}): lr too high "
+                 f"{probs['too_high']:.0%}, good {probs['good']:.0%}, too low {probs['too_low']:.0%}"
+                 + ("" if probs[call] >= level else f" (below {level:.0%}: the trend rules decide)"))
+    if probs[call] < level:
         return  # not sure enough: the trend rules decide
     soft = ("oscillating", "too_slow", "plateau")
     rule_kinds = [x.kind for x in findings if x.kind in soft]
