@@ -81,7 +81,9 @@ def test_oscillation():
     rng = np.random.default_rng(6)
     # bouncing across the valley: swings (period 7 steps) larger than the progress made
     y = 2.0 - 0.3 * (1 - np.exp(-T / 30)) + 0.6 * np.sin(2 * np.pi * T / 7) + 0.05 * rng.standard_normal(N)
-    d = diagnose(Curve(T, y))
+    # the oscillation rule itself (the fitted shape model may overrule it: on real runs, noise large against the
+    # progress is more often a crawl than a too-high lr; see benchmarks/doctor)
+    d = diagnose(Curve(T, y), use_shape=False)
     assert d.verdict == "oscillating" and d.recommendation.action == "lower"
     assert d.findings[0].data["noise_ratio"] > Thresholds().noise
 

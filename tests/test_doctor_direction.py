@@ -105,3 +105,17 @@ def test_scheduled_lr_is_left_to_the_rules_and_use_shape_false_is_the_rules():
     assert "p_good" in d.stats
     rules = diagnose(Curve(t, y, np.full(400, 1e-3)), use_shape=False)
     assert "p_good" not in rules.stats
+
+
+def test_long_runs_are_read_at_evenly_spaced_points():
+    n = 3000
+    t = np.arange(n)
+    rng = np.random.default_rng(4)
+    y = 0.5 + 1.5 * np.exp(-t / 900) + 0.05 * rng.standard_normal(n)
+    d = diagnose(Curve(t, y, np.full(n, 1e-3)))
+    idx = np.unique(np.linspace(0, n - 1, 300).round().astype(np.int64))
+    p, _ = direction.predict(direction.shape_features(y[idx]))
+    assert {k: d.stats[f"p_{k}"] for k in p} == pytest.approx(p)
+    every, _ = direction.predict(direction.shape_features(y))
+    d_all = diagnose(Curve(t, y, np.full(n, 1e-3)), shape_points=0)
+    assert {k: d_all.stats[f"p_{k}"] for k in every} == pytest.approx(every)

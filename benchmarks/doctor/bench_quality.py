@@ -1,13 +1,14 @@
 """Quality of the doctor's direction (raise / lower / keep) on real curves over lr grids.
 
 Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about a
-minute after that). ``--final`` also scores the FINAL2 held-out tasks with the shipped model.
+minute after that). ``--final`` also scores the FINAL3 held-out tasks with the shipped model, ``--long`` the
+1500-step runs (``make_curves.py --long``).
 
 The doctor = threshold rules (NaN, blow-up, climb-back, spikes) + a small fitted shape model
-(:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 37 tasks
+(:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 50 tasks
 (``fit_direction.py``), so its accuracy on those is reported **leave-one-task-out**: each task's curves are
-diagnosed by forests fitted without that task. The FINAL2 tasks were never used to fit or choose anything (the
-first FINAL set was scored once with the first shape model, then folded into the fitting tasks).
+diagnosed by forests fitted without that task. The FINAL3 tasks were never used to fit or choose anything (the
+FINAL and FINAL2 sets were each scored once, with the shape model of their round, then folded into fitting).
 Side by side, on the same curves: the threshold rules alone (the doctor before the shape model) and the eyeballing
 rule users apply by hand (NaN or ended above the start: lower; fell < 30%: raise; else keep), since no library
 offers an lr doctor to compare with. Targets: >= 90% on too-high and good, >= 80% on too-low.
@@ -78,7 +79,9 @@ def main() -> None:
     for path, tasks in ((make_curves.CACHE, make_curves.TASKS), (make_curves.FRESH_CACHE, make_curves.FRESH_TASKS),
                         (make_curves.EXTRA_CACHE, make_curves.EXTRA_TASKS),
                         (make_curves.EXTRA2_CACHE, make_curves.EXTRA2_TASKS),
-                        (make_curves.FINAL_CACHE, make_curves.FINAL_TASKS)):
+                        (make_curves.EXTRA3_CACHE, make_curves.EXTRA3_TASKS),
+                        (make_curves.FINAL_CACHE, make_curves.FINAL_TASKS),
+                        (make_curves.FINAL2_CACHE, make_curves.FINAL2_TASKS)):
         parts = glob.glob(path.replace(".npz", ".part*.npz"))
         if not os.path.exists(path) and not parts:
             make_curves.generate(path, tasks)
@@ -107,17 +110,30 @@ def main() -> None:
     table(runs, "rules", "threshold rules alone (the doctor before the shape model)")
     table(runs, "eyeball", "eyeballing rule")
     if "--final" in sys.argv:
-        if not os.path.exists(make_curves.FINAL2_CACHE):
-            make_curves.generate(make_curves.FINAL2_CACHE, make_curves.FINAL2_TASKS)
-        final = _load(make_curves.FINAL2_CACHE, "--final2")
+        if not os.path.exists(make_curves.FINAL3_CACHE):
+            make_curves.generate(make_curves.FINAL3_CACHE, make_curves.FINAL3_TASKS)
+        final = _load(make_curves.FINAL3_CACHE, "--final3")
         score(final)
-        print(f"\nFINAL2 held-out tasks (never used to fit or choose anything): "
+        print(f"\nFINAL3 held-out tasks (never used to fit or choose anything): "
               f"{sorted({r['task'] for r in final})}")
-        table(final, "doctor", "lrkit doctor (shipped model), FINAL2 held-out tasks")
-        table([r for r in final if r["material"]], "doctor", "lrkit doctor (shipped model), FINAL2, material labels")
-        table(final, "doctor_loss_only", "lrkit doctor without the grad-norm column, FINAL2 held-out tasks")
-        table(final, "rules", "threshold rules alone, FINAL2 held-out tasks")
-        table(final, "eyeball", "eyeballing rule, FINAL2 held-out tasks")
+        table(final, "doctor", "lrkit doctor (shipped model), FINAL3 held-out tasks")
+        table([r for r in final if r["material"]], "doctor", "lrkit doctor (shipped model), FINAL3, material labels")
+        table(final, "doctor_loss_only", "lrkit doctor without the grad-norm column, FINAL3 held-out tasks")
+        table(final, "rules", "threshold rules alone, FINAL3 held-out tasks")
+        table(final, "eyeball", "eyeballing rule, FINAL3 held-out tasks")
+    if "--long" in sys.argv:  # the same tasks trained 5x longer: does the shape model carry over to longer runs?
+        parts = glob.glob(make_curves.LONG_CACHE.replace(".npz", ".part*.npz"))
+        if not parts and not os.path.exists(make_curves.LONG_CACHE):
+            make_curves.generate(make_curves.LONG_CACHE, make_curves.LONG_TASKS)
+        long = [r for p in sorted(parts or [make_curves.LONG_CACHE]) for r in _load(p, "--long")]
+        score(long)
+        for r in long:
+            r["all_points"] = diagnose(r["curve"], shape_points=0).recommendation.action
+        print(f"\nLONG runs, 1500 steps: {sorted({r['task'] for r in long})}")
+        table(long, "doctor", "lrkit doctor (shipped model; reads 300 evenly spaced points), LONG runs")
+        table(long, "all_points", "lrkit doctor reading every point (shape_points=0), LONG runs")
+        table(long, "rules", "threshold rules alone, LONG runs")
+        table(long, "eyeball", "eyeballing rule, LONG runs")
     print(f"\nscored in {time.time() - t0:.0f}s")
 
 

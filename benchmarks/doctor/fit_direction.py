@@ -3,7 +3,7 @@
 Run: ``python benchmarks/doctor/fit_direction.py`` (needs the cached curves: ``make_curves.py --force`` and
 ``make_curves.py --fresh``). Reports leave-one-task-out accuracy (each task's curves scored by a forest fitted
 without that task), then fits on every tuning task and, with ``--write``, writes
-``src/lrkit/doctor/direction_model.npz`` (two forests: with and without gradient-norm features). The FINAL2 held-out tasks (``make_curves.py --final2``) are never read here.
+``src/lrkit/doctor/direction_model.npz`` (two forests: with and without gradient-norm features). The FINAL3 held-out tasks (``make_curves.py --final3``) are never read here.
 """
 
 from __future__ import annotations

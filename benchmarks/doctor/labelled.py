@@ -12,7 +12,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from make_curves import CACHE, EXTRA_CACHE, FINAL_CACHE, FRESH_CACHE, HELD_OUT  # noqa: E402
+from make_curves import CACHE, EXTRA_CACHE, FINAL2_CACHE, FINAL_CACHE, FRESH_CACHE, HELD_OUT  # noqa: E402
 
 from lrkit.curve import Curve  # noqa: E402
 
@@ -42,16 +42,18 @@ def load(fresh: bool = False) -> list[dict]:
     ``excess`` is the share of the achievable descent the run's lr lost against the best lr (mean over seeds) and
     ``material`` says whether a too-high / too-low label costs something (excess > MATERIAL); ``fresh=True`` also loads
     the FRESH tasks (group "fresh") and the EXTRA ones if generated (group "extra"); the others are "tuning" or
-    "held_out", and the first FINAL set (group "final1", scored once, then folded in). All of these fit the shape
-    model; only the FINAL2 tasks (``make_curves.FINAL2_CACHE``) are held out."""
+    "held_out", and the FINAL and FINAL2 sets (groups "final1", "final2": each scored once, then folded in). All of
+    these fit the shape model; only the FINAL3 tasks (``make_curves.FINAL3_CACHE``) are held out."""
     out = _load(CACHE, "--force")
     if fresh:
         out += [{**r, "held_out": True, "group": "fresh"} for r in _load(FRESH_CACHE, "--fresh")]
         parts = [p for p in sorted(glob.glob(EXTRA_CACHE.replace(".npz", "*.npz"))) if ".tmp." not in p]
         for path in parts:  # extra.npz (or its parallel parts) and extra2.npz
             out += [{**r, "group": "extra"} for r in _load(path, "--extra")]
-        if os.path.exists(FINAL_CACHE):  # the first FINAL held-out set, folded into fitting once it had been scored
-            out += [{**r, "group": "final1"} for r in _load(FINAL_CACHE, "--final")]
+        # the earlier FINAL held-out sets, each folded into fitting once it had been scored
+        for path, group, flag in ((FINAL_CACHE, "final1", "--final"), (FINAL2_CACHE, "final2", "--final2")):
+            if os.path.exists(path):
+                out += [{**r, "group": group} for r in _load(path, flag)]
     return out
 
 

@@ -91,6 +91,19 @@ def _clean_data(name: str):
     if name == "scurve":  # the position along a 3-d S-curve from its noisy coordinates
         x, t = datasets.make_s_curve(n_samples=3000, noise=0.1, random_state=8)
         return StandardScaler().fit_transform(x), (t - t.mean()) / t.std(), "reg"
+    if name == "iris":
+        d = datasets.load_iris()
+        return StandardScaler().fit_transform(d.data), d.target, "clf"
+    if name == "sparse":  # y depends on 4 of 10 uncorrelated features
+        x, y = datasets.make_sparse_uncorrelated(n_samples=3000, n_features=10, random_state=9)
+        return x, (y - y.mean()) / y.std(), "reg"
+    if name == "lowrank":  # inputs of effective rank 5: an ill-conditioned regression
+        x, y = datasets.make_regression(n_samples=3000, n_features=30, n_informative=10, effective_rank=5,
+                                        noise=0.5, random_state=10)
+        return StandardScaler().fit_transform(x), (y - y.mean()) / y.std(), "reg"
+    if name == "xor":  # the sign of x0 * x1 among 8 noise dimensions
+        x = np.random.default_rng(11).standard_normal((3000, 10))
+        return x, (x[:, 0] * x[:, 1] > 0).astype(int), "clf"
     if name == "friedman":
         x, y = datasets.make_friedman1(n_samples=2000, noise=0.5, random_state=0)
         return x, (y - y.mean()) / y.std(), "reg"
@@ -160,7 +173,8 @@ def _optim(name: str, params, lr: float, torch):
             "nadam": lambda: o.NAdam(params, lr=lr), "adamax": lambda: o.Adamax(params, lr=lr),
             "rmsprop_m": lambda: o.RMSprop(params, lr=lr, momentum=0.5, centered=True),
             "radam": lambda: o.RAdam(params, lr=lr), "adamw95": lambda: o.AdamW(params, lr=lr, betas=(0.9, 0.95)),
-            "momentum5": lambda: o.SGD(params, lr=lr, momentum=0.5)}[name]()
+            "momentum5": lambda: o.SGD(params, lr=lr, momentum=0.5),
+            "sgd_wd": lambda: o.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)}[name]()
 
 
 # (data, architecture, optimiser); the last third (HELD_OUT) is never used to tune the doctor's thresholds
@@ -201,6 +215,23 @@ FINAL2_TASKS = [
     ("scurve", "wide", "nesterov", 16), ("digits", "mlp_drop", "adamw95", 32),
 ]
 FINAL2_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "final2.npz")
+# round 3: the FINAL2 tasks were folded into fitting after they had been scored, with these EXTRA3 fitting tasks
+EXTRA3_TASKS = [
+    ("quantiles", "mlp_drop", "adam", 32), ("hastie", "wide", "adamw95", 32), ("scurve", "mlp", "radam", 32),
+    ("friedman3", "wide", "momentum5", 16), ("digits", "wide", "rmsprop", 64), ("moons", "mlp_drop", "radam", 32),
+    ("regress", "deep_tanh", "nadam", 32), ("circles", "wide", "adagrad", 64),
+]
+EXTRA3_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "extra3.npz")
+# FINAL3 held-out tasks: new data again; scored once at the end of round 3
+FINAL3_TASKS = [
+    ("iris", "mlp_bn", "adam", 16), ("sparse", "mlp_silu", "momentum", 32), ("lowrank", "wide", "adamax", 32),
+    ("xor", "resmlp_ln", "rmsprop", 64), ("xor", "deep_tanh", "sgd_wd", 32),
+]
+FINAL3_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "final3.npz")
+# LONG runs: 1500 steps instead of 300 (a check that the doctor's shape model carries over to longer runs; the grid's
+# best lr is judged at 1500 steps); tasks from the fitting set, so only the horizon is new
+LONG_TASKS = [("digits", "mlp", "adam", 32, 1500), ("blobs", "mlp", "sgd", 32, 1500)]
+LONG_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "long.npz")
 # FINAL held-out tasks: generated and scored once, after the direction model had been fitted on everything above
 # (tuning, held-out and FRESH tasks had all been looked at by then); new data, architectures and optimiser settings.
 FINAL_TASKS = [
@@ -210,7 +241,7 @@ FINAL_TASKS = [
 FINAL_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "final.npz")
 
 
-def run(data: str, arch: str, opt: str, lr: float, seed: int, batch: int = BATCH):
+def run(data: str, arch: str, opt: str, lr: float, seed: int, batch: int = BATCH, steps: int = STEPS):
     import torch
 
     x, y, kind = _data(data)
@@ -223,9 +254,9 @@ def run(data: str, arch: str, opt: str, lr: float, seed: int, batch: int = BATCH
     optim = _optim(opt, model.parameters(), lr, torch)
     crit = torch.nn.CrossEntropyLoss() if kind == "clf" else torch.nn.MSELoss()
     g = torch.Generator().manual_seed(seed)
-    losses, gnorms = np.full(STEPS, np.nan), np.full(STEPS, np.nan)
+    losses, gnorms = np.full(steps, np.nan), np.full(steps, np.nan)
     perm, pos = torch.randperm(len(x), generator=g), 0
-    for t in range(STEPS):
+    for t in range(steps):
         if pos + batch > len(x):
             perm, pos = torch.randperm(len(x), generator=g), 0
         idx = perm[pos:pos + batch]
@@ -250,11 +281,17 @@ def main() -> None:
     ap.add_argument("--extra", action="store_true", help="generate the EXTRA fitting tasks (into EXTRA_CACHE)")
     ap.add_argument("--extra2", action="store_true", help="generate the EXTRA2 fitting tasks (into EXTRA2_CACHE)")
     ap.add_argument("--final2", action="store_true", help="generate the FINAL2 held-out tasks (into FINAL2_CACHE)")
+    ap.add_argument("--long", action="store_true", help="generate the 1500-step LONG runs (into LONG_CACHE)")
+    ap.add_argument("--extra3", action="store_true", help="generate the EXTRA3 fitting tasks (into EXTRA3_CACHE)")
+    ap.add_argument("--final3", action="store_true", help="generate the FINAL3 held-out tasks (into FINAL3_CACHE)")
     ap.add_argument("--part", default=None, help="K/N: only the K-th of N slices of the tasks (parallel runs)")
     args = ap.parse_args()
-    if args.extra or args.extra2 or args.final2:
-        tasks, path = ((EXTRA_TASKS, EXTRA_CACHE) if args.extra else (EXTRA2_TASKS, EXTRA2_CACHE) if args.extra2
-                       else (FINAL2_TASKS, FINAL2_CACHE))
+    sets = {"extra": (EXTRA_TASKS, EXTRA_CACHE), "extra2": (EXTRA2_TASKS, EXTRA2_CACHE),
+            "extra3": (EXTRA3_TASKS, EXTRA3_CACHE), "final2": (FINAL2_TASKS, FINAL2_CACHE),
+            "final3": (FINAL3_TASKS, FINAL3_CACHE), "long": (LONG_TASKS, LONG_CACHE)}
+    chosen = [k for k in sets if getattr(args, k)]
+    if chosen:
+        tasks, path = sets[chosen[0]]
         if args.part:
             k, n = map(int, args.part.split("/"))
             tasks, path = tasks[k::n], path.replace(".npz", f".part{k}.npz")
@@ -289,7 +326,8 @@ def generate(path: str, tasks: list, force: bool = False) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp.npz"
     np.savez_compressed(tmp, task=np.array(keys), lr=np.array(lrs), seed=np.array(seeds),
-                        loss=np.array(L, dtype=np.float32), grad_norm=np.array(G, dtype=np.float32), steps=STEPS)
+                        loss=np.array(L, dtype=np.float32), grad_norm=np.array(G, dtype=np.float32),
+                        steps=len(L[0]))
     os.replace(tmp, path)
     print(f"wrote {len(keys)} curves to {path} in {time.time() - t0:.0f}s")
 

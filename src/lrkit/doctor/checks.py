@@ -39,6 +39,7 @@ class Thresholds:
     update_ratio_low: float = 1e-4  # below this: lr too low
     shape_confidence: float = 0.55  # the shape model overrules the trend rules when its vote is at least this ...
     shape_confidence_loss_only: float = 0.5  # ... or this without a gradient-norm column (leave-one-task-out picks)
+    shape_points: int = 300  # longer curves are read at this many evenly spaced points by the shape model (0: all)
 
 
 @dataclass
@@ -381,7 +382,14 @@ def _shape_call(c: Curve, ys: np.ndarray, ss: np.ndarray, valid: int, f: dict[st
                          "fitted on constant-lr runs)")
             return
     gn = c.extra.get("grad_norm")
-    sf = shape_features(ys, gn[:valid] if gn is not None and gn.shape == c.values.shape else None)
+    g = gn[:valid] if gn is not None and gn.shape == c.values.shape else None
+    y = ys
+    if t.shape_points and valid > 2 * t.shape_points:
+        # a long run, read like the runs the model was fitted on: every k-th logged point (single-batch values
+        # keep their noise, where bin means would hide it)
+        idx = np.unique(np.linspace(0, valid - 1, int(t.shape_points)).round().astype(np.int64))
+        y, g = ys[idx], (g[idx] if g is not None else None)
+    sf = shape_features(y, g)
     if sf is None:
         return
     probs, model = predict(sf)
@@ -394,6 +402,8 @@ def _shape_call(c: Curve, ys: np.ndarray, ss: np.ndarray, valid: int, f: dict[st
                  + ("" if probs[call] >= level else f" (below {level:.0%}: the trend rules decide)"))
     if probs[call] < level:
         return  # not sure enough: the trend rules decide
+    # it may reverse the rules' direction: on the labelled runs the rules' "oscillating" (noise large against the
+    # progress) fires on many crawls, and blocking the model's "raise" there cost 4 points on too-low runs
     soft = ("oscillating", "too_slow", "plateau")
     rule_kinds = [x.kind for x in findings if x.kind in soft]
     keep = {"too_high": ("oscillating",), "too_low": ("too_slow", "plateau"), "good": ()}[call]
