@@ -94,9 +94,14 @@ def test_too_slow_and_plateau():
     d = diagnose(Curve(T, slow))
     assert d.verdict == "too_slow" and d.recommendation.action == "raise" and d.recommendation.factor > 1
     flat = 2.3 + 0.02 * rng.standard_normal(N)
-    d = diagnose(Curve(T, flat))
+    d = diagnose(Curve(T, flat), use_shape=False)  # the rule alone: a fixed 10x
     assert d.verdict == "plateau" and d.recommendation == doctor.Recommendation("raise", 10.0,
                                                                                  d.recommendation.reason, [])
+    # with the shape model: its estimate of lr / best lr sets the factor (clipped to at most 30x)
+    d = diagnose(Curve(T, flat))
+    assert d.verdict == "plateau" and d.recommendation.action == "raise"
+    assert d.recommendation.factor == pytest.approx(min(30.0, max(1.5, 1 / d.stats["lr_over_best"])))
+    assert "their best lr" in d.recommendation.reason
 
 
 def test_to_dict_shape_is_the_documented_one():

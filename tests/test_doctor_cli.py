@@ -56,9 +56,11 @@ def test_several_runs_are_ranked(tmp_path, capsys):
     assert d["best"] == files[0] and d["ranking"][-1] == files[2]
     by_src = {r["source"]: r for r in d["runs"]}
     assert by_src[files[2]]["recommendation"]["action"] == "lower" and by_src[files[2]]["lr"] == 1.0
+    assert by_src[files[2]]["lr_vs_best"] == pytest.approx(100.0) and by_src[files[0]]["lr_vs_best"] == 1.0
     assert sorted(os.listdir(outdir)) == sorted(f"{os.path.basename(f)[:-4]}.diagnosis.png" for f in files)
     assert main(["diagnose", *files, "--no-plot"]) == 0
-    assert "best: " + files[0] + " (lr 0.01)" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "best: " + files[0] + " (lr 0.01)" in text and "lr 1 (100x the best run's: lower it)" in text
 
 
 @pytest.mark.parametrize("content,msg", [

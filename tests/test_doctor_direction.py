@@ -20,6 +20,16 @@ def test_numpy_forest_matches_sklearn_predict_proba():
     np.testing.assert_allclose(direction.forest_proba(model, Xt), forest.predict_proba(Xt), atol=1e-12)
 
 
+def test_numpy_forest_matches_sklearn_regressor():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((300, 4))
+    t = np.sin(X[:, 0]) + X[:, 1] * X[:, 2]
+    forest = sklearn_ensemble.RandomForestRegressor(20, max_depth=6, random_state=0).fit(X, t)
+    model = direction.export_forest(forest, ["a", "b", "c", "d"])
+    Xt = rng.standard_normal((40, 4))
+    np.testing.assert_allclose(direction.forest_proba(model, Xt)[:, 0], forest.predict(Xt), atol=1e-12)
+
+
 def test_shipped_models_load_and_give_probabilities():
     models = direction.load_models()
     assert list(models["with_gn"]["features"]) == list(direction.LOSS_FEATURES + direction.GN_FEATURES)
@@ -29,6 +39,8 @@ def test_shipped_models_load_and_give_probabilities():
     assert name == "loss_only" and set(p) == set(direction.CLASSES) and sum(p.values()) == pytest.approx(1.0)
     p, name = direction.predict(direction.shape_features(y, np.exp(-np.arange(300) / 100)))
     assert name == "with_gn"
+    r = direction.predict_ratio(direction.shape_features(y))
+    assert 2.0 ** -7 <= r <= 2.0 ** 7
 
 
 def test_shape_features_are_scale_free():

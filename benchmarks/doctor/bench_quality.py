@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import make_curves  # noqa: E402
-from fit_direction import dataset, fit  # noqa: E402
+from fit_direction import dataset, fit, fit_ratio, ratio_dataset  # noqa: E402
 from labelled import EXPECTED, _load, load  # noqa: E402
 
 from lrkit.curve import Curve  # noqa: E402
@@ -65,13 +65,35 @@ def table(runs: list[dict], key: str, title: str) -> dict[str, float]:
     return acc
 
 
+def factors(runs: list[dict], title: str) -> None:
+    """How far the recommended factor is from the one that would land on the grid's best lr (|log2| error), on
+    the runs whose direction both the doctor and the rules got right, against the rules' fixed factors; all such
+    runs, and the finite ones within 30x of the best lr (those a factor can reach, where the shape model sets it)."""
+    ok = [r for r in runs if r["label"] != "good" and r["doctor"] == EXPECTED[r["label"]]
+          and r["rules"] == r["doctor"]]
+    near = [r for r in ok if np.isfinite(r["curve"].values).all() and 1 / 30 <= r["lr"] / r["best_lr"] <= 30]
+    for sub, what in ((ok, "all"), (near, "finite, within 30x")):
+        if not sub:
+            continue
+        want = np.array([np.log2(r["best_lr"] / r["lr"]) for r in sub])
+        err_doc = np.abs(np.log2([r["doctor_factor"] for r in sub]) - want)
+        err_rule = np.abs(np.log2([r["rules_factor"] for r in sub]) - want)
+        print(f"factor ('by about how much'), {title}, {what} ({len(sub)} too-high/too-low runs both directed "
+              f"right): median |log2(factor x lr / best lr)| doctor {np.median(err_doc):.2f}, rules' fixed factors "
+              f"{np.median(err_rule):.2f}; lands within 2x of the best lr: {np.mean(err_doc <= 1):.0%} vs "
+              f"{np.mean(err_rule <= 1):.0%}")
+
+
 def score(runs: list[dict]) -> None:
     """Fill each run's calls: doctor (current models), doctor without grad norm, rules alone, eyeball."""
     for r in runs:
         c = r["curve"]
-        r["doctor"] = diagnose(c).recommendation.action
+        rec = diagnose(c).recommendation
+        r["doctor"], r["doctor_factor"] = rec.action, rec.factor
+        rule = diagnose(c, use_shape=False).recommendation
+        r["rules_factor"] = rule.factor
         r["doctor_loss_only"] = diagnose(without_gn(c)).recommendation.action
-        r["rules"] = diagnose(c, use_shape=False).recommendation.action
+        r["rules"] = rule.action
         r["eyeball"] = eyeball(c)
 
 
@@ -91,12 +113,17 @@ def main() -> None:
     print(f"{len(runs)} labelled curves from {len(tasks)} fitting tasks, 300 steps each")
     feats = {"with_gn": direction.LOSS_FEATURES + direction.GN_FEATURES, "loss_only": direction.LOSS_FEATURES}
     data = {name: dataset(runs, fs) for name, fs in feats.items()}
+    every = load(fresh=True, unlabelled=True)
+    ratio_data = {f"ratio_{name}": ratio_dataset(every, fs) for name, fs in feats.items()}
     try:
         for task in tasks:  # leave-one-task-out: forests fitted without this task diagnose its curves
             models = {}
             for name, (X, y, groups, _) in data.items():
                 keep = groups != task
                 models[name] = direction.export_forest(fit(X[keep], y[keep]), feats[name])
+            for name, (X, t, groups) in ratio_data.items():
+                keep = groups != task
+                models[name] = direction.export_forest(fit_ratio(X[keep], t[keep]), feats[name[6:]])
             direction.set_models(models)
             score([r for r in runs if r["task"] == task])
     finally:
@@ -107,6 +134,8 @@ def main() -> None:
     table(runs, "doctor", "lrkit doctor, leave-one-task-out, all fitting tasks")
     table(material, "doctor", "lrkit doctor, leave-one-task-out, material labels")
     table(runs, "doctor_loss_only", "lrkit doctor without the grad-norm column, leave-one-task-out")
+    print()
+    factors(runs, "leave-one-task-out")
     table(runs, "rules", "threshold rules alone (the doctor before the shape model)")
     table(runs, "eyeball", "eyeballing rule")
     if "--final" in sys.argv:
@@ -119,6 +148,7 @@ def main() -> None:
         table(final, "doctor", "lrkit doctor (shipped model), FINAL3 held-out tasks")
         table([r for r in final if r["material"]], "doctor", "lrkit doctor (shipped model), FINAL3, material labels")
         table(final, "doctor_loss_only", "lrkit doctor without the grad-norm column, FINAL3 held-out tasks")
+        factors(final, "FINAL3 held-out tasks")
         table(final, "rules", "threshold rules alone, FINAL3 held-out tasks")
         table(final, "eyeball", "eyeballing rule, FINAL3 held-out tasks")
     if "--long" in sys.argv:  # the same tasks trained 5x longer: does the shape model carry over to longer runs?

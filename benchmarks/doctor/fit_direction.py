@@ -50,6 +50,29 @@ def fit(X: np.ndarray, y: np.ndarray, **params):
     return RandomForestClassifier(**{**FOREST, **params}).fit(X, y)
 
 
+RATIO_CLIP = 7.0  # log2(lr / best lr) is learnt within +-7 (128x): beyond, the shape says no more
+
+
+def ratio_dataset(runs: list[dict], names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    X, t, groups = [], [], []
+    for r in runs:
+        c = r["curve"]
+        f = shape_features(c.values, c.extra.get("grad_norm"))
+        if f is None or not all(k in f for k in names):
+            continue
+        X.append([f[k] for k in names])
+        t.append(float(np.clip(np.log2(r["lr"] / r["best_lr"]), -RATIO_CLIP, RATIO_CLIP)))
+        groups.append(r["task"])
+    return np.array(X), np.array(t), np.array(groups)
+
+
+def fit_ratio(X: np.ndarray, t: np.ndarray):
+    from sklearn.ensemble import RandomForestRegressor
+
+    params = {k: v for k, v in FOREST.items() if k != "class_weight"}
+    return RandomForestRegressor(**params).fit(X, t)
+
+
 def per_class(y: np.ndarray, pred: np.ndarray) -> list[float]:
     return [float((pred[y == i] == i).mean()) if (y == i).any() else float("nan") for i in range(len(CLASSES))]
 
@@ -80,6 +103,20 @@ def main() -> None:
         model = export_forest(forest, feats)
         # the numpy evaluator must agree with scikit-learn on the training rows
         assert np.allclose(forest_proba(model, X), forest.predict_proba(X), atol=1e-9)
+        arrays.update({f"{name}/{k}": v for k, v in model.items()})
+    # regressors of log2(lr / best lr) on every finite run, the ones between the classes included: "by how much"
+    every = load(fresh=True, unlabelled=True)
+    for name, feats in (("ratio_with_gn", LOSS_FEATURES + GN_FEATURES), ("ratio_loss_only", LOSS_FEATURES)):
+        X, t, groups = ratio_dataset(every, feats)
+        pred = np.empty_like(t)
+        for g in np.unique(groups):
+            te = groups == g
+            pred[te] = fit_ratio(X[~te], t[~te]).predict(X[te])
+        print(f"{name}: {len(t)} finite curves; leave-one-task-out median |log2 error| of lr/best "
+              f"{np.median(np.abs(pred - t)):.2f} (a constant guess: {np.median(np.abs(t - np.median(t))):.2f})")
+        forest = fit_ratio(X, t)
+        model = export_forest(forest, feats)
+        assert np.allclose(forest_proba(model, X)[:, 0], forest.predict(X), atol=1e-9)
         arrays.update({f"{name}/{k}": v for k, v in model.items()})
     if args.write:
         tmp = OUT + ".tmp.npz"

@@ -37,27 +37,28 @@ def label(lr: float, best: float) -> str | None:
     return None
 
 
-def load(fresh: bool = False) -> list[dict]:
+def load(fresh: bool = False, unlabelled: bool = False) -> list[dict]:
     """Every labelled run: dict(curve, label, task, seed, lr, best_lr, held_out, group, excess, material);
     ``excess`` is the share of the achievable descent the run's lr lost against the best lr (mean over seeds) and
+    ``unlabelled=True`` also returns the runs between the classes (label None; e.g. 3x the best lr).
     ``material`` says whether a too-high / too-low label costs something (excess > MATERIAL); ``fresh=True`` also loads
     the FRESH tasks (group "fresh") and the EXTRA ones if generated (group "extra"); the others are "tuning" or
     "held_out", and the FINAL and FINAL2 sets (groups "final1", "final2": each scored once, then folded in). All of
     these fit the shape model; only the FINAL3 tasks (``make_curves.FINAL3_CACHE``) are held out."""
-    out = _load(CACHE, "--force")
+    out = _load(CACHE, "--force", unlabelled)
     if fresh:
-        out += [{**r, "held_out": True, "group": "fresh"} for r in _load(FRESH_CACHE, "--fresh")]
+        out += [{**r, "held_out": True, "group": "fresh"} for r in _load(FRESH_CACHE, "--fresh", unlabelled)]
         parts = [p for p in sorted(glob.glob(EXTRA_CACHE.replace(".npz", "*.npz"))) if ".tmp." not in p]
         for path in parts:  # extra.npz (or its parallel parts) and extra2.npz
-            out += [{**r, "group": "extra"} for r in _load(path, "--extra")]
+            out += [{**r, "group": "extra"} for r in _load(path, "--extra", unlabelled)]
         # the earlier FINAL held-out sets, each folded into fitting once it had been scored
         for path, group, flag in ((FINAL_CACHE, "final1", "--final"), (FINAL2_CACHE, "final2", "--final2")):
             if os.path.exists(path):
-                out += [{**r, "group": group} for r in _load(path, flag)]
+                out += [{**r, "group": group} for r in _load(path, flag, unlabelled)]
     return out
 
 
-def _load(path: str, flag: str) -> list[dict]:
+def _load(path: str, flag: str, unlabelled: bool = False) -> list[dict]:
     if not os.path.exists(path):
         raise SystemExit(f"no cached curves at {path}: run python benchmarks/doctor/make_curves.py {flag} first")
     d = np.load(path)
@@ -75,7 +76,7 @@ def _load(path: str, flag: str) -> list[dict]:
         for i in np.where(task == name)[0]:
             key = (name, int(seed[i]))
             lab = label(float(lr[i]), best)
-            if lab is None:
+            if lab is None and not unlabelled:
                 continue
             y = loss[i]
             n = int(np.argmax(~np.isfinite(y))) + 1 if not np.isfinite(y).all() else len(y)  # a log ends at NaN

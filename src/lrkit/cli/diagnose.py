@@ -72,6 +72,11 @@ def _final(d: Any) -> float:
     return math.inf if d.verdict == "diverging" or not math.isfinite(v) else v
 
 
+def _ratio(lr: float | None, best_lr: float | None) -> float | None:
+    """This run's lr over the best run's (None when either is unknown)."""
+    return lr / best_lr if lr is not None and best_lr else None
+
+
 def rank(diagnoses: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     """Order runs best first: runs that did not diverge, then by final smoothed loss (lower is better)."""
     return sorted(diagnoses, key=lambda sd: (sd[1].verdict == "diverging", _final(sd[1]),
@@ -106,8 +111,9 @@ def run(args: argparse.Namespace) -> int:
                 out["plot"] = done[0][1].plot_path
         else:
             ranked = rank(done)
-            out = {"runs": [{**d.to_dict(), "source": s, "lr": _run_lr(d), "plot": getattr(d, "plot_path", None)}
-                            for s, d in done],
+            best_lr = _run_lr(ranked[0][1]) if ranked else None
+            out = {"runs": [{**d.to_dict(), "source": s, "lr": _run_lr(d), "plot": getattr(d, "plot_path", None),
+                             "lr_vs_best": _ratio(_run_lr(d), best_lr)} for s, d in done],
                    "ranking": [s for s, _ in ranked], "best": ranked[0][0] if ranked else None}
         print(json.dumps(out, indent=2, allow_nan=False, default=str))
     else:
@@ -128,8 +134,10 @@ def run(args: argparse.Namespace) -> int:
                 fin = _final(d)
                 vs = (f" ({fin / best_final:.2f}x the best)" if k > 1 and math.isfinite(fin) and best_final > 0
                       else "")
+                r = _ratio(lr, _run_lr(ranked[0][1]))
                 print(f"  {k}. {src}: final {d.stats.get('final', float('nan')):.4g}{vs}, {d.verdict}"
-                      + (f", lr {lr:.3g}" if lr is not None else ""))
+                      + (f", lr {lr:.3g}" if lr is not None else "")
+                      + (f" ({r:.3g}x the best run's: {'lower' if r > 1 else 'raise'} it)" if r and r != 1 else ""))
             best_src, best = ranked[0]
             lr = _run_lr(best)
             print(f"best: {best_src}" + (f" (lr {lr:.3g})" if lr is not None else "")

@@ -370,7 +370,7 @@ def _shape_call(c: Curve, ys: np.ndarray, ss: np.ndarray, valid: int, f: dict[st
     by one that agrees with it.
 
     Applies to finite runs at a constant lr (the model was fitted on such runs); scheduled runs keep the rules."""
-    from lrkit.doctor.direction import predict, shape_features
+    from lrkit.doctor.direction import predict, predict_ratio, shape_features
 
     if valid < len(c) or "init" not in f or any(x.kind in ("diverging", "spiking") or "instant" in x.data
                                                 for x in findings):
@@ -393,6 +393,7 @@ def _shape_call(c: Curve, ys: np.ndarray, ss: np.ndarray, valid: int, f: dict[st
     if sf is None:
         return
     probs, model = predict(sf)
+    f["lr_over_best"] = predict_ratio(sf)  # how far off runs of this shape were: the factor to recommend
     call = max(probs, key=probs.__getitem__)
     f.update({f"p_{k}": v for k, v in probs.items()})
     f["shape_model"] = 1.0 if model == "with_gn" else 0.0
@@ -477,6 +478,17 @@ def _update_ratio_findings(c: Curve, t: Thresholds, findings: list[Finding]) -> 
                                 "weights barely move", {"update_ratio": med}))
 
 
+def _factor(f: dict[str, float], default: float, lower: bool) -> tuple[float, str]:
+    """The lr multiplier: the inverse of the shape model's lr / best-lr estimate when it has one that points the
+    same way (clipped to 1/30..0.7 to lower, 1.5..30 to raise), else ``default``; with the words saying so."""
+    r = f.get("lr_over_best")
+    if r is None or not math.isfinite(r) or (r <= 1.0 if lower else r >= 1.0):
+        return default, ""
+    factor = float(np.clip(1.0 / r, 1 / 30, 0.7) if lower else np.clip(1.0 / r, 1.5, 30.0))
+    return factor, (f" (runs of this shape in lrkit's labelled set had about {r:.2g}x their best lr; multiply by "
+                    f"{factor:.2g})")
+
+
 def recommend(findings: list[Finding], f: dict[str, float], c: Curve, valid: int) -> Recommendation:
     """The lr recommendation for a set of findings (the most severe decides)."""
     kinds = {x.kind for x in findings}
@@ -501,15 +513,16 @@ def recommend(findings: list[Finding], f: dict[str, float], c: Curve, valid: int
         o = next(x for x in findings if x.kind == "oscillating")
         if not lr_known or np.nanmin(c.lrs) > 0.5 * np.nanmax(c.lrs):
             advice.append("add decay (cosine or linear to ~10% of the peak) to settle the noise late in training")
-        return Recommendation("lower", 0.3, f"the loss oscillates: {o.evidence}", advice)
+        factor, how = _factor(f, 0.3, lower=True)
+        return Recommendation("lower", factor, f"the loss oscillates: {o.evidence}{how}", advice)
     if "plateau" in kinds:
         p = next(x for x in findings if x.kind == "plateau")
-        return Recommendation("raise", 10.0, f"nothing is happening: {p.evidence}", advice)
+        factor, how = _factor(f, 10.0, lower=False)
+        return Recommendation("raise", factor, f"nothing is happening: {p.evidence}{how}", advice)
     if "too_slow" in kinds:
         s = next(x for x in findings if x.kind == "too_slow")
-        drop = f.get("drop", 0.0)
-        factor = 10.0 if drop < 0.1 else 3.0
-        return Recommendation("raise", factor, f"training crawls: {s.evidence}", advice)
+        factor, how = _factor(f, 10.0 if f.get("drop", 0.0) < 0.1 else 3.0, lower=False)
+        return Recommendation("raise", factor, f"training crawls: {s.evidence}{how}", advice)
     if lr_known and np.nanmin(c.lrs[valid // 2: valid]) > 0.5 * np.nanmax(c.lrs[:valid]):
         advice.append("add decay (cosine or linear) to settle late in training")
     return Recommendation("keep", 1.0, "the loss fell quickly and levelled off, without divergence, spikes or "

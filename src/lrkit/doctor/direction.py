@@ -139,8 +139,10 @@ def shape_features(loss: np.ndarray, grad_norm: np.ndarray | None = None) -> dic
 
 
 def export_forest(forest, features: tuple[str, ...] | list[str]) -> dict[str, np.ndarray]:
-    """The arrays of a fitted scikit-learn random-forest classifier, for :func:`forest_proba` (no sklearn needed
-    to predict): every tree's nodes stacked, children as global indices (-1 at leaves), leaves' class shares."""
+    """The arrays of a fitted scikit-learn random forest (classifier or regressor), for :func:`forest_proba` (no
+    sklearn needed to predict): every tree's nodes stacked, children as global indices (-1 at leaves), leaves'
+    class shares (a classifier) or mean target (a regressor)."""
+    regressor = not hasattr(forest, "classes_")
     feat, thr, left, right, value, roots = [], [], [], [], [], []
     off = 0
     for est in forest.estimators_:
@@ -153,16 +155,18 @@ def export_forest(forest, features: tuple[str, ...] | list[str]) -> dict[str, np
         left.append(np.where(leaf, -1, t.children_left + off))
         right.append(np.where(leaf, -1, t.children_right + off))
         v = t.value[:, 0, :].astype(np.float64)
-        value.append(v / np.maximum(v.sum(axis=1, keepdims=True), 1e-300))
+        value.append(v if regressor else v / np.maximum(v.sum(axis=1, keepdims=True), 1e-300))
         off += n
-    return {"features": np.array(list(features)), "classes": np.array([CLASSES[int(c)] for c in forest.classes_]),
+    classes = ["value"] if regressor else [CLASSES[int(c)] for c in forest.classes_]
+    return {"features": np.array(list(features)), "classes": np.array(classes),
             "feature": np.concatenate(feat).astype(np.int16), "threshold": np.concatenate(thr),
             "left": np.concatenate(left).astype(np.int32), "right": np.concatenate(right).astype(np.int32),
             "value": np.concatenate(value), "roots": np.array(roots, dtype=np.int32)}
 
 
 def forest_proba(model: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """Class probabilities (mean of the trees' leaf shares) for feature rows ``x`` (n, features) -> (n, classes)."""
+    """Class probabilities (mean of the trees' leaf shares) for feature rows ``x`` (n, features) -> (n, classes);
+    for a regressor, the prediction (mean of the trees' leaf values) as (n, 1)."""
     # scikit-learn's trees compare float32 features with their thresholds: round the same way to take the same branch
     x = np.atleast_2d(np.asarray(x, dtype=np.float64)).astype(np.float32).astype(np.float64)
     feat, thr, left, right = model["feature"], model["threshold"], model["left"], model["right"]
@@ -184,11 +188,12 @@ _MODELS: dict[str, dict[str, np.ndarray]] = {}
 
 
 def load_models() -> dict[str, dict[str, np.ndarray]]:
-    """The shipped direction models: ``with_gn`` (loss and gradient-norm features) and ``loss_only``."""
+    """The shipped models: ``with_gn`` / ``loss_only`` (direction classifiers with and without gradient-norm
+    features) and ``ratio_with_gn`` / ``ratio_loss_only`` (regressors of log2(lr / best lr))."""
     if not _MODELS:
         path = os.path.join(os.path.dirname(__file__), "direction_model.npz")
         with np.load(path) as d:
-            for name in ("with_gn", "loss_only"):
+            for name in ("with_gn", "loss_only", "ratio_with_gn", "ratio_loss_only"):
                 _MODELS[name] = {k.split("/", 1)[1]: d[k] for k in d.files if k.startswith(name + "/")}
     return _MODELS
 
@@ -209,3 +214,11 @@ def predict(f: dict[str, float]) -> tuple[dict[str, float], str]:
     model = models[name]
     p = forest_proba(model, np.array([[f[str(k)] for k in model["features"]]]))[0]
     return {str(c): float(pi) for c, pi in zip(model["classes"], p)}, name
+
+
+def predict_ratio(f: dict[str, float]) -> float:
+    """The lr over the best lr that runs of this shape had (a regressor of log2 of it; clipped to 2^-7..2^7)."""
+    models = load_models()
+    name = "ratio_with_gn" if all(k in f for k in models["ratio_with_gn"]["features"]) else "ratio_loss_only"
+    model = models[name]
+    return float(2.0 ** forest_proba(model, np.array([[f[str(k)] for k in model["features"]]]))[0, 0])
