@@ -107,16 +107,20 @@ def test_real_sgd_curves_far_from_the_best_lr_get_the_right_direction(seed):
     assert action(best) != "raise"
 
 
-def test_scheduled_lr_is_left_to_the_rules_and_use_shape_false_is_the_rules():
+def test_a_logged_schedule_enters_by_its_shape_and_use_shape_false_is_the_rules():
     t = np.arange(400)
     y = 0.5 + 2.0 * np.exp(-t / 50) + 0.03 * np.random.default_rng(3).standard_normal(400)
-    cosine = 1e-3 * 0.5 * (1 + np.cos(np.pi * t / 400))
-    d = diagnose(Curve(t, y, cosine))
-    assert "p_good" not in d.stats and any("lr changes during the run" in n for n in d.notes)
-    d = diagnose(Curve(t, y, np.full(400, 1e-3)))
+    warm = 20
+    lr = np.where(t < warm, 1e-3 * (0.1 + 0.9 * t / warm),
+                  1e-3 * (0.1 + 0.45 * (1 + np.cos(np.pi * (t - warm) / (400 - warm)))))
+    f = direction.shape_features(y, lrs=lr)
+    assert f["lr_warm"] == pytest.approx(warm / 400) and f["lr_end"] == pytest.approx(np.log(np.median(lr[-40:]) / 1e-3))
+    const = direction.shape_features(y, lrs=np.full(400, 1e-3))
+    assert const["lr_end"] == 0.0 and const["lr_warm"] == 0.0
+    assert direction.shape_features(y, lrs=37 * lr) == f  # the lr's value never enters, only its shape
+    d = diagnose(Curve(t, y, lr))
     assert "p_good" in d.stats
-    rules = diagnose(Curve(t, y, np.full(400, 1e-3)), use_shape=False)
-    assert "p_good" not in rules.stats
+    assert "p_good" not in diagnose(Curve(t, y, lr), use_shape=False).stats
 
 
 def test_long_runs_are_read_at_evenly_spaced_points():

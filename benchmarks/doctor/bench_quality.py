@@ -1,11 +1,11 @@
 """Quality of the doctor's direction (raise / lower / keep) on real curves over lr grids.
 
 Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about a
-minute after that). ``--final`` also scores the FINAL3 held-out tasks with the shipped model, ``--long`` the
-1500-step runs (``make_curves.py --long``).
+minute after that). ``--final`` also scores the FINAL3 held-out tasks and the warmup+cosine FINAL_SCHED ones with
+the shipped model, ``--long`` the 1500-step runs (``make_curves.py --long``).
 
 The doctor = threshold rules (NaN, blow-up, climb-back, spikes) + a small fitted shape model
-(:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 50 tasks
+(:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 58 tasks (8 of them warmup+cosine)
 (``fit_direction.py``), so its accuracy on those is reported **leave-one-task-out**: each task's curves are
 diagnosed by forests fitted without that task. The FINAL3 tasks were never used to fit or choose anything (the
 FINAL and FINAL2 sets were each scored once, with the shape model of their round, then folded into fitting).
@@ -103,7 +103,8 @@ def main() -> None:
                         (make_curves.EXTRA2_CACHE, make_curves.EXTRA2_TASKS),
                         (make_curves.EXTRA3_CACHE, make_curves.EXTRA3_TASKS),
                         (make_curves.FINAL_CACHE, make_curves.FINAL_TASKS),
-                        (make_curves.FINAL2_CACHE, make_curves.FINAL2_TASKS)):
+                        (make_curves.FINAL2_CACHE, make_curves.FINAL2_TASKS),
+                        (make_curves.SCHED_CACHE, make_curves.SCHED_TASKS)):
         parts = glob.glob(path.replace(".npz", ".part*.npz"))
         if not os.path.exists(path) and not parts:
             make_curves.generate(path, tasks)
@@ -151,6 +152,14 @@ def main() -> None:
         factors(final, "FINAL3 held-out tasks")
         table(final, "rules", "threshold rules alone, FINAL3 held-out tasks")
         table(final, "eyeball", "eyeballing rule, FINAL3 held-out tasks")
+        if not os.path.exists(make_curves.FINAL_SCHED_CACHE):
+            make_curves.generate(make_curves.FINAL_SCHED_CACHE, make_curves.FINAL_SCHED_TASKS)
+        fs = _load(make_curves.FINAL_SCHED_CACHE, "--final-sched")
+        score(fs)
+        print(f"\nFINAL_SCHED held-out warmup+cosine tasks: {sorted({r['task'] for r in fs})}")
+        table(fs, "doctor", "lrkit doctor (shipped model), FINAL_SCHED held-out tasks")
+        table(fs, "rules", "threshold rules alone, FINAL_SCHED held-out tasks")
+        table(fs, "eyeball", "eyeballing rule, FINAL_SCHED held-out tasks")
     if "--long" in sys.argv:  # the same tasks trained 5x longer: does the shape model carry over to longer runs?
         parts = glob.glob(make_curves.LONG_CACHE.replace(".npz", ".part*.npz"))
         if not parts and not os.path.exists(make_curves.LONG_CACHE):

@@ -34,7 +34,7 @@ def dataset(runs: list[dict], names: tuple[str, ...]) -> tuple[np.ndarray, np.nd
     X, y, groups, kept = [], [], [], []
     for r in runs:
         c = r["curve"]
-        f = shape_features(c.values, c.extra.get("grad_norm"))
+        f = shape_features(c.values, c.extra.get("grad_norm"), c.lrs)
         if f is None or not all(k in f for k in names):
             continue
         X.append([f[k] for k in names])
@@ -57,7 +57,7 @@ def ratio_dataset(runs: list[dict], names: tuple[str, ...]) -> tuple[np.ndarray,
     X, t, groups = [], [], []
     for r in runs:
         c = r["curve"]
-        f = shape_features(c.values, c.extra.get("grad_norm"))
+        f = shape_features(c.values, c.extra.get("grad_norm"), c.lrs)
         if f is None or not all(k in f for k in names):
             continue
         X.append([f[k] for k in names])

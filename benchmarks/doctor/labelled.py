@@ -12,7 +12,15 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from make_curves import CACHE, EXTRA_CACHE, FINAL2_CACHE, FINAL_CACHE, FRESH_CACHE, HELD_OUT  # noqa: E402
+from make_curves import (  # noqa: E402
+    CACHE,
+    EXTRA_CACHE,
+    FINAL2_CACHE,
+    FINAL_CACHE,
+    FRESH_CACHE,
+    HELD_OUT,
+    SCHED_CACHE,
+)
 
 from lrkit.curve import Curve  # noqa: E402
 
@@ -51,6 +59,9 @@ def load(fresh: bool = False, unlabelled: bool = False) -> list[dict]:
         parts = [p for p in sorted(glob.glob(EXTRA_CACHE.replace(".npz", "*.npz"))) if ".tmp." not in p]
         for path in parts:  # extra.npz (or its parallel parts) and extra2.npz
             out += [{**r, "group": "extra"} for r in _load(path, "--extra", unlabelled)]
+        sched = [p for p in sorted(glob.glob(SCHED_CACHE.replace(".npz", "*.npz"))) if ".tmp." not in p]
+        for path in sched:  # warmup + cosine runs, the lr logged at every step
+            out += [{**r, "group": "sched"} for r in _load(path, "--sched", unlabelled)]
         # the earlier FINAL held-out sets, each folded into fitting once it had been scored
         for path, group, flag in ((FINAL_CACHE, "final1", "--final"), (FINAL2_CACHE, "final2", "--final2")):
             if os.path.exists(path):
@@ -64,6 +75,7 @@ def _load(path: str, flag: str, unlabelled: bool = False) -> list[dict]:
     d = np.load(path)
     task, lr, seed = d["task"], d["lr"], d["seed"]
     loss, gn = d["loss"].astype(np.float64), d["grad_norm"].astype(np.float64)
+    sched = d["lrs"].astype(np.float64) if "lrs" in d.files else None  # the lr at every step, where logged
     out = []
     for name in sorted(set(task.tolist())):
         grid = sorted(set(lr[task == name].tolist()))
@@ -80,7 +92,8 @@ def _load(path: str, flag: str, unlabelled: bool = False) -> list[dict]:
                 continue
             y = loss[i]
             n = int(np.argmax(~np.isfinite(y))) + 1 if not np.isfinite(y).all() else len(y)  # a log ends at NaN
-            c = Curve(np.arange(n), y[:n], np.full(n, lr[i]), name="loss", extra={"grad_norm": gn[i][:n]},
+            lrs = sched[i][:n] if sched is not None else np.full(n, lr[i])
+            c = Curve(np.arange(n), y[:n], lrs, name="loss", extra={"grad_norm": gn[i][:n]},
                       meta={"source": f"{key[0]} seed={key[1]} lr={lr[i]:.3g}"})
             out.append({"curve": c, "label": lab, "task": key[0], "seed": key[1], "lr": float(lr[i]),
                         "best_lr": best, "held_out": key[0] in HELD_OUT, "excess": float(excess[float(lr[i])]),

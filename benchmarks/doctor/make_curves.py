@@ -228,6 +228,19 @@ FINAL3_TASKS = [
     ("xor", "resmlp_ln", "rmsprop", 64), ("xor", "deep_tanh", "sgd_wd", 32),
 ]
 FINAL3_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "final3.npz")
+# SCHED: warmup + cosine runs (the lr logged at every step; labels from the peak lr); SCHED fits, FINAL_SCHED holds out
+SCHED_TASKS = [
+    ("digits", "mlp", "adamw", 32, 300, "cos"), ("blobs", "resmlp_ln", "momentum", 32, 300, "cos"),
+    ("friedman", "mlp_bn", "adam", 32, 300, "cos"), ("moons", "mlp_drop", "sgd", 32, 300, "cos"),
+    ("seq", "conv1d", "adamw", 32, 300, "cos"), ("cancer", "deep_tanh", "rmsprop", 16, 300, "cos"),
+    ("hastie", "wide", "nadam", 64, 300, "cos"), ("regress", "mlp_silu", "momentum5", 32, 300, "cos"),
+]
+SCHED_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "sched.npz")
+FINAL_SCHED_TASKS = [
+    ("iris", "wide", "adam", 16, 300, "cos"), ("xor", "mlp_bn", "momentum", 32, 300, "cos"),
+    ("lowrank", "resmlp_ln", "adamw95", 32, 300, "cos"),
+]
+FINAL_SCHED_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "final_sched.npz")
 # LONG runs: 1500 steps instead of 300 (a check that the doctor's shape model carries over to longer runs; the grid's
 # best lr is judged at 1500 steps); tasks from the fitting set, so only the horizon is new
 LONG_TASKS = [("digits", "mlp", "adam", 32, 1500), ("blobs", "mlp", "sgd", 32, 1500)]
@@ -241,7 +254,20 @@ FINAL_TASKS = [
 FINAL_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "final.npz")
 
 
-def run(data: str, arch: str, opt: str, lr: float, seed: int, batch: int = BATCH, steps: int = STEPS):
+def schedule(peak: float, steps: int, kind: str | None) -> np.ndarray:
+    """The lr at every step: constant, or "cos": 5% linear warmup from 10% of the peak, then cosine to 10%."""
+    if kind is None:
+        return np.full(steps, peak)
+    if kind != "cos":
+        raise ValueError(kind)
+    t = np.arange(steps, dtype=np.float64)
+    warm = max(1, steps // 20)
+    frac = np.clip((t - warm) / max(steps - warm, 1), 0.0, 1.0)
+    return peak * np.where(t < warm, 0.1 + 0.9 * t / warm, 0.1 + 0.45 * (1 + np.cos(np.pi * frac)))
+
+
+def run(data: str, arch: str, opt: str, lr: float, seed: int, batch: int = BATCH, steps: int = STEPS,
+        sched: str | None = None):
     import torch
 
     x, y, kind = _data(data)
@@ -256,7 +282,10 @@ def run(data: str, arch: str, opt: str, lr: float, seed: int, batch: int = BATCH
     g = torch.Generator().manual_seed(seed)
     losses, gnorms = np.full(steps, np.nan), np.full(steps, np.nan)
     perm, pos = torch.randperm(len(x), generator=g), 0
+    lrs = schedule(lr, steps, sched)
     for t in range(steps):
+        for group in optim.param_groups:
+            group["lr"] = float(lrs[t])
         if pos + batch > len(x):
             perm, pos = torch.randperm(len(x), generator=g), 0
         idx = perm[pos:pos + batch]
@@ -270,7 +299,7 @@ def run(data: str, arch: str, opt: str, lr: float, seed: int, batch: int = BATCH
         if not np.isfinite(losses[t]):
             break  # diverged: the rest stays NaN, as a real log would end
         optim.step()
-    return losses, gnorms
+    return losses, gnorms, lrs
 
 
 def main() -> None:
@@ -284,11 +313,15 @@ def main() -> None:
     ap.add_argument("--long", action="store_true", help="generate the 1500-step LONG runs (into LONG_CACHE)")
     ap.add_argument("--extra3", action="store_true", help="generate the EXTRA3 fitting tasks (into EXTRA3_CACHE)")
     ap.add_argument("--final3", action="store_true", help="generate the FINAL3 held-out tasks (into FINAL3_CACHE)")
+    ap.add_argument("--sched", action="store_true", help="generate the warmup+cosine fitting tasks (SCHED_CACHE)")
+    ap.add_argument("--final-sched", dest="final_sched", action="store_true",
+                    help="generate the warmup+cosine held-out tasks (FINAL_SCHED_CACHE)")
     ap.add_argument("--part", default=None, help="K/N: only the K-th of N slices of the tasks (parallel runs)")
     args = ap.parse_args()
     sets = {"extra": (EXTRA_TASKS, EXTRA_CACHE), "extra2": (EXTRA2_TASKS, EXTRA2_CACHE),
             "extra3": (EXTRA3_TASKS, EXTRA3_CACHE), "final2": (FINAL2_TASKS, FINAL2_CACHE),
-            "final3": (FINAL3_TASKS, FINAL3_CACHE), "long": (LONG_TASKS, LONG_CACHE)}
+            "final3": (FINAL3_TASKS, FINAL3_CACHE), "long": (LONG_TASKS, LONG_CACHE),
+            "sched": (SCHED_TASKS, SCHED_CACHE), "final_sched": (FINAL_SCHED_TASKS, FINAL_SCHED_CACHE)}
     chosen = [k for k in sets if getattr(args, k)]
     if chosen:
         tasks, path = sets[chosen[0]]
@@ -311,23 +344,24 @@ def generate(path: str, tasks: list, force: bool = False) -> None:
 
     torch.set_num_threads(1)
     t0 = time.time()
-    keys, lrs, seeds, L, G = [], [], [], [], []
+    keys, lrs, seeds, L, G, S = [], [], [], [], [], []
     for task in tasks:
         data, arch, opt, *batch = task
         for seed in SEEDS:
             for lr in GRID:
-                loss, gn = run(data, arch, opt, float(lr), seed, *batch)
+                loss, gn, sched = run(data, arch, opt, float(lr), seed, *batch)
                 keys.append("|".join(map(str, task)))
                 lrs.append(lr)
                 seeds.append(seed)
                 L.append(loss)
                 G.append(gn)
+                S.append(sched)
         print(f"{'|'.join(map(str, task)):28s} done, {time.time() - t0:.0f}s", flush=True)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp.npz"
     np.savez_compressed(tmp, task=np.array(keys), lr=np.array(lrs), seed=np.array(seeds),
                         loss=np.array(L, dtype=np.float32), grad_norm=np.array(G, dtype=np.float32),
-                        steps=len(L[0]))
+                        lrs=np.array(S, dtype=np.float32), steps=len(L[0]))
     os.replace(tmp, path)
     print(f"wrote {len(keys)} curves to {path} in {time.time() - t0:.0f}s")
 

@@ -369,18 +369,14 @@ def _shape_call(c: Curve, ys: np.ndarray, ss: np.ndarray, valid: int, f: dict[st
     nor spiked, when its vote is confident: it replaces the threshold rules' oscillating / too_slow / plateau findings
     by one that agrees with it.
 
-    Applies to finite runs at a constant lr (the model was fitted on such runs); scheduled runs keep the rules."""
+    Applies to finite runs; a logged lr schedule enters by its shape (warmup and decay; the model was fitted on
+    constant and warmup+cosine runs)."""
     from lrkit.doctor.direction import predict, predict_ratio, shape_features
 
     if valid < len(c) or "init" not in f or any(x.kind in ("diverging", "spiking") or "instant" in x.data
                                                 for x in findings):
         return
-    if c.lrs is not None:
-        lr = c.lrs[:valid][np.isfinite(c.lrs[:valid])]
-        if lr.size and (lr.min() <= 0 or lr.max() > 1.5 * lr.min()):
-            notes.append("the lr changes during the run: judged by the threshold rules alone (the shape model was "
-                         "fitted on constant-lr runs)")
-            return
+    lrs = c.lrs[:valid] if c.lrs is not None and np.isfinite(c.lrs[:valid]).all() else None
     gn = c.extra.get("grad_norm")
     g = gn[:valid] if gn is not None and gn.shape == c.values.shape else None
     y = ys
@@ -388,8 +384,8 @@ def _shape_call(c: Curve, ys: np.ndarray, ss: np.ndarray, valid: int, f: dict[st
         # a long run, read like the runs the model was fitted on: every k-th logged point (single-batch values
         # keep their noise, where bin means would hide it)
         idx = np.unique(np.linspace(0, valid - 1, int(t.shape_points)).round().astype(np.int64))
-        y, g = ys[idx], (g[idx] if g is not None else None)
-    sf = shape_features(y, g)
+        y, g, lrs = ys[idx], (g[idx] if g is not None else None), (lrs[idx] if lrs is not None else None)
+    sf = shape_features(y, g, lrs)
     if sf is None:
         return
     probs, model = predict(sf)

@@ -21,7 +21,7 @@ CLASSES = ("too_high", "good", "too_low")
 ACTIONS = {"too_high": "lower", "good": "keep", "too_low": "raise"}
 LOSS_FEATURES = ("drop", "log_t50", "log_t90", "t_fast", "late3", "late_z", "late_z_sq", "log_noise_span",
                  "log_noise_level", "decel", "rise", "acf1", "tail_slope_z", "level_z", "early_peak", "half2_z", "wander",
-                 "noise_change", "first_share", "first_drop")
+                 "noise_change", "first_share", "first_drop", "lr_end", "lr_warm")
 GN_FEATURES = ("gn_change", "gn_tail_trend", "gn_tail_cv", "gn_early_peak")
 
 
@@ -33,10 +33,11 @@ def _level(y: np.ndarray, i0: int, i1: int) -> float:
     return float(np.median(y[max(i0, 0): max(i1, i0 + 1)]))
 
 
-def shape_features(loss: np.ndarray, grad_norm: np.ndarray | None = None) -> dict[str, float] | None:
-    """Dimensionless statistics of a finite loss curve (and its gradient norm, if given); None below 24 points.
-
-    Time is measured as a fraction of the run; loss changes relative to the run's own descent or batch noise."""
+def shape_features(loss: np.ndarray, grad_norm: np.ndarray | None = None,
+                   lrs: np.ndarray | None = None) -> dict[str, float] | None:
+    """Dimensionless statistics of a finite loss curve (and its gradient norm and lr, if given); None below 24
+    points. Time is measured as a fraction of the run; loss changes relative to the run's own descent or batch
+    noise; the lr only by its shape (the end against the peak, where the peak is), never by its value."""
     y = np.asarray(loss, dtype=np.float64)
     m = len(y)
     if m < 24 or not np.isfinite(y).all():
@@ -123,6 +124,13 @@ def shape_features(loss: np.ndarray, grad_norm: np.ndarray | None = None) -> dic
     total0 = top - final
     f["first_share"] = float(np.clip((top - init) / total0, -1.0, 2.0)) if total0 > 0 else 0.0
     f["first_drop"] = float(np.clip(total0 / abs(top), -1.0, 1.0)) if top else 0.0
+    # the schedule's shape: log of the final lr over the peak (0: constant) and where the peak is (0: no warmup)
+    f["lr_end"], f["lr_warm"] = 0.0, 0.0
+    if lrs is not None:
+        lr = np.asarray(lrs, dtype=np.float64)
+        if lr.shape == y.shape and np.isfinite(lr).all() and lr.max() > 0:
+            f["lr_end"] = math.log(max(float(np.median(lr[-tail_n:])), 1e-300) / float(lr.max()))
+            f["lr_warm"] = float(np.argmax(lr >= 0.999 * lr.max())) / m
     if grad_norm is not None:
         g = np.asarray(grad_norm, dtype=np.float64)
         ok = np.isfinite(g) & (g > 0)
