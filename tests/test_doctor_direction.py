@@ -135,3 +135,23 @@ def test_long_runs_are_read_at_evenly_spaced_points():
     every, _ = direction.predict(direction.shape_features(y))
     d_all = diagnose(Curve(t, y, np.full(n, 1e-3)), shape_points=0)
     assert {k: d_all.stats[f"p_{k}"] for k in every} == pytest.approx(every)
+
+
+def test_bad_shape_settings_and_a_missing_model_file_are_clear_errors(monkeypatch, tmp_path):
+    from lrkit.errors import LrkitError
+
+    t = np.arange(100)
+    c = Curve(t, 1.0 + np.exp(-t / 20))
+    with pytest.raises(LrkitError, match="shape_points must be a whole number >= 0"):
+        diagnose(c, shape_points=-3)
+    with pytest.raises(LrkitError, match=r"shape_confidence is a share .* \[0, 1\]"):
+        diagnose(c, shape_confidence=1.5)
+    monkeypatch.setattr(direction, "MODEL_PATH", str(tmp_path / "gone.npz"))
+    direction.set_models(None)
+    try:
+        with pytest.raises(LrkitError, match="missing from this install: reinstall lrkit"):
+            diagnose(c)
+        assert diagnose(c, use_shape=False).verdict  # the rules alone still work
+    finally:
+        monkeypatch.undo()
+        direction.set_models(None)

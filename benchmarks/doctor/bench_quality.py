@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 import make_curves  # noqa: E402
 from fit_direction import dataset, fit, fit_ratio, ratio_dataset  # noqa: E402
-from labelled import EXPECTED, _load, load  # noqa: E402
+from labelled import EXPECTED, MATERIAL, _load, load  # noqa: E402
 
 from lrkit.curve import Curve  # noqa: E402
 from lrkit.doctor import diagnose, direction  # noqa: E402
@@ -98,39 +98,31 @@ def score(runs: list[dict]) -> None:
 
 
 def main() -> None:
-    for path, tasks in ((make_curves.CACHE, make_curves.TASKS), (make_curves.FRESH_CACHE, make_curves.FRESH_TASKS),
-                        (make_curves.EXTRA_CACHE, make_curves.EXTRA_TASKS),
-                        (make_curves.EXTRA2_CACHE, make_curves.EXTRA2_TASKS),
-                        (make_curves.EXTRA3_CACHE, make_curves.EXTRA3_TASKS),
-                        (make_curves.FINAL_CACHE, make_curves.FINAL_TASKS),
-                        (make_curves.FINAL2_CACHE, make_curves.FINAL2_TASKS),
-                        (make_curves.SCHED_CACHE, make_curves.SCHED_TASKS)):
+    for name in make_curves.FITTING:
+        tasks, path, _ = make_curves.SETS[name]
         parts = glob.glob(path.replace(".npz", ".part*.npz"))
         if not os.path.exists(path) and not parts:
             make_curves.generate(path, tasks)
     t0 = time.time()
-    runs = load(fresh=True)
+    every = load(fresh=True, unlabelled=True)  # the ratio regressors also learn from the runs between the classes
+    runs = [r for r in every if r["label"] is not None]
     tasks = sorted({r["task"] for r in runs})
     print(f"{len(runs)} labelled curves from {len(tasks)} fitting tasks, 300 steps each")
-    feats = {"with_gn": direction.LOSS_FEATURES + direction.GN_FEATURES, "loss_only": direction.LOSS_FEATURES}
-    data = {name: dataset(runs, fs) for name, fs in feats.items()}
-    every = load(fresh=True, unlabelled=True)
-    ratio_data = {f"ratio_{name}": ratio_dataset(every, fs) for name, fs in feats.items()}
+    fitting = {}  # model name -> (X, target, task of each row, feature names, fitter)
+    for name, fs in (("with_gn", direction.LOSS_FEATURES + direction.GN_FEATURES),
+                     ("loss_only", direction.LOSS_FEATURES)):
+        fitting[name] = (*dataset(runs, fs)[:3], fs, fit)
+        fitting[f"ratio_{name}"] = (*ratio_dataset(every, fs), fs, fit_ratio)
     try:
         for task in tasks:  # leave-one-task-out: forests fitted without this task diagnose its curves
-            models = {}
-            for name, (X, y, groups, _) in data.items():
-                keep = groups != task
-                models[name] = direction.export_forest(fit(X[keep], y[keep]), feats[name])
-            for name, (X, t, groups) in ratio_data.items():
-                keep = groups != task
-                models[name] = direction.export_forest(fit_ratio(X[keep], t[keep]), feats[name[6:]])
+            models = {name: direction.export_forest(fitter(X[groups != task], y[groups != task]), fs)
+                      for name, (X, y, groups, fs, fitter) in fitting.items()}
             direction.set_models(models)
             score([r for r in runs if r["task"] == task])
     finally:
         direction.set_models(None)
     material = [r for r in runs if r["material"]]
-    print(f"({len(runs) - len(material)} too-high/too-low curves lost < {5}% of the achievable descent: "
+    print(f"({len(runs) - len(material)} too-high/too-low curves lost < {MATERIAL:.0%} of the achievable descent: "
           "'material' tables leave them out)")
     table(runs, "doctor", "lrkit doctor, leave-one-task-out, all fitting tasks")
     table(material, "doctor", "lrkit doctor, leave-one-task-out, material labels")

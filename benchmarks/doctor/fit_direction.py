@@ -30,18 +30,24 @@ OUT = os.path.join(os.path.dirname(__file__), "..", "..", "src", "lrkit", "docto
 FOREST = {"n_estimators": 100, "max_depth": 8, "min_samples_leaf": 3, "class_weight": "balanced", "random_state": 0}
 
 
-def dataset(runs: list[dict], names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
-    X, y, groups, kept = [], [], [], []
-    for r in runs:
+def features(r: dict) -> dict[str, float] | None:
+    """The run's :func:`shape_features`, computed once and kept in the run's dict."""
+    if "shape" not in r:
         c = r["curve"]
-        f = shape_features(c.values, c.extra.get("grad_norm"), c.lrs)
-        if f is None or not all(k in f for k in names):
-            continue
-        X.append([f[k] for k in names])
-        y.append(CLASSES.index(r["label"]))
-        groups.append(r["task"])
-        kept.append(r)
-    return np.array(X), np.array(y), np.array(groups), kept
+        r["shape"] = shape_features(c.values, c.extra.get("grad_norm"), c.lrs)
+    return r["shape"]
+
+
+def matrix(runs: list[dict], names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Feature rows (``names``) of the runs that have them all, their tasks, and those runs."""
+    kept = [r for r in runs if (f := features(r)) is not None and all(k in f for k in names)]
+    return (np.array([[r["shape"][k] for k in names] for r in kept]), np.array([r["task"] for r in kept]), kept)
+
+
+def dataset(runs: list[dict], names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+    """(X, class index, task, run) for the direction classifier."""
+    X, groups, kept = matrix(runs, names)
+    return X, np.array([CLASSES.index(r["label"]) for r in kept]), groups, kept
 
 
 def fit(X: np.ndarray, y: np.ndarray, **params):
@@ -54,16 +60,10 @@ RATIO_CLIP = 7.0  # log2(lr / best lr) is learnt within +-7 (128x): beyond, the 
 
 
 def ratio_dataset(runs: list[dict], names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    X, t, groups = [], [], []
-    for r in runs:
-        c = r["curve"]
-        f = shape_features(c.values, c.extra.get("grad_norm"), c.lrs)
-        if f is None or not all(k in f for k in names):
-            continue
-        X.append([f[k] for k in names])
-        t.append(float(np.clip(np.log2(r["lr"] / r["best_lr"]), -RATIO_CLIP, RATIO_CLIP)))
-        groups.append(r["task"])
-    return np.array(X), np.array(t), np.array(groups)
+    """(X, log2(lr / best lr) clipped to +-RATIO_CLIP, task) for the ratio regressor."""
+    X, groups, kept = matrix(runs, names)
+    t = np.array([np.clip(np.log2(r["lr"] / r["best_lr"]), -RATIO_CLIP, RATIO_CLIP) for r in kept])
+    return X, t, groups
 
 
 def fit_ratio(X: np.ndarray, t: np.ndarray):
@@ -90,7 +90,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help="write src/lrkit/doctor/direction_model.npz")
     args = ap.parse_args()
-    runs = load(fresh=True)
+    every = load(fresh=True, unlabelled=True)  # the regressors also learn from the runs between the classes
+    runs = [r for r in every if r["label"] is not None]
     arrays = {}
     for name, feats in (("with_gn", LOSS_FEATURES + GN_FEATURES), ("loss_only", LOSS_FEATURES)):
         X, y, groups, _ = dataset(runs, feats)
@@ -105,7 +106,6 @@ def main() -> None:
         assert np.allclose(forest_proba(model, X), forest.predict_proba(X), atol=1e-9)
         arrays.update({f"{name}/{k}": v for k, v in model.items()})
     # regressors of log2(lr / best lr) on every finite run, the ones between the classes included: "by how much"
-    every = load(fresh=True, unlabelled=True)
     for name, feats in (("ratio_with_gn", LOSS_FEATURES + GN_FEATURES), ("ratio_loss_only", LOSS_FEATURES)):
         X, t, groups = ratio_dataset(every, feats)
         pred = np.empty_like(t)

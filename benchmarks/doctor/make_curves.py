@@ -15,8 +15,14 @@ import time
 
 import numpy as np
 
-CACHE = os.path.join(os.path.dirname(__file__), ".cache", "curves.npz")
-FRESH_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "fresh.npz")  # the FRESH held-out tasks
+
+def _cache(name: str) -> str:
+    """Where a set of curves is cached: ``benchmarks/doctor/.cache/<name>.npz``."""
+    return os.path.join(os.path.dirname(__file__), ".cache", f"{name}.npz")
+
+
+CACHE = _cache("curves")
+FRESH_CACHE = _cache("fresh")  # the FRESH held-out tasks
 STEPS = 300
 BATCH = 32
 GRID = 2.0 ** np.arange(-17, 5)  # 7.6e-6 .. 16, factor 2 apart
@@ -200,34 +206,34 @@ EXTRA_TASKS = [
     ("friedman", "mlp", "rmsprop", 32), ("moons", "mlp", "momentum", 32), ("seq", "conv1d", "adamw", 32),
     ("wine", "linear", "nesterov", 16), ("diabetes", "resmlp_ln", "adagrad", 32),
 ]
-EXTRA_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "extra.npz")
+EXTRA_CACHE = _cache("extra")
 # more fitting tasks, added with the FINAL tasks folded into fitting once they had been scored (see FINAL2 below)
 EXTRA2_TASKS = [
     ("circles", "deep_tanh", "momentum", 32), ("classif", "mlp", "adagrad", 16), ("regress", "resmlp_ln", "adamw", 64),
     ("digits_seq", "conv1d", "adam", 32), ("moons", "mlp_silu", "sgd", 8), ("blobs", "mlp_bn", "rmsprop", 128),
     ("cancer", "resmlp_ln", "nadam", 32), ("friedman", "mlp_bn", "adamax", 16),
 ]
-EXTRA2_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "extra2.npz")
+EXTRA2_CACHE = _cache("extra2")
 # FINAL2 held-out tasks: new data, architectures and optimisers; generated before the second round of changes to the
 # shape model and scored once at its end (the FINAL tasks had been scored by then, so they joined the fitting set)
 FINAL2_TASKS = [
     ("quantiles", "wide", "radam", 32), ("hastie", "mlp_drop", "momentum5", 64), ("friedman3", "deep_tanh", "adam", 32),
     ("scurve", "wide", "nesterov", 16), ("digits", "mlp_drop", "adamw95", 32),
 ]
-FINAL2_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "final2.npz")
+FINAL2_CACHE = _cache("final2")
 # round 3: the FINAL2 tasks were folded into fitting after they had been scored, with these EXTRA3 fitting tasks
 EXTRA3_TASKS = [
     ("quantiles", "mlp_drop", "adam", 32), ("hastie", "wide", "adamw95", 32), ("scurve", "mlp", "radam", 32),
     ("friedman3", "wide", "momentum5", 16), ("digits", "wide", "rmsprop", 64), ("moons", "mlp_drop", "radam", 32),
     ("regress", "deep_tanh", "nadam", 32), ("circles", "wide", "adagrad", 64),
 ]
-EXTRA3_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "extra3.npz")
+EXTRA3_CACHE = _cache("extra3")
 # FINAL3 held-out tasks: new data again; scored once at the end of round 3
 FINAL3_TASKS = [
     ("iris", "mlp_bn", "adam", 16), ("sparse", "mlp_silu", "momentum", 32), ("lowrank", "wide", "adamax", 32),
     ("xor", "resmlp_ln", "rmsprop", 64), ("xor", "deep_tanh", "sgd_wd", 32),
 ]
-FINAL3_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "final3.npz")
+FINAL3_CACHE = _cache("final3")
 # SCHED: warmup + cosine runs (the lr logged at every step; labels from the peak lr); SCHED fits, FINAL_SCHED holds out
 SCHED_TASKS = [
     ("digits", "mlp", "adamw", 32, 300, "cos"), ("blobs", "resmlp_ln", "momentum", 32, 300, "cos"),
@@ -235,23 +241,23 @@ SCHED_TASKS = [
     ("seq", "conv1d", "adamw", 32, 300, "cos"), ("cancer", "deep_tanh", "rmsprop", 16, 300, "cos"),
     ("hastie", "wide", "nadam", 64, 300, "cos"), ("regress", "mlp_silu", "momentum5", 32, 300, "cos"),
 ]
-SCHED_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "sched.npz")
+SCHED_CACHE = _cache("sched")
 FINAL_SCHED_TASKS = [
     ("iris", "wide", "adam", 16, 300, "cos"), ("xor", "mlp_bn", "momentum", 32, 300, "cos"),
     ("lowrank", "resmlp_ln", "adamw95", 32, 300, "cos"),
 ]
-FINAL_SCHED_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "final_sched.npz")
+FINAL_SCHED_CACHE = _cache("final_sched")
 # LONG runs: 1500 steps instead of 300 (a check that the doctor's shape model carries over to longer runs; the grid's
 # best lr is judged at 1500 steps); tasks from the fitting set, so only the horizon is new
 LONG_TASKS = [("digits", "mlp", "adam", 32, 1500), ("blobs", "mlp", "sgd", 32, 1500)]
-LONG_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "long.npz")
+LONG_CACHE = _cache("long")
 # FINAL held-out tasks: generated and scored once, after the direction model had been fitted on everything above
 # (tuning, held-out and FRESH tasks had all been looked at by then); new data, architectures and optimiser settings.
 FINAL_TASKS = [
     ("classif", "resmlp_ln", "momentum", 32), ("circles", "mlp_silu", "adamw", 64), ("regress", "mlp_bn", "sgd", 32),
     ("digits_seq", "gru", "rmsprop", 32), ("wine", "deep_tanh", "adamax", 16),
 ]
-FINAL_CACHE = os.path.join(os.path.dirname(__file__), ".cache", "final.npz")
+FINAL_CACHE = _cache("final")
 
 
 def schedule(peak: float, steps: int, kind: str | None) -> np.ndarray:
@@ -302,37 +308,36 @@ def run(data: str, arch: str, opt: str, lr: float, seed: int, batch: int = BATCH
     return losses, gnorms, lrs
 
 
+# every set of curves: flag name -> (tasks, cache, what it is for)
+SETS = {
+    "curves": (TASKS, CACHE, "the first tuning and held-out tasks (the default)"),
+    "fresh": (FRESH_TASKS, FRESH_CACHE, "the FRESH tasks"),
+    "extra": (EXTRA_TASKS, EXTRA_CACHE, "the EXTRA fitting tasks"),
+    "extra2": (EXTRA2_TASKS, EXTRA2_CACHE, "the EXTRA2 fitting tasks"),
+    "extra3": (EXTRA3_TASKS, EXTRA3_CACHE, "the EXTRA3 fitting tasks"),
+    "sched": (SCHED_TASKS, SCHED_CACHE, "the warmup+cosine fitting tasks"),
+    "final": (FINAL_TASKS, FINAL_CACHE, "the FINAL tasks (scored in round 1, then fitted on)"),
+    "final2": (FINAL2_TASKS, FINAL2_CACHE, "the FINAL2 tasks (scored in round 2, then fitted on)"),
+    "final3": (FINAL3_TASKS, FINAL3_CACHE, "the FINAL3 held-out tasks"),
+    "final_sched": (FINAL_SCHED_TASKS, FINAL_SCHED_CACHE, "the warmup+cosine held-out tasks"),
+    "long": (LONG_TASKS, LONG_CACHE, "the 1500-step LONG runs"),
+}
+FITTING = ("curves", "fresh", "extra", "extra2", "extra3", "sched", "final", "final2")  # what the shape model fits
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--force", action="store_true")
-    ap.add_argument("--fresh", action="store_true", help="generate the FRESH held-out tasks (into FRESH_CACHE)")
-    ap.add_argument("--final", action="store_true", help="generate the FINAL held-out tasks (into FINAL_CACHE)")
-    ap.add_argument("--extra", action="store_true", help="generate the EXTRA fitting tasks (into EXTRA_CACHE)")
-    ap.add_argument("--extra2", action="store_true", help="generate the EXTRA2 fitting tasks (into EXTRA2_CACHE)")
-    ap.add_argument("--final2", action="store_true", help="generate the FINAL2 held-out tasks (into FINAL2_CACHE)")
-    ap.add_argument("--long", action="store_true", help="generate the 1500-step LONG runs (into LONG_CACHE)")
-    ap.add_argument("--extra3", action="store_true", help="generate the EXTRA3 fitting tasks (into EXTRA3_CACHE)")
-    ap.add_argument("--final3", action="store_true", help="generate the FINAL3 held-out tasks (into FINAL3_CACHE)")
-    ap.add_argument("--sched", action="store_true", help="generate the warmup+cosine fitting tasks (SCHED_CACHE)")
-    ap.add_argument("--final-sched", dest="final_sched", action="store_true",
-                    help="generate the warmup+cosine held-out tasks (FINAL_SCHED_CACHE)")
+    for name, (_, path, what) in list(SETS.items())[1:]:
+        ap.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_true",
+                        help=f"generate {what} (into .cache/{os.path.basename(path)})")
     ap.add_argument("--part", default=None, help="K/N: only the K-th of N slices of the tasks (parallel runs)")
     args = ap.parse_args()
-    sets = {"extra": (EXTRA_TASKS, EXTRA_CACHE), "extra2": (EXTRA2_TASKS, EXTRA2_CACHE),
-            "extra3": (EXTRA3_TASKS, EXTRA3_CACHE), "final2": (FINAL2_TASKS, FINAL2_CACHE),
-            "final3": (FINAL3_TASKS, FINAL3_CACHE), "long": (LONG_TASKS, LONG_CACHE),
-            "sched": (SCHED_TASKS, SCHED_CACHE), "final_sched": (FINAL_SCHED_TASKS, FINAL_SCHED_CACHE)}
-    chosen = [k for k in sets if getattr(args, k)]
-    if chosen:
-        tasks, path = sets[chosen[0]]
-        if args.part:
-            k, n = map(int, args.part.split("/"))
-            tasks, path = tasks[k::n], path.replace(".npz", f".part{k}.npz")
-        generate(path, tasks, args.force)
-    elif args.final:
-        generate(FINAL_CACHE, FINAL_TASKS, args.force)
-    else:
-        generate(FRESH_CACHE if args.fresh else CACHE, FRESH_TASKS if args.fresh else TASKS, args.force)
+    tasks, path, _ = SETS[next((k for k in list(SETS)[1:] if getattr(args, k)), "curves")]
+    if args.part:
+        k, n = map(int, args.part.split("/"))
+        tasks, path = tasks[k::n], path.replace(".npz", f".part{k}.npz")
+    generate(path, tasks, args.force)
 
 
 def generate(path: str, tasks: list, force: bool = False) -> None:

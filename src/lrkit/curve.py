@@ -90,6 +90,12 @@ class Curve:
 _MAD_TO_STD = 1.2533141373155  # sqrt(pi/2): mean absolute deviation -> standard deviation for a normal law
 
 
+def robust_std(values: Sequence[float] | np.ndarray) -> float:
+    """The median absolute deviation scaled to a standard deviation (x 1.4826, exact for a normal law)."""
+    a = np.asarray(values, dtype=np.float64)
+    return 1.4826 * float(np.median(np.abs(a - np.median(a))))
+
+
 def robust_slope(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
     """Slope of ``y`` against ``x``, robust to outliers: the median of the slopes between points half the span
     apart (a fast Theil–Sen, O(n)). Non-finite points are ignored; NaN when fewer than 2 remain."""
@@ -224,8 +230,8 @@ class SpikeDetector:
     """Online spike rule: a value more than ``z`` robust scales above the baseline for ``persistence``
     consecutive updates (each also more than ``z/2`` scales above the median of the last 5 ordinary values, so a
     stale trend forecast after a steep start is no spike) starts a spike, reported at its first step; it ends when a
-    value is back within
-    ``z/2`` scales of the pre-spike baseline (or of the forecast). Values inside a spike do not move the baseline;
+    value is back within ``z/2`` scales of the pre-spike baseline (or of the forecast). Values inside a spike do not
+    move the baseline;
     a spike longer than ``max_len`` updates (default ``2/(1-beta)``) is a new level: it stays unrecovered and the
     baseline is learnt afresh. O(1) per update; one detector per series (loss, grad norm).
 

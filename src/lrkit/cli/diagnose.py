@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             print()
         if many and done:
             ranked = rank(done)
+            best_lr = _run_lr(ranked[0][1])
             print("ranking (best first: no divergence, then lowest final smoothed loss):")
             best_final = _final(ranked[0][1])
             for k, (src, d) in enumerate(ranked, 1):
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
                 fin = _final(d)
                 vs = (f" ({fin / best_final:.2f}x the best)" if k > 1 and math.isfinite(fin) and best_final > 0
                       else "")
-                r = _ratio(lr, _run_lr(ranked[0][1]))
+                r = _ratio(lr, best_lr)
                 print(f"  {k}. {src}: final {d.stats.get('final', float('nan')):.4g}{vs}, {d.verdict}"
                       + (f", lr {lr:.3g}" if lr is not None else "")
                       + (f" ({r:.3g}x the best run's: {'lower' if r > 1 else 'raise'} it)" if r and r != 1 else ""))

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lrkit.curve import Curve, ema, spikes, trend
+from lrkit.curve import Curve, ema, robust_std, spikes, trend
 from lrkit.errors import LrkitError
 
 MAX_POINTS = 20_000  # longer curves are averaged into this many bins before the checks (a 10M-row log stays fast)
@@ -188,7 +188,7 @@ def features(curve: Curve) -> dict[str, float]:
     early = yf[: max(5, int(0.3 * m))]
     med5 = np.median(np.lib.stride_tricks.sliding_window_view(early, min(5, len(early))), axis=1)
     resid = yf[m // 2:] - sm[m // 2:]
-    noise = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+    noise = robust_std(resid)
     tr = trend(sm, part=1 / 3)
     w = max(3, m // 10)
     mid = float(np.median(yf[2 * m // 3 - w: 2 * m // 3])) if 2 * m // 3 - w >= 0 else float("nan")
@@ -215,8 +215,7 @@ def features(curve: Curve) -> dict[str, float]:
              progress=(mid - final) / noise_abs)
     # progress since early on (median of 10-30% of the run against the last 30%) in standard errors of the batch
     # noise (from first differences: robust to the trend): a crawl stands out, a run stalled on a floor does not
-    step_noise = max(1.4826 * float(np.median(np.abs(np.diff(yf) - np.median(np.diff(yf))))) / math.sqrt(2.0),
-                     1e-12 * max(abs(final), 1.0))
+    step_noise = max(robust_std(np.diff(yf)) / math.sqrt(2.0), 1e-12 * max(abs(final), 1.0))
     a, b = yf[m // 10: max(3 * m // 10, m // 10 + 3)], yf[-max(3, 3 * m // 10):]
     se = 1.2533 * step_noise * math.sqrt(1.0 / len(a) + 1.0 / len(b))
     f["progress_z"] = (float(np.median(a)) - float(np.median(b))) / se
@@ -238,6 +237,12 @@ def diagnose(curve: Curve, thresholds: Thresholds | None = None, use_shape: bool
         if bad:
             raise LrkitError(f"unknown threshold(s) {bad}; choose from {list(Thresholds.__dataclass_fields__)}")
         t = Thresholds(**{**t.__dict__, **overrides})
+    if not (isinstance(t.shape_points, int) and t.shape_points >= 0):
+        raise LrkitError(f"shape_points must be a whole number >= 0 (0: read every point), got {t.shape_points!r}")
+    for name in ("shape_confidence", "shape_confidence_loss_only"):
+        if not 0.0 <= getattr(t, name) <= 1.0:
+            raise LrkitError(f"{name} is a share of the shape model's vote: give a number in [0, 1], "
+                             f"got {getattr(t, name)!r}")
     c, notes = prepare(curve)
     metric = c.name
     if len(c) < 8 and np.isfinite(c.values).all():

@@ -15,18 +15,14 @@ import os
 
 import numpy as np
 
-from lrkit.curve import ema
+from lrkit.curve import ema, robust_std
+from lrkit.errors import LrkitError
 
 CLASSES = ("too_high", "good", "too_low")
-ACTIONS = {"too_high": "lower", "good": "keep", "too_low": "raise"}
 LOSS_FEATURES = ("drop", "log_t50", "log_t90", "t_fast", "late3", "late_z", "late_z_sq", "log_noise_span",
                  "log_noise_level", "decel", "rise", "acf1", "tail_slope_z", "level_z", "early_peak", "half2_z", "wander",
                  "noise_change", "first_share", "first_drop", "lr_end", "lr_warm")
 GN_FEATURES = ("gn_change", "gn_tail_trend", "gn_tail_cv", "gn_early_peak")
-
-
-def _mad(a: np.ndarray) -> float:
-    return 1.4826 * float(np.median(np.abs(a - np.median(a))))
 
 
 def _level(y: np.ndarray, i0: int, i1: int) -> float:
@@ -49,7 +45,7 @@ def shape_features(loss: np.ndarray, grad_norm: np.ndarray | None = None,
     total = init - final
     sm = ema(y, 1.0 - 1.0 / max(5.0, m / 30))
     # batch noise from first differences (robust to the trend), its standard error over a median of n points
-    step_noise = max(_mad(np.diff(y)) / math.sqrt(2.0), 1e-12 * max(abs(final), 1.0))
+    step_noise = max(robust_std(np.diff(y)) / math.sqrt(2.0), 1e-12 * max(abs(final), 1.0))
 
     def se(n: int) -> float:
         return 1.2533 * step_noise / math.sqrt(max(n, 1))
@@ -73,7 +69,7 @@ def shape_features(loss: np.ndarray, grad_norm: np.ndarray | None = None,
     f["late_z_sq"] = f["late_z"] ** 2
     # noise around the smoothed trend over the second half, relative to the descent and to the level
     resid = y[m // 2:] - sm[m // 2:]
-    noise = max(_mad(resid), 1e-12 * max(abs(final), 1.0))
+    noise = max(robust_std(resid), 1e-12 * max(abs(final), 1.0))
     f["log_noise_span"] = math.log(noise / pos)
     f["log_noise_level"] = math.log(noise / max(abs(final), 1e-12))
     # end slope relative to the start slope (robust: slopes of median levels)
@@ -115,8 +111,8 @@ def shape_features(loss: np.ndarray, grad_norm: np.ndarray | None = None,
     v1 = float(np.var(np.diff(r))) / 2.0
     f["wander"] = math.log(max(float(np.var(blocks)) * b, 1e-300) / max(v1, 1e-300)) if v1 > 0 else 0.0
     # batch noise at the end against the start (log): it shrinks with the loss at a good lr
-    n0 = _mad(np.diff(y[: max(8, m // 5)])) / math.sqrt(2.0)
-    n1 = _mad(np.diff(y[-max(8, m // 5):])) / math.sqrt(2.0)
+    n0 = robust_std(np.diff(y[: max(8, m // 5)])) / math.sqrt(2.0)
+    n1 = robust_std(np.diff(y[-max(8, m // 5):])) / math.sqrt(2.0)
     f["noise_change"] = math.log(max(n1, 1e-300) / max(n0, 1e-300)) if n0 > 0 and n1 > 0 else 0.0
     # the very first logged loss (before or right after the first updates): a too-high lr can make the whole descent
     # within the first few points and then bounce on a high floor, which a median over the first points hides
@@ -141,7 +137,7 @@ def shape_features(loss: np.ndarray, grad_norm: np.ndarray | None = None,
             f["gn_change"] = float(np.median(lg[-kk:]) - np.median(lg[:kk]))
             half = lg[n // 2:]
             f["gn_tail_trend"] = float(np.polyfit(np.linspace(0.0, 1.0, len(half)), half, 1)[0])
-            f["gn_tail_cv"] = _mad(np.diff(half)) / math.sqrt(2.0)
+            f["gn_tail_cv"] = robust_std(np.diff(half)) / math.sqrt(2.0)
             f["gn_early_peak"] = float(np.max(lg[: max(kk, n // 5)]) - np.median(lg[:kk]))
     return f
 
@@ -192,6 +188,7 @@ def forest_proba(model: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     return out
 
 
+MODEL_PATH = os.path.join(os.path.dirname(__file__), "direction_model.npz")  # written by fit_direction.py
 _MODELS: dict[str, dict[str, np.ndarray]] = {}
 
 
@@ -199,34 +196,40 @@ def load_models() -> dict[str, dict[str, np.ndarray]]:
     """The shipped models: ``with_gn`` / ``loss_only`` (direction classifiers with and without gradient-norm
     features) and ``ratio_with_gn`` / ``ratio_loss_only`` (regressors of log2(lr / best lr))."""
     if not _MODELS:
-        path = os.path.join(os.path.dirname(__file__), "direction_model.npz")
-        with np.load(path) as d:
+        if not os.path.exists(MODEL_PATH):
+            raise LrkitError(f"the doctor's shape model {MODEL_PATH} is missing from this install: reinstall lrkit "
+                             "(pip install --force-reinstall lrkit), or pass use_shape=False to use the rules alone")
+        with np.load(MODEL_PATH) as d:
             for name in ("with_gn", "loss_only", "ratio_with_gn", "ratio_loss_only"):
                 _MODELS[name] = {k.split("/", 1)[1]: d[k] for k in d.files if k.startswith(name + "/")}
     return _MODELS
 
 
 def set_models(models: dict[str, dict[str, np.ndarray]] | None) -> None:
-    """Use ``models`` (``{"with_gn": ..., "loss_only": ...}`` from :func:`export_forest`) instead of the shipped
-    ones, e.g. forests fitted without the task being scored; ``None`` goes back to the shipped models."""
+    """Use ``models`` (the four names of :func:`load_models`, each from :func:`export_forest`) instead of the
+    shipped ones, e.g. forests fitted without the task being scored; ``None`` goes back to the shipped models."""
     _MODELS.clear()
     if models is not None:
         _MODELS.update(models)
 
 
+def _evaluate(f: dict[str, float], prefix: str) -> tuple[np.ndarray, str]:
+    """The output of the shipped forest ``{prefix}with_gn`` when ``f`` has its features, else ``{prefix}loss_only``."""
+    models = load_models()
+    name = prefix + "with_gn"
+    if not all(k in f for k in models[name]["features"]):
+        name = prefix + "loss_only"
+    model = models[name]
+    return forest_proba(model, np.array([[f[str(k)] for k in model["features"]]]))[0], name
+
+
 def predict(f: dict[str, float]) -> tuple[dict[str, float], str]:
     """Probabilities of (too_high, good, too_low) for :func:`shape_features` ``f``, and which model gave them (the
     one with gradient-norm features when ``f`` has them)."""
-    models = load_models()
-    name = "with_gn" if all(k in f for k in models["with_gn"]["features"]) else "loss_only"
-    model = models[name]
-    p = forest_proba(model, np.array([[f[str(k)] for k in model["features"]]]))[0]
-    return {str(c): float(pi) for c, pi in zip(model["classes"], p)}, name
+    p, name = _evaluate(f, "")
+    return {str(c): float(pi) for c, pi in zip(load_models()[name]["classes"], p)}, name
 
 
 def predict_ratio(f: dict[str, float]) -> float:
     """The lr over the best lr that runs of this shape had (a regressor of log2 of it; clipped to 2^-7..2^7)."""
-    models = load_models()
-    name = "ratio_with_gn" if all(k in f for k in models["ratio_with_gn"]["features"]) else "ratio_loss_only"
-    model = models[name]
-    return float(2.0 ** forest_proba(model, np.array([[f[str(k)] for k in model["features"]]]))[0, 0])
+    return float(2.0 ** _evaluate(f, "ratio_")[0][0])
