@@ -32,26 +32,33 @@ def test_numpy_forest_matches_sklearn_regressor():
 
 def test_shipped_models_load_and_give_probabilities():
     models = direction.load_models()
-    assert list(models["with_gn"]["features"]) == list(direction.LOSS_FEATURES + direction.GN_FEATURES)
-    assert list(models["loss_only"]["features"]) == list(direction.LOSS_FEATURES)
+    for name, feats in direction.VARIANTS.items():
+        assert list(models[name]["features"]) == list(feats)
+        assert list(models["ratio_" + name]["features"]) == list(feats)
     y = 0.5 + 2.0 * np.exp(-np.arange(300) / 40) + 0.02 * np.random.default_rng(1).standard_normal(300)
-    p, name = direction.predict(direction.shape_features(y))
-    assert name == "loss_only" and set(p) == set(direction.CLASSES) and sum(p.values()) == pytest.approx(1.0)
-    p, name = direction.predict(direction.shape_features(y, np.exp(-np.arange(300) / 100)))
-    assert name == "with_gn"
-    r = direction.predict_ratio(direction.shape_features(y))
-    assert 2.0 ** -7 <= r <= 2.0 ** 7
+    g, u = np.exp(-np.arange(300) / 100), np.full(300, 1e-3)
+    for args, want in (((y,), "loss_only"), ((y, g), "with_gn"), ((y, None, None, u), "loss_ur"),
+                       ((y, g, None, u), "with_ur")):
+        p, name = direction.predict(direction.shape_features(*args))
+        assert name == want and set(p) == set(direction.CLASSES) and sum(p.values()) == pytest.approx(1.0)
+        assert 2.0 ** -7 <= direction.predict_ratio(direction.shape_features(*args)) <= 2.0 ** 7
 
 
 def test_shape_features_are_scale_free():
     rng = np.random.default_rng(2)
     y = 0.4 + 2.0 * np.exp(-np.arange(500) / 80) + 0.05 * rng.standard_normal(500)
     g = np.exp(0.1 * rng.standard_normal(500)) * (1 + np.arange(500) / 300)
-    a = direction.shape_features(y, g)
-    b = direction.shape_features(37.0 * y, 0.01 * g)
-    assert a.keys() == b.keys() and len(a) == len(direction.LOSS_FEATURES + direction.GN_FEATURES)
+    u = 1e-3 * np.exp(0.2 * rng.standard_normal(500))
+    a = direction.shape_features(y, g, None, u)
+    b = direction.shape_features(37.0 * y, 0.01 * g, None, u)
+    assert a.keys() == b.keys() and len(a) == len(direction.VARIANTS["with_ur"])
     for k in a:
         assert b[k] == pytest.approx(a[k], rel=1e-9, abs=1e-9), k
+    # the update ratio is dimensionless: its level is a feature (10x larger updates: +1 in log10), its shape not
+    c = direction.shape_features(y, g, None, 10 * u)
+    assert c["ur_level"] == pytest.approx(a["ur_level"] + 1) and c["ur_late"] == pytest.approx(a["ur_late"] + 1)
+    assert c["ur_change"] == pytest.approx(a["ur_change"]) and c["ur_cv"] == pytest.approx(a["ur_cv"])
+    assert "ur_level" not in direction.shape_features(y, g, None, u[:100])  # a misaligned column is not read
     assert direction.shape_features(y[:20]) is None
     assert direction.shape_features(np.r_[y[:100], np.nan]) is None
 
@@ -155,3 +162,36 @@ def test_bad_shape_settings_and_a_missing_model_file_are_clear_errors(monkeypatc
     finally:
         monkeypatch.undo()
         direction.set_models(None)
+
+
+def _constant_models(p_too_high, p_good, p_too_low, ratio=1.0):
+    """Forests of one leaf (the export format of :func:`direction.export_forest`): always the same vote."""
+    def leaf(features, value, classes):
+        return {"features": np.array(list(features)), "classes": np.array(classes), "feature": np.array([-1], np.int16),
+                "threshold": np.zeros(1), "left": np.array([-1], np.int32), "right": np.array([-1], np.int32),
+                "value": np.array([value], dtype=np.float64), "roots": np.array([0], np.int32)}
+    out = {}
+    for name, feats in direction.VARIANTS.items():
+        out[name] = leaf(feats, [p_too_high, p_good, p_too_low], direction.CLASSES)
+        out["ratio_" + name] = leaf(feats, [np.log2(ratio)], ["value"])
+    return out
+
+
+@pytest.mark.parametrize("vote, action", [((0.05, 0.9, 0.05), "keep"), ((0.05, 0.05, 0.9), "raise"),
+                                          ((0.9, 0.05, 0.05), "lower"), ((0.3, 0.6, 0.1), "lower")])
+def test_a_recovered_early_blowup_is_overruled_only_by_a_sure_vote_against_too_high(vote, action):
+    t = np.arange(300)
+    y = 0.5 + 2.0 * np.exp(-t / 40) + 0.02 * np.random.default_rng(4).standard_normal(300)
+    y[3:9] += 6.0  # RMSprop-like first steps: the loss jumps to ~3x its start, then recovers and ends far below
+    rules = diagnose(Curve(t, y), use_shape=False)
+    assert rules.verdict == "diverging" and rules.recommendation.action == "lower"
+    direction.set_models(_constant_models(*vote, ratio=0.2))
+    try:
+        d = diagnose(Curve(t, y))
+    finally:
+        direction.set_models(None)
+    assert d.recommendation.action == action
+    overruled = action != "lower"  # only a vote of at least blowup_confidence (0.7) for good / too low overrules
+    assert (d.verdict != "diverging") == overruled
+    assert any("recovered" in n for n in d.notes) == overruled
+    assert any("warmup" in a for a in d.recommendation.advice)  # either way: the first steps want a warmup

@@ -35,6 +35,21 @@ def test_csv_roundtrip_picks_loss_and_lr(tmp_path):
     assert read_log(p, metric="val_loss").name == "val_loss"
 
 
+def test_update_ratio_column_is_read_and_reaches_the_shape_model(tmp_path):
+    ur = 1e-3 * np.exp(-np.arange(300) / 200)
+    p = write_csv(tmp_path / "run.csv", ["step", "loss", "grad_norm", "train/update_to_weight_ratio"],
+                  [(i, repr(float(v)), 1.0, repr(float(u))) for i, (v, u) in enumerate(zip(LOSS, ur))])
+    c = read_log(p)
+    assert c.meta["update_ratio_column"] == "train/update_to_weight_ratio"
+    np.testing.assert_array_equal(c.extra["update_ratio"], ur)
+    d = diagnose(p)
+    assert d.stats["shape_model"] == 3.0  # the variant that reads loss, grad norm and update ratio
+    assert any("update/weight ratio" in n for n in d.notes)
+    d = diagnose(write_csv(tmp_path / "no_ur.csv", ["step", "loss", "grad_norm"],
+                           [(i, repr(float(v)), 1.0) for i, v in enumerate(LOSS)]))
+    assert d.stats["shape_model"] == 1.0 and not any("update/weight" in n for n in d.notes)
+
+
 def test_tsv_and_no_step_column(tmp_path):
     p = write_csv(tmp_path / "run.tsv", ["loss"], [(repr(float(v)),) for v in LOSS], delim="\t")
     c = read_log(p)

@@ -62,16 +62,21 @@ def test_state_dict_resume_is_exact():
     y = curve(3)
     y[500:505] += 1.5
     y[1100:1106] += 1.5
+    def feed(m, steps):
+        return [e for i in steps for e in m.update(i, y[i], lr=1e-3, grad_norm=1.0 + (i % 7),
+                                                   update_ratio=1e-3 * (1 + i % 5))]
+
     a = Monitor(patience=200)
-    full = [e for i in range(N) for e in a.update(i, y[i], lr=1e-3, grad_norm=1.0 + (i % 7))]
+    full = feed(a, range(N))
     b = Monitor(patience=200)
-    first = [e for i in range(800) for e in b.update(i, y[i], lr=1e-3, grad_norm=1.0 + (i % 7))]
+    first = feed(b, range(800))
     state = json.loads(json.dumps(b.state_dict()))  # JSON-safe
     c = Monitor()
     c.load_state_dict(state)
-    rest = [e for i in range(800, N) for e in c.update(i, y[i], lr=1e-3, grad_norm=1.0 + (i % 7))]
+    rest = feed(c, range(800, N))
     assert first + rest == full
     assert json.dumps(c.state_dict()) == json.dumps(a.state_dict())
+    assert np.isfinite(a.curve().extra["update_ratio"]).all() and a.diagnosis().to_dict() == c.diagnosis().to_dict()
 
 
 def test_diagnosis_matches_offline_and_memory_is_bounded():
@@ -168,3 +173,26 @@ def test_guard_warns_only_by_default_and_skips_after_spike_on_request():
     assert {e.kind for e in guard.events} == {"spike", "too_slow"}  # a flat loss also crawls: warned, not acted on
     assert skipped == list(range(103, 110))  # the rule needs 3 outliers in a row: it fires at step 102
     assert opt.param_groups[0]["lr"] == 0.1  # a skip does not change the lr
+
+
+def test_guard_measures_each_steps_update_to_weight_ratio():
+    from lrkit.integrations.torch_monitor import MonitorGuard
+
+    x, y, model, _ = _setup(3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)  # plain SGD: the update is -lr * gradient
+    guard = MonitorGuard(model, opt, update_ratio=True)
+    want = []
+    for step in range(30):
+        idx = torch.arange(step * 32, step * 32 + 32) % len(x)
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            g = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters()))
+            w = torch.sqrt(sum((p.double() ** 2).sum() for p in model.parameters()))
+        want.append(float(0.2 * g / w))
+        opt.step()
+        guard.update(step, loss.item())
+    got = guard.monitor.curve().extra["update_ratio"]
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    assert "update_ratio" not in MonitorGuard(model, opt).monitor.curve().extra  # off by default

@@ -17,10 +17,12 @@ class Tiny(L.LightningModule):
         super().__init__()
         torch.manual_seed(0)
         self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-        self.nan_at, self.lr, self.seen = nan_at, lr, []
+        self.nan_at, self.lr, self.seen, self.weight_norms = nan_at, lr, [], []
 
     def training_step(self, batch, batch_idx):
         x, y = batch
+        with torch.no_grad():
+            self.weight_norms.append(float(torch.sqrt(sum((p.double() ** 2).sum() for p in self.parameters()))))
         loss = torch.nn.functional.mse_loss(self.net(x).squeeze(-1), y)
         self.seen.append((self.global_step, float(loss.detach())))
         self.log("train_loss", loss, on_step=True, on_epoch=False)
@@ -71,6 +73,17 @@ def test_callback_sees_each_step_loss_with_accumulation(tmp_path):
     np.testing.assert_allclose(c.values, micro, rtol=1e-6)
     np.testing.assert_array_equal(c.lrs, 0.05)
     assert np.all(np.isfinite(c.extra["grad_norm"]))
+
+
+def test_callback_measures_update_to_weight_ratio(tmp_path):
+    model = Tiny()
+    cb = LrMonitorCallback(update_ratio=True)
+    trainer(tmp_path, 25, [cb]).fit(model, loader())
+    c = cb.monitor.curve()
+    # plain SGD: each step moves the weights by lr * ||gradient||, against the weights it started from
+    want = 0.05 * c.extra["grad_norm"] / np.array(model.weight_norms[:25])
+    np.testing.assert_allclose(c.extra["update_ratio"], want, rtol=1e-4)
+    assert "update_ratio" not in LrMonitorCallback().monitor.curve().extra
 
 
 def test_callback_restores_and_lowers_lr_on_nan(tmp_path):

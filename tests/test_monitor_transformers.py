@@ -38,6 +38,21 @@ class Poison(transformers.TrainerCallback):
                     p.fill_(float("nan"))
 
 
+class StepRatios(transformers.TrainerCallback):
+    """Test helper: each optimiser step's update-to-weight ratio, from the weights before and after the step."""
+
+    def __init__(self):
+        self.ratios, self._w = [], None
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self._w = [p.detach().clone().double() for p in model.parameters()]
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        with torch.no_grad():
+            moved = sum(((p.double() - w) ** 2).sum() for p, w in zip(model.parameters(), self._w))
+            self.ratios.append(float(torch.sqrt(moved / sum((w ** 2).sum() for w in self._w))))
+
+
 def run(tmp_path, callbacks, steps=30, lr=1e-3):
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=64, n_positions=32)
@@ -67,6 +82,13 @@ def test_reads_real_trainer_state_and_callback_sees_the_same_rows(tmp_path):
     np.testing.assert_allclose(m.values, c.values)
     assert cb.monitor.window == 2
     assert diagnose(path).metric == "loss"
+
+
+def test_callback_passes_the_windows_mean_update_to_weight_ratio(tmp_path):
+    cb, ref = LrMonitorTrainerCallback(update_ratio=True), StepRatios()
+    run(tmp_path, [ref, cb], steps=12)
+    want = np.array(ref.ratios).reshape(-1, 2).mean(axis=1)  # logging_steps=2: one row per 2 steps
+    np.testing.assert_allclose(cb.monitor.curve().extra["update_ratio"], want, rtol=1e-4)
 
 
 def test_callback_restores_and_lowers_lr_on_nan(tmp_path):

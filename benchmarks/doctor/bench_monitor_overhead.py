@@ -2,7 +2,9 @@
 with PyTorch's own per-step lr watcher (``ReduceLROnPlateau.step(loss)``).
 
 Run: ``python benchmarks/doctor/bench_monitor_overhead.py`` (about 30 s, one CPU thread). Interleaved blocks of
-steps, medians over repeats; target: the Monitor adds < 1% to a bare step.
+steps, medians over repeats; target: the Monitor adds < 1% to a bare step. Also the opt-in update-to-weight ratio
+(``MonitorGuard(update_ratio=True)``: a copy of the weights and two norms per step) beside the per-step diagnostic
+most loops already pay for, the total gradient norm (``clip_grad_norm_``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 import torch
 
 from lrkit.doctor import Monitor
+from lrkit.integrations.torch_monitor import UpdateRatio
 
 STEPS, REPEATS = 200, 15
 
@@ -63,6 +66,21 @@ def main() -> None:
     for i in range(n):
         s2.step(1.0 + 1.0 / (1 + i))
     per_plateau = (time.perf_counter() - t0) / n
+    ratio, params = UpdateRatio(model.parameters()), list(model.parameters())
+    loss = torch.nn.functional.cross_entropy(model(x[:64]), y[:64])
+    loss.backward()
+    costs: dict[str, list[float]] = {"ratio": [], "gn": []}
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        for _ in range(STEPS):
+            ratio.before()
+            ratio.after()
+        costs["ratio"].append((time.perf_counter() - t0) / STEPS)
+        t0 = time.perf_counter()
+        for _ in range(STEPS):
+            torch.nn.utils.clip_grad_norm_(params, float("inf"))
+        costs["gn"].append((time.perf_counter() - t0) / STEPS)
+    per_ratio, per_gn = statistics.median(costs["ratio"]), statistics.median(costs["gn"])
     print(f"MLP 64-256-256-10, batch 64, AdamW, 1 thread; medians of {REPEATS} interleaved blocks of {STEPS} steps")
     print(f"  bare step                      {med['bare'] * 1e6:8.1f} us")
     print(f"  + lrkit Monitor.update         {med['monitor'] * 1e6:8.1f} us  ({med['monitor'] / med['bare'] - 1:+.2%})")
@@ -70,6 +88,9 @@ def main() -> None:
     print(f"isolated cost per call: Monitor.update {per_update * 1e6:.2f} us "
           f"({per_update / med['bare']:.2%} of a bare step), ReduceLROnPlateau.step {per_plateau * 1e6:.2f} us "
           f"({per_plateau / med['bare']:.2%}); ratio {per_update / per_plateau:.1f}x")
+    print(f"update-to-weight ratio (UpdateRatio before + after) {per_ratio * 1e6:.1f} us ({per_ratio / med['bare']:.2%} "
+          f"of a bare step); total gradient norm (clip_grad_norm_) {per_gn * 1e6:.1f} us "
+          f"({per_gn / med['bare']:.2%}); ratio {per_ratio / per_gn:.1f}x")
 
 
 if __name__ == "__main__":

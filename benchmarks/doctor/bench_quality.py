@@ -1,17 +1,19 @@
 """Quality of the doctor's direction (raise / lower / keep) on real curves over lr grids.
 
-Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about a
-minute after that). ``--final`` also scores the FINAL3 held-out tasks and the warmup+cosine FINAL_SCHED ones with
-the shipped model, ``--long`` the 1500-step runs (``make_curves.py --long``).
+Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about 8
+minutes on 2 cores after that). ``--final`` also scores the FINAL4 held-out tasks with the shipped model, ``--long``
+the 1500-step runs (``make_curves.py --long``); ``--dump FILE`` writes every run's calls as JSON lines.
 
 The doctor = threshold rules (NaN, blow-up, climb-back, spikes) + a small fitted shape model
-(:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 58 tasks (8 of them warmup+cosine)
-(``fit_direction.py``), so its accuracy on those is reported **leave-one-task-out**: each task's curves are
-diagnosed by forests fitted without that task. The FINAL3 tasks were never used to fit or choose anything (the
-FINAL and FINAL2 sets were each scored once, with the shape model of their round, then folded into fitting).
-Side by side, on the same curves: the threshold rules alone (the doctor before the shape model) and the eyeballing
-rule users apply by hand (NaN or ended above the start: lower; fell < 30%: raise; else keep), since no library
-offers an lr doctor to compare with. Targets: >= 90% on too-high and good, >= 80% on too-low.
+(:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 66 tasks
+(11 of them warmup+cosine; ``fit_direction.py``), so its accuracy on those is reported **leave-one-task-out**: each
+task's curves are diagnosed by forests fitted without that task. Every run logs the loss, the gradient norm and the
+update-to-weight ratio; the doctor is scored with all three and as if the log had only the loss and gradient norm, or
+only the loss. The FINAL4 tasks were never used to fit or choose anything (the FINAL..FINAL3 and FINAL_SCHED sets
+were each scored once, then folded into fitting). Side by side, on the same curves: the threshold rules alone (the
+doctor before the shape model) and the eyeballing rule users apply by hand (NaN or ended above the start: lower;
+fell < 30%: raise; else keep), since no library offers an lr doctor to compare with. Targets: >= 90% on too-high and
+good, >= 80% on too-low.
 """
 
 from __future__ import annotations
@@ -46,8 +48,10 @@ def eyeball(curve) -> str:
     return "raise" if (first - last) / abs(first) < 0.3 else "keep"
 
 
-def without_gn(c: Curve) -> Curve:
-    return Curve(c.steps, c.values, c.lrs, name=c.name, meta=c.meta)
+def only(c: Curve, *keep: str) -> Curve:
+    """The curve with only the ``keep`` side signals (e.g. without the update ratio, as a log without it)."""
+    return Curve(c.steps, c.values, c.lrs, name=c.name, extra={k: v for k, v in c.extra.items() if k in keep},
+                 meta=c.meta)
 
 
 def table(runs: list[dict], key: str, title: str) -> dict[str, float]:
@@ -88,13 +92,61 @@ def score(runs: list[dict]) -> None:
     """Fill each run's calls: doctor (current models), doctor without grad norm, rules alone, eyeball."""
     for r in runs:
         c = r["curve"]
-        rec = diagnose(c).recommendation
+        d = diagnose(c)
+        rec = d.recommendation
         r["doctor"], r["doctor_factor"] = rec.action, rec.factor
+        r["doctor_kinds"] = [x.kind for x in d.findings]
+        r["p"] = [d.stats.get(f"p_{k}", float("nan")) for k in CLASSES]
         rule = diagnose(c, use_shape=False).recommendation
         r["rules_factor"] = rule.factor
-        r["doctor_loss_only"] = diagnose(without_gn(c)).recommendation.action
         r["rules"] = rule.action
+        gn = only(c, "grad_norm")
+        r["doctor_gn"] = diagnose(gn).recommendation.action
+        r["rules_gn"] = diagnose(gn, use_shape=False).recommendation.action
+        r["doctor_loss_only"] = diagnose(only(c)).recommendation.action
         r["eyeball"] = eyeball(c)
+
+
+def tables(runs: list[dict], where: str, material: bool = True) -> None:
+    """The accuracy tables of every method on ``runs``."""
+    table(runs, "doctor", f"lrkit doctor (loss, grad norm, update/weight ratio), {where}")
+    if material:
+        table([r for r in runs if r["material"]], "doctor", f"lrkit doctor, {where}, material labels")
+    table(runs, "doctor_gn", f"lrkit doctor, loss and grad norm (no update ratio logged), {where}")
+    table(runs, "doctor_loss_only", f"lrkit doctor, loss only, {where}")
+    print()
+    factors(runs, where)
+    table(runs, "rules", f"threshold rules alone, all signals, {where}")
+    table(runs, "rules_gn", f"threshold rules alone, loss and grad norm (the doctor before the shape model), {where}")
+    table(runs, "eyeball", f"eyeballing rule, {where}")
+
+
+KEYS = ("doctor", "doctor_factor", "doctor_kinds", "p", "rules", "rules_factor", "doctor_gn", "rules_gn", "doctor_loss_only", "eyeball")
+_SHARED: tuple = ()
+
+
+def _loto_task(task: str) -> list[dict]:
+    """Leave-one-task-out: forests fitted without ``task`` diagnose its curves; returns their calls."""
+    fitting, runs = _SHARED
+    models = {name: direction.export_forest(fitter(X[groups != task], y[groups != task]), fs)
+              for name, (X, y, groups, fs, fitter) in fitting.items()}
+    direction.set_models(models)
+    try:
+        mine = [r for r in runs if r["task"] == task]
+        score(mine)
+        return [{k: r[k] for k in KEYS} for r in mine]
+    finally:
+        direction.set_models(None)
+
+
+def _parallel(fn, items: list, shared: tuple) -> list:
+    """``fn`` over ``items`` in one process per CPU (forked: they share ``shared``), in order."""
+    global _SHARED
+    _SHARED = shared
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(os.cpu_count() or 1) as pool:
+        return pool.map(fn, items, chunksize=1)
 
 
 def main() -> None:
@@ -109,49 +161,29 @@ def main() -> None:
     tasks = sorted({r["task"] for r in runs})
     print(f"{len(runs)} labelled curves from {len(tasks)} fitting tasks, 300 steps each")
     fitting = {}  # model name -> (X, target, task of each row, feature names, fitter)
-    for name, fs in (("with_gn", direction.LOSS_FEATURES + direction.GN_FEATURES),
-                     ("loss_only", direction.LOSS_FEATURES)):
+    for name, fs in direction.VARIANTS.items():
         fitting[name] = (*dataset(runs, fs)[:3], fs, fit)
         fitting[f"ratio_{name}"] = (*ratio_dataset(every, fs), fs, fit_ratio)
-    try:
-        for task in tasks:  # leave-one-task-out: forests fitted without this task diagnose its curves
-            models = {name: direction.export_forest(fitter(X[groups != task], y[groups != task]), fs)
-                      for name, (X, y, groups, fs, fitter) in fitting.items()}
-            direction.set_models(models)
-            score([r for r in runs if r["task"] == task])
-    finally:
-        direction.set_models(None)
-    material = [r for r in runs if r["material"]]
-    print(f"({len(runs) - len(material)} too-high/too-low curves lost < {MATERIAL:.0%} of the achievable descent: "
-          "'material' tables leave them out)")
-    table(runs, "doctor", "lrkit doctor, leave-one-task-out, all fitting tasks")
-    table(material, "doctor", "lrkit doctor, leave-one-task-out, material labels")
-    table(runs, "doctor_loss_only", "lrkit doctor without the grad-norm column, leave-one-task-out")
-    print()
-    factors(runs, "leave-one-task-out")
-    table(runs, "rules", "threshold rules alone (the doctor before the shape model)")
-    table(runs, "eyeball", "eyeballing rule")
-    if "--final" in sys.argv:
-        if not os.path.exists(make_curves.FINAL3_CACHE):
-            make_curves.generate(make_curves.FINAL3_CACHE, make_curves.FINAL3_TASKS)
-        final = _load(make_curves.FINAL3_CACHE, "--final3")
+    calls = _parallel(_loto_task, tasks, (fitting, runs))
+    for task, scored in zip(tasks, calls):
+        for r, c in zip([r for r in runs if r["task"] == task], scored):
+            r.update(c)
+    print(f"({sum(not r['material'] for r in runs)} too-high/too-low curves lost < {MATERIAL:.0%} of the achievable "
+          "descent: 'material' tables leave them out)")
+    tables(runs, "leave-one-task-out, all fitting tasks")
+    if "--dump" in sys.argv:  # every run's calls, for a look at the misses
+        import json
+
+        with open(sys.argv[sys.argv.index("--dump") + 1], "w") as fh:
+            for r in runs:
+                fh.write(json.dumps({k: r[k] for k in ("task", "seed", "lr", "best_lr", "label", "group", *KEYS)}) + "\n")
+    if "--final" in sys.argv:  # the round's held-out tasks, scored with the shipped models
+        if not os.path.exists(make_curves.FINAL4_CACHE):
+            make_curves.generate(make_curves.FINAL4_CACHE, make_curves.FINAL4_TASKS)
+        final = _load(make_curves.FINAL4_CACHE, "--final4")
         score(final)
-        print(f"\nFINAL3 held-out tasks (never used to fit or choose anything): "
-              f"{sorted({r['task'] for r in final})}")
-        table(final, "doctor", "lrkit doctor (shipped model), FINAL3 held-out tasks")
-        table([r for r in final if r["material"]], "doctor", "lrkit doctor (shipped model), FINAL3, material labels")
-        table(final, "doctor_loss_only", "lrkit doctor without the grad-norm column, FINAL3 held-out tasks")
-        factors(final, "FINAL3 held-out tasks")
-        table(final, "rules", "threshold rules alone, FINAL3 held-out tasks")
-        table(final, "eyeball", "eyeballing rule, FINAL3 held-out tasks")
-        if not os.path.exists(make_curves.FINAL_SCHED_CACHE):
-            make_curves.generate(make_curves.FINAL_SCHED_CACHE, make_curves.FINAL_SCHED_TASKS)
-        fs = _load(make_curves.FINAL_SCHED_CACHE, "--final-sched")
-        score(fs)
-        print(f"\nFINAL_SCHED held-out warmup+cosine tasks: {sorted({r['task'] for r in fs})}")
-        table(fs, "doctor", "lrkit doctor (shipped model), FINAL_SCHED held-out tasks")
-        table(fs, "rules", "threshold rules alone, FINAL_SCHED held-out tasks")
-        table(fs, "eyeball", "eyeballing rule, FINAL_SCHED held-out tasks")
+        print(f"\nFINAL4 held-out tasks (never used to fit or choose anything): {sorted({r['task'] for r in final})}")
+        tables(final, "FINAL4 held-out tasks, shipped model")
     if "--long" in sys.argv:  # the same tasks trained 5x longer: does the shape model carry over to longer runs?
         parts = glob.glob(make_curves.LONG_CACHE.replace(".npz", ".part*.npz"))
         if not parts and not os.path.exists(make_curves.LONG_CACHE):

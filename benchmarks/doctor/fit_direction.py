@@ -1,9 +1,11 @@
 """Fit the doctor's direction model (too high / good / too low from a curve's shape) on the labelled real curves.
 
-Run: ``python benchmarks/doctor/fit_direction.py`` (needs the cached curves: ``make_curves.py --force`` and
-``make_curves.py --fresh``). Reports leave-one-task-out accuracy (each task's curves scored by a forest fitted
-without that task), then fits on every tuning task and, with ``--write``, writes
-``src/lrkit/doctor/direction_model.npz`` (two forests: with and without gradient-norm features). The FINAL3 held-out tasks (``make_curves.py --final3``) are never read here.
+Run: ``python benchmarks/doctor/fit_direction.py`` (needs the cached curves of every set in ``make_curves.FITTING``;
+``bench_quality.py`` generates what is missing). Reports leave-one-task-out accuracy (each task's curves scored by a
+forest fitted without that task; ``--no-loto`` skips it), then fits on every fitting task and, with ``--write``,
+writes ``src/lrkit/doctor/direction_model.npz`` (a classifier and a ratio regressor per ``direction.VARIANTS``:
+which of the gradient norm and the update-to-weight ratio they read besides the loss). The FINAL4 held-out tasks
+(``make_curves.py --final4``) are never read here.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from labelled import load  # noqa: E402
 
 from lrkit.doctor.direction import (  # noqa: E402
     CLASSES,
-    GN_FEATURES,
-    LOSS_FEATURES,
+    VARIANTS,
     export_forest,
     forest_proba,
     shape_features,
@@ -34,7 +35,7 @@ def features(r: dict) -> dict[str, float] | None:
     """The run's :func:`shape_features`, computed once and kept in the run's dict."""
     if "shape" not in r:
         c = r["curve"]
-        r["shape"] = shape_features(c.values, c.extra.get("grad_norm"), c.lrs)
+        r["shape"] = shape_features(c.values, c.extra.get("grad_norm"), c.lrs, c.extra.get("update_ratio"))
     return r["shape"]
 
 
@@ -89,15 +90,19 @@ def loto(X: np.ndarray, y: np.ndarray, groups: np.ndarray, **params) -> np.ndarr
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help="write src/lrkit/doctor/direction_model.npz")
+    ap.add_argument("--no-loto", action="store_true", help="skip the leave-one-task-out report (fit and write only)")
     args = ap.parse_args()
     every = load(fresh=True, unlabelled=True)  # the regressors also learn from the runs between the classes
     runs = [r for r in every if r["label"] is not None]
     arrays = {}
-    for name, feats in (("with_gn", LOSS_FEATURES + GN_FEATURES), ("loss_only", LOSS_FEATURES)):
+    for name, feats in VARIANTS.items():
         X, y, groups, _ = dataset(runs, feats)
-        acc = per_class(y, loto(X, y, groups))
-        print(f"{name}: {len(y)} finite curves from {len(np.unique(groups))} tasks, {len(feats)} features; "
-              f"leave-one-task-out accuracy: too_high {acc[0]:.1%}  good {acc[1]:.1%}  too_low {acc[2]:.1%}")
+        print(f"{name}: {len(y)} finite curves from {len(np.unique(groups))} tasks, {len(feats)} features", end="")
+        if not args.no_loto:
+            acc = per_class(y, loto(X, y, groups))
+            print(f"; leave-one-task-out accuracy: too_high {acc[0]:.1%}  good {acc[1]:.1%}  too_low {acc[2]:.1%}",
+                  end="")
+        print()
         forest = fit(X, y)
         imp = sorted(zip(forest.feature_importances_, feats), reverse=True)
         print("  importance: " + ", ".join(f"{k} {v:.2f}" for v, k in imp[:8]))
@@ -106,14 +111,15 @@ def main() -> None:
         assert np.allclose(forest_proba(model, X), forest.predict_proba(X), atol=1e-9)
         arrays.update({f"{name}/{k}": v for k, v in model.items()})
     # regressors of log2(lr / best lr) on every finite run, the ones between the classes included: "by how much"
-    for name, feats in (("ratio_with_gn", LOSS_FEATURES + GN_FEATURES), ("ratio_loss_only", LOSS_FEATURES)):
+    for name, feats in (("ratio_" + k, v) for k, v in VARIANTS.items()):
         X, t, groups = ratio_dataset(every, feats)
-        pred = np.empty_like(t)
-        for g in np.unique(groups):
-            te = groups == g
-            pred[te] = fit_ratio(X[~te], t[~te]).predict(X[te])
-        print(f"{name}: {len(t)} finite curves; leave-one-task-out median |log2 error| of lr/best "
-              f"{np.median(np.abs(pred - t)):.2f} (a constant guess: {np.median(np.abs(t - np.median(t))):.2f})")
+        if not args.no_loto:
+            pred = np.empty_like(t)
+            for g in np.unique(groups):
+                te = groups == g
+                pred[te] = fit_ratio(X[~te], t[~te]).predict(X[te])
+            print(f"{name}: {len(t)} finite curves; leave-one-task-out median |log2 error| of lr/best "
+                  f"{np.median(np.abs(pred - t)):.2f} (a constant guess: {np.median(np.abs(t - np.median(t))):.2f})")
         forest = fit_ratio(X, t)
         model = export_forest(forest, feats)
         assert np.allclose(forest_proba(model, X)[:, 0], forest.predict(X), atol=1e-9)

@@ -12,15 +12,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from make_curves import (  # noqa: E402
-    CACHE,
-    EXTRA_CACHE,
-    FINAL2_CACHE,
-    FINAL_CACHE,
-    FRESH_CACHE,
-    HELD_OUT,
-    SCHED_CACHE,
-)
+from make_curves import CACHE, FITTING, HELD_OUT, SETS  # noqa: E402
 
 from lrkit.curve import Curve  # noqa: E402
 
@@ -45,27 +37,26 @@ def label(lr: float, best: float) -> str | None:
     return None
 
 
+def set_paths(name: str) -> list[str]:
+    """The cache file(s) of the curve set ``name`` of ``make_curves.SETS``: the file, or its parallel parts."""
+    path = SETS[name][1]
+    parts = sorted(p for p in glob.glob(path.replace(".npz", ".part*.npz")) if ".tmp." not in p)
+    return parts or [path]
+
+
 def load(fresh: bool = False, unlabelled: bool = False) -> list[dict]:
     """Every labelled run: dict(curve, label, task, seed, lr, best_lr, held_out, group, excess, material);
     ``excess`` is the share of the achievable descent the run's lr lost against the best lr (mean over seeds) and
     ``unlabelled=True`` also returns the runs between the classes (label None; e.g. 3x the best lr).
-    ``material`` says whether a too-high / too-low label costs something (excess > MATERIAL); ``fresh=True`` also loads
-    the FRESH tasks (group "fresh") and the EXTRA ones if generated (group "extra"); the others are "tuning" or
-    "held_out", and the FINAL and FINAL2 sets (groups "final1", "final2": each scored once, then folded in). All of
-    these fit the shape model; only the FINAL3 tasks (``make_curves.FINAL3_CACHE``) are held out."""
+    ``material`` says whether a too-high / too-low label costs something (excess > MATERIAL); ``fresh=True`` loads
+    every set the shape model fits (``make_curves.FITTING``: group = the set's name; the earlier held-out sets each
+    joined it once it had been scored), else only the first tasks (groups "tuning" and "held_out"). Only the FINAL4
+    tasks (``make_curves.FINAL4_CACHE``) are held out."""
     out = _load(CACHE, "--force", unlabelled)
     if fresh:
-        out += [{**r, "held_out": True, "group": "fresh"} for r in _load(FRESH_CACHE, "--fresh", unlabelled)]
-        parts = [p for p in sorted(glob.glob(EXTRA_CACHE.replace(".npz", "*.npz"))) if ".tmp." not in p]
-        for path in parts:  # extra.npz (or its parallel parts) and extra2.npz
-            out += [{**r, "group": "extra"} for r in _load(path, "--extra", unlabelled)]
-        sched = [p for p in sorted(glob.glob(SCHED_CACHE.replace(".npz", "*.npz"))) if ".tmp." not in p]
-        for path in sched:  # warmup + cosine runs, the lr logged at every step
-            out += [{**r, "group": "sched"} for r in _load(path, "--sched", unlabelled)]
-        # the earlier FINAL held-out sets, each folded into fitting once it had been scored
-        for path, group, flag in ((FINAL_CACHE, "final1", "--final"), (FINAL2_CACHE, "final2", "--final2")):
-            if os.path.exists(path):
-                out += [{**r, "group": group} for r in _load(path, flag, unlabelled)]
+        for name in FITTING[1:]:
+            for path in set_paths(name):
+                out += [{**r, "group": name} for r in _load(path, "--" + name.replace("_", "-"), unlabelled)]
     return out
 
 
@@ -76,6 +67,7 @@ def _load(path: str, flag: str, unlabelled: bool = False) -> list[dict]:
     task, lr, seed = d["task"], d["lr"], d["seed"]
     loss, gn = d["loss"].astype(np.float64), d["grad_norm"].astype(np.float64)
     sched = d["lrs"].astype(np.float64) if "lrs" in d.files else None  # the lr at every step, where logged
+    ur = d["update_ratio"].astype(np.float64) if "update_ratio" in d.files else None  # ||dw|| / ||w||, where logged
     out = []
     for name in sorted(set(task.tolist())):
         grid = sorted(set(lr[task == name].tolist()))
@@ -93,7 +85,8 @@ def _load(path: str, flag: str, unlabelled: bool = False) -> list[dict]:
             y = loss[i]
             n = int(np.argmax(~np.isfinite(y))) + 1 if not np.isfinite(y).all() else len(y)  # a log ends at NaN
             lrs = sched[i][:n] if sched is not None else np.full(n, lr[i])
-            c = Curve(np.arange(n), y[:n], lrs, name="loss", extra={"grad_norm": gn[i][:n]},
+            extra = {"grad_norm": gn[i][:n]} | ({"update_ratio": ur[i][:n]} if ur is not None else {})
+            c = Curve(np.arange(n), y[:n], lrs, name="loss", extra=extra,
                       meta={"source": f"{key[0]} seed={key[1]} lr={lr[i]:.3g}"})
             out.append({"curve": c, "label": lab, "task": key[0], "seed": key[1], "lr": float(lr[i]),
                         "best_lr": best, "held_out": key[0] in HELD_OUT, "excess": float(excess[float(lr[i])]),

@@ -1,10 +1,10 @@
 """Train small real models over an lr grid and cache their per-step training curves (the doctor's labelled set).
 
-Run: ``python benchmarks/doctor/make_curves.py`` (about 2-4 minutes on one CPU thread; cached in
-``benchmarks/doctor/.cache/curves.npz``; rerun with ``--force`` to regenerate); ``--fresh`` generates the FRESH
-held-out tasks into ``.cache/fresh.npz`` (a few minutes).
-Each task is (data, architecture, optimiser); each run records the raw minibatch loss, the gradient norm and
-the lr at every optimiser step.
+Run: ``python benchmarks/doctor/make_curves.py`` (about 3 minutes on one CPU thread; cached in
+``benchmarks/doctor/.cache/curves.npz``; rerun with ``--force`` to regenerate); one flag per other set (``--fresh``,
+``--extra``, ..., ``--final4``: see ``SETS``), ``--part K/N`` for parallel slices. Every set: about 25 minutes on one
+thread. Each task is (data, architecture, optimiser[, batch, steps, schedule]); each run records the raw minibatch
+loss, the gradient norm, the lr and the update-to-weight ratio ||w_t+1 - w_t|| / ||w_t|| at every optimiser step.
 """
 
 from __future__ import annotations
@@ -110,6 +110,13 @@ def _clean_data(name: str):
     if name == "xor":  # the sign of x0 * x1 among 8 noise dimensions
         x = np.random.default_rng(11).standard_normal((3000, 10))
         return x, (x[:, 0] * x[:, 1] > 0).astype(int), "clf"
+    if name == "swiss":  # the position along a noisy 3-d swiss roll, plus 3 distractor features
+        x, t = datasets.make_swiss_roll(n_samples=3000, noise=0.3, random_state=12)
+        x = np.c_[x, np.random.default_rng(12).standard_normal((3000, 3))]
+        return StandardScaler().fit_transform(x), (t - t.mean()) / t.std(), "reg"
+    if name == "blobs8":  # 8 overlapping Gaussian blobs in 16 dimensions
+        x, y = datasets.make_blobs(n_samples=3000, n_features=16, centers=8, cluster_std=4.0, random_state=13)
+        return StandardScaler().fit_transform(x), y, "clf"
     if name == "friedman":
         x, y = datasets.make_friedman1(n_samples=2000, noise=0.5, random_state=0)
         return x, (y - y.mean()) / y.std(), "reg"
@@ -258,6 +265,13 @@ FINAL_TASKS = [
     ("digits_seq", "gru", "rmsprop", 32), ("wine", "deep_tanh", "adamax", 16),
 ]
 FINAL_CACHE = _cache("final")
+# FINAL4 held-out tasks (round 5, with the update-to-weight ratio logged): two new data sets and new combinations,
+# one of them warmup+cosine; defined and generated before any round-5 change and scored once at its end
+FINAL4_TASKS = [
+    ("swiss", "mlp_silu", "adamw", 32), ("blobs8", "deep_tanh", "nadam", 16), ("swiss", "resmlp_ln", "momentum", 64),
+    ("classif", "wide", "sgd", 16), ("wine", "resmlp_ln", "radam", 16), ("blobs8", "mlp", "adamw95", 32, 300, "cos"),
+]
+FINAL4_CACHE = _cache("final4")
 
 
 def schedule(peak: float, steps: int, kind: str | None) -> np.ndarray:
@@ -286,7 +300,8 @@ def run(data: str, arch: str, opt: str, lr: float, seed: int, batch: int = BATCH
     optim = _optim(opt, model.parameters(), lr, torch)
     crit = torch.nn.CrossEntropyLoss() if kind == "clf" else torch.nn.MSELoss()
     g = torch.Generator().manual_seed(seed)
-    losses, gnorms = np.full(steps, np.nan), np.full(steps, np.nan)
+    losses, gnorms, ratios = np.full(steps, np.nan), np.full(steps, np.nan), np.full(steps, np.nan)
+    params = [p for p in model.parameters() if p.requires_grad]
     perm, pos = torch.randperm(len(x), generator=g), 0
     lrs = schedule(lr, steps, sched)
     for t in range(steps):
@@ -304,8 +319,13 @@ def run(data: str, arch: str, opt: str, lr: float, seed: int, batch: int = BATCH
         losses[t], gnorms[t] = loss.item(), gn.item()
         if not np.isfinite(losses[t]):
             break  # diverged: the rest stays NaN, as a real log would end
+        before = [p.detach().clone() for p in params]
         optim.step()
-    return losses, gnorms, lrs
+        with torch.no_grad():  # the update-to-weight ratio ||w_new - w_old|| / ||w_old|| over all parameters
+            moved = sum(float((p - b).pow(2).sum()) for p, b in zip(params, before))
+            size = sum(float(b.pow(2).sum()) for b in before)
+        ratios[t] = (moved / size) ** 0.5 if size > 0 else np.nan
+    return losses, gnorms, lrs, ratios
 
 
 # every set of curves: flag name -> (tasks, cache, what it is for)
@@ -321,8 +341,10 @@ SETS = {
     "final3": (FINAL3_TASKS, FINAL3_CACHE, "the FINAL3 held-out tasks"),
     "final_sched": (FINAL_SCHED_TASKS, FINAL_SCHED_CACHE, "the warmup+cosine held-out tasks"),
     "long": (LONG_TASKS, LONG_CACHE, "the 1500-step LONG runs"),
+    "final4": (FINAL4_TASKS, FINAL4_CACHE, "the FINAL4 held-out tasks (round 5)"),
 }
-FITTING = ("curves", "fresh", "extra", "extra2", "extra3", "sched", "final", "final2")  # what the shape model fits
+# what the shape model fits (each FINAL set joined once it had been scored; FINAL4 is the held-out set of round 5)
+FITTING = ("curves", "fresh", "extra", "extra2", "extra3", "sched", "final", "final2", "final3", "final_sched")
 
 
 def main() -> None:
@@ -349,24 +371,26 @@ def generate(path: str, tasks: list, force: bool = False) -> None:
 
     torch.set_num_threads(1)
     t0 = time.time()
-    keys, lrs, seeds, L, G, S = [], [], [], [], [], []
+    keys, lrs, seeds, L, G, S, U = [], [], [], [], [], [], []
     for task in tasks:
         data, arch, opt, *batch = task
         for seed in SEEDS:
             for lr in GRID:
-                loss, gn, sched = run(data, arch, opt, float(lr), seed, *batch)
+                loss, gn, sched, ratio = run(data, arch, opt, float(lr), seed, *batch)
                 keys.append("|".join(map(str, task)))
                 lrs.append(lr)
                 seeds.append(seed)
                 L.append(loss)
                 G.append(gn)
                 S.append(sched)
+                U.append(ratio)
         print(f"{'|'.join(map(str, task)):28s} done, {time.time() - t0:.0f}s", flush=True)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp.npz"
     np.savez_compressed(tmp, task=np.array(keys), lr=np.array(lrs), seed=np.array(seeds),
                         loss=np.array(L, dtype=np.float32), grad_norm=np.array(G, dtype=np.float32),
-                        lrs=np.array(S, dtype=np.float32), steps=len(L[0]))
+                        lrs=np.array(S, dtype=np.float32), update_ratio=np.array(U, dtype=np.float32),
+                        steps=len(L[0]))
     os.replace(tmp, path)
     print(f"wrote {len(keys)} curves to {path} in {time.time() - t0:.0f}s")
 

@@ -35,10 +35,13 @@ class Thresholds:
     progress_z: float = 2.0  # a crawl's progress since early on stands this many standard errors out of the noise
     spike_z: float = 6.0  # robust z-score of a spike
     spike_persistence: int = 3  # consecutive outliers (in logged points) that make a spike
-    update_ratio_high: float = 1e-2  # update/weight ratio above this: lr too high (rule of thumb ~1e-3)
+    # update/weight ratio bounds for the rules alone (the shape model reads the ratio itself when it is logged): the
+    # rule of thumb "about 1e-3" is for large nets; at the grid's best lr lrkit's labelled runs had 10^-2.9..10^-1.3
+    update_ratio_high: float = 0.5  # the second half's median above this: lr too high
     update_ratio_low: float = 1e-4  # below this: lr too low
     shape_confidence: float = 0.55  # the shape model overrules the trend rules when its vote is at least this ...
     shape_confidence_loss_only: float = 0.5  # ... or this without a gradient-norm column (leave-one-task-out picks)
+    blowup_confidence: float = 0.7  # the vote that overrules an early blow-up the run recovered from (ended lower)
     shape_points: int = 300  # longer curves are read at this many evenly spaced points by the shape model (0: all)
 
 
@@ -239,7 +242,7 @@ def diagnose(curve: Curve, thresholds: Thresholds | None = None, use_shape: bool
         t = Thresholds(**{**t.__dict__, **overrides})
     if not (isinstance(t.shape_points, int) and t.shape_points >= 0):
         raise LrkitError(f"shape_points must be a whole number >= 0 (0: read every point), got {t.shape_points!r}")
-    for name in ("shape_confidence", "shape_confidence_loss_only"):
+    for name in ("shape_confidence", "shape_confidence_loss_only", "blowup_confidence"):
         if not 0.0 <= getattr(t, name) <= 1.0:
             raise LrkitError(f"{name} is a share of the shape model's vote: give a number in [0, 1], "
                              f"got {getattr(t, name)!r}")
@@ -327,7 +330,8 @@ def diagnose(curve: Curve, thresholds: Thresholds | None = None, use_shape: bool
                                     {"drop": f["drop"], "deceleration": f["deceleration"], "late": f["late"]}))
     if use_shape:
         _shape_call(c, ys, ss, valid, f, findings, notes, t)
-    _update_ratio_findings(c, t, findings)
+    if f.get("shape_model", 0.0) < 2.0:  # unless the shape model has read the update ratio already
+        _update_ratio_findings(c, t, findings)
     if not findings:
         findings.append(Finding("healthy", [], "the loss fell and levelled off without spikes, divergence or "
                                 "large oscillation", {}))
@@ -376,42 +380,53 @@ def _shape_call(c: Curve, ys: np.ndarray, ss: np.ndarray, valid: int, f: dict[st
 
     Applies to finite runs; a logged lr schedule enters by its shape (warmup and decay; the model was fitted on
     constant and warmup+cosine runs)."""
-    from lrkit.doctor.direction import predict, predict_ratio, shape_features
+    from lrkit.doctor.direction import SIGNALS, predict, predict_ratio, shape_features
 
-    if valid < len(c) or "init" not in f or any(x.kind in ("diverging", "spiking") or "instant" in x.data
-                                                for x in findings):
+    # an early blow-up the run recovered from (it ended below its start) is also the shape of RMSprop/Adam's first
+    # steps at a good lr: the model, which reads the early peak, may overrule it when very sure the lr is not too high
+    blowup = [x for x in findings if x.kind == "diverging" and "early_peak_ratio" in x.data]
+    hard = [x for x in findings if x.kind in ("diverging", "spiking") and x not in blowup or "instant" in x.data]
+    if valid < len(c) or "init" not in f or hard or (blowup and not f["final"] < f["init"]):
         return
     lrs = c.lrs[:valid] if c.lrs is not None and np.isfinite(c.lrs[:valid]).all() else None
-    gn = c.extra.get("grad_norm")
-    g = gn[:valid] if gn is not None and gn.shape == c.values.shape else None
+    side = {k: (v[:valid] if v is not None and v.shape == c.values.shape else None)
+            for k in ("grad_norm", "update_ratio") for v in [c.extra.get(k)]}
     y = ys
     if t.shape_points and valid > 2 * t.shape_points:
         # a long run, read like the runs the model was fitted on: every k-th logged point (single-batch values
         # keep their noise, where bin means would hide it)
         idx = np.unique(np.linspace(0, valid - 1, int(t.shape_points)).round().astype(np.int64))
-        y, g, lrs = ys[idx], (g[idx] if g is not None else None), (lrs[idx] if lrs is not None else None)
-    sf = shape_features(y, g, lrs)
+        y, lrs = ys[idx], (lrs[idx] if lrs is not None else None)
+        side = {k: (v[idx] if v is not None else None) for k, v in side.items()}
+    sf = shape_features(y, side["grad_norm"], lrs, side["update_ratio"])
     if sf is None:
         return
     probs, model = predict(sf)
     f["lr_over_best"] = predict_ratio(sf)  # how far off runs of this shape were: the factor to recommend
     call = max(probs, key=probs.__getitem__)
     f.update({f"p_{k}": v for k, v in probs.items()})
-    f["shape_model"] = 1.0 if model == "with_gn" else 0.0
-    level = t.shape_confidence if model == "with_gn" else t.shape_confidence_loss_only
-    notes.append(f"shape model ({'loss and gradient norm' if model == 'with_gn' else 'loss'}): lr too high "
+    f["shape_model"] = {"with_ur": 3.0, "loss_ur": 2.0, "with_gn": 1.0}.get(model, 0.0)
+    level = t.shape_confidence if model != "loss_only" else t.shape_confidence_loss_only
+    notes.append(f"shape model ({SIGNALS[model]}): lr too high "
                  f"{probs['too_high']:.0%}, good {probs['good']:.0%}, too low {probs['too_low']:.0%}"
                  + ("" if probs[call] >= level else f" (below {level:.0%}: the trend rules decide)"))
     if probs[call] < level:
         return  # not sure enough: the trend rules decide
+    if blowup:
+        if call == "too_high" or probs[call] < t.blowup_confidence:
+            return  # the blow-up stands: lower
+        findings.remove(blowup[0])
+        f["recovered_blowup"] = 1.0
+        notes.append(f"{blowup[0].evidence}, but the run recovered and ended at {f['final']:.4g}, below its start; the "
+                     f"shape model calls the lr {'good' if call == 'good' else 'too low'} ({probs[call]:.0%}), so this "
+                     "is not read as divergence")
     # it may reverse the rules' direction: on the labelled runs the rules' "oscillating" (noise large against the
     # progress) fires on many crawls, and blocking the model's "raise" there cost 4 points on too-low runs
     soft = ("oscillating", "too_slow", "plateau")
     rule_kinds = [x.kind for x in findings if x.kind in soft]
     keep = {"too_high": ("oscillating",), "too_low": ("too_slow", "plateau"), "good": ()}[call]
     findings[:] = [x for x in findings if x.kind not in soft or x.kind in keep]
-    odds = (f"{probs[call]:.0%} of the fitted model's vote ({'loss and gradient-norm' if model == 'with_gn' else 'loss'}"
-            " shape, from lrkit's labelled real runs)")
+    odds = f"{probs[call]:.0%} of the fitted model's vote (from the {SIGNALS[model]}, fitted on lrkit's labelled real runs)"
     init, final = f["init"], f["final"]
     if call == "too_high" and not any(x.kind == "oscillating" for x in findings):
         t90 = f.get("ninety_time", float("nan"))
@@ -494,6 +509,8 @@ def recommend(findings: list[Finding], f: dict[str, float], c: Curve, valid: int
     """The lr recommendation for a set of findings (the most severe decides)."""
     kinds = {x.kind for x in findings}
     advice: list[str] = []
+    if f.get("recovered_blowup"):
+        advice.append("add a warmup (a few hundred steps): the loss blew up early before it recovered")
     lr_known = c.lrs is not None and np.isfinite(c.lrs).any()
     warm = lr_known and c.lrs[0] < 0.5 * np.nanmax(c.lrs)
     if "diverging" in kinds:

@@ -23,17 +23,37 @@ LOSS_FEATURES = ("drop", "log_t50", "log_t90", "t_fast", "late3", "late_z", "lat
                  "log_noise_level", "decel", "rise", "acf1", "tail_slope_z", "level_z", "early_peak", "half2_z", "wander",
                  "noise_change", "first_share", "first_drop", "lr_end", "lr_warm")
 GN_FEATURES = ("gn_change", "gn_tail_trend", "gn_tail_cv", "gn_early_peak")
+# the update-to-weight ratio ||w_t+1 - w_t|| / ||w_t||: dimensionless, so its level (log10) is comparable across runs
+UR_FEATURES = ("ur_level", "ur_peak", "ur_early", "ur_late", "ur_change", "ur_cv")
+# the model variants, most signals first: the doctor uses the first whose features a run has
+VARIANTS = {"with_ur": LOSS_FEATURES + GN_FEATURES + UR_FEATURES, "loss_ur": LOSS_FEATURES + UR_FEATURES,
+            "with_gn": LOSS_FEATURES + GN_FEATURES, "loss_only": LOSS_FEATURES}
+SIGNALS = {"with_ur": "loss, gradient norm and update/weight ratio", "loss_ur": "loss and update/weight ratio",
+           "with_gn": "loss and gradient norm", "loss_only": "loss"}
 
 
 def _level(y: np.ndarray, i0: int, i1: int) -> float:
     return float(np.median(y[max(i0, 0): max(i1, i0 + 1)]))
 
 
-def shape_features(loss: np.ndarray, grad_norm: np.ndarray | None = None,
-                   lrs: np.ndarray | None = None) -> dict[str, float] | None:
-    """Dimensionless statistics of a finite loss curve (and its gradient norm and lr, if given); None below 24
-    points. Time is measured as a fraction of the run; loss changes relative to the run's own descent or batch
-    noise; the lr only by its shape (the end against the peak, where the peak is), never by its value."""
+def _log_series(a: np.ndarray | None, shape: tuple[int, ...], log) -> tuple[np.ndarray, np.ndarray] | None:
+    """``log`` of a side signal's finite positive values, and where they are; None when it is missing, not aligned
+    with the loss, or has fewer than 24 such values."""
+    if a is None:
+        return None
+    v = np.asarray(a, dtype=np.float64)
+    ok = np.isfinite(v) & (v > 0)
+    if v.shape != shape or ok.sum() < 24:
+        return None
+    return log(v[ok]), ok
+
+
+def shape_features(loss: np.ndarray, grad_norm: np.ndarray | None = None, lrs: np.ndarray | None = None,
+                   update_ratio: np.ndarray | None = None) -> dict[str, float] | None:
+    """Dimensionless statistics of a finite loss curve (and its gradient norm, lr and update-to-weight ratio, if
+    given); None below 24 points. Time is measured as a fraction of the run; loss changes relative to the run's own
+    descent or batch noise; the lr only by its shape (the end against the peak, where the peak is), never by its
+    value; the update-to-weight ratio by its level (log10), which means the same in any run."""
     y = np.asarray(loss, dtype=np.float64)
     m = len(y)
     if m < 24 or not np.isfinite(y).all():
@@ -127,18 +147,31 @@ def shape_features(loss: np.ndarray, grad_norm: np.ndarray | None = None,
         if lr.shape == y.shape and np.isfinite(lr).all() and lr.max() > 0:
             f["lr_end"] = math.log(max(float(np.median(lr[-tail_n:])), 1e-300) / float(lr.max()))
             f["lr_warm"] = float(np.argmax(lr >= 0.999 * lr.max())) / m
-    if grad_norm is not None:
-        g = np.asarray(grad_norm, dtype=np.float64)
-        ok = np.isfinite(g) & (g > 0)
-        if g.shape == y.shape and ok.sum() >= 24:
-            lg = np.log(g[ok])
-            n = len(lg)
-            kk = max(3, n // 10)
-            f["gn_change"] = float(np.median(lg[-kk:]) - np.median(lg[:kk]))
-            half = lg[n // 2:]
-            f["gn_tail_trend"] = float(np.polyfit(np.linspace(0.0, 1.0, len(half)), half, 1)[0])
-            f["gn_tail_cv"] = robust_std(np.diff(half)) / math.sqrt(2.0)
-            f["gn_early_peak"] = float(np.max(lg[: max(kk, n // 5)]) - np.median(lg[:kk]))
+    side = _log_series(grad_norm, y.shape, np.log)
+    if side is not None:
+        lg = side[0]
+        n = len(lg)
+        kk = max(3, n // 10)
+        f["gn_change"] = float(np.median(lg[-kk:]) - np.median(lg[:kk]))
+        half = lg[n // 2:]
+        f["gn_tail_trend"] = float(np.polyfit(np.linspace(0.0, 1.0, len(half)), half, 1)[0])
+        f["gn_tail_cv"] = robust_std(np.diff(half)) / math.sqrt(2.0)
+        f["gn_early_peak"] = float(np.max(lg[: max(kk, n // 5)]) - np.median(lg[:kk]))
+    side = _log_series(update_ratio, y.shape, np.log10)
+    if side is not None:
+        lu, ok = side
+        n = len(lu)
+        kk = max(3, n // 10)
+        f["ur_level"] = float(np.median(lu))
+        peak = np.ones(n, dtype=bool)  # the steps at (near) the peak lr, where a schedule is logged
+        if lrs is not None and np.shape(lrs) == y.shape and np.isfinite(lrs).all() and np.max(lrs) > 0:
+            near = (np.asarray(lrs) >= 0.9 * np.max(lrs))[ok]
+            peak = near if near.sum() >= 3 else peak
+        f["ur_peak"] = float(np.median(lu[peak]))
+        f["ur_early"] = float(np.median(lu[:kk]))
+        f["ur_late"] = float(np.median(lu[-max(kk, n // 5):]))
+        f["ur_change"] = f["ur_late"] - f["ur_early"]
+        f["ur_cv"] = robust_std(np.diff(lu[n // 2:])) / math.sqrt(2.0)
     return f
 
 
@@ -193,20 +226,20 @@ _MODELS: dict[str, dict[str, np.ndarray]] = {}
 
 
 def load_models() -> dict[str, dict[str, np.ndarray]]:
-    """The shipped models: ``with_gn`` / ``loss_only`` (direction classifiers with and without gradient-norm
-    features) and ``ratio_with_gn`` / ``ratio_loss_only`` (regressors of log2(lr / best lr))."""
+    """The shipped models: a direction classifier per :data:`VARIANTS` name (``with_ur``, ``loss_ur``, ``with_gn``,
+    ``loss_only``: which signals it reads) and a regressor of log2(lr / best lr) per variant (``ratio_`` + name)."""
     if not _MODELS:
         if not os.path.exists(MODEL_PATH):
             raise LrkitError(f"the doctor's shape model {MODEL_PATH} is missing from this install: reinstall lrkit "
                              "(pip install --force-reinstall lrkit), or pass use_shape=False to use the rules alone")
         with np.load(MODEL_PATH) as d:
-            for name in ("with_gn", "loss_only", "ratio_with_gn", "ratio_loss_only"):
+            for name in [*VARIANTS, *("ratio_" + v for v in VARIANTS)]:
                 _MODELS[name] = {k.split("/", 1)[1]: d[k] for k in d.files if k.startswith(name + "/")}
     return _MODELS
 
 
 def set_models(models: dict[str, dict[str, np.ndarray]] | None) -> None:
-    """Use ``models`` (the four names of :func:`load_models`, each from :func:`export_forest`) instead of the
+    """Use ``models`` (the names of :func:`load_models`, each from :func:`export_forest`) instead of the
     shipped ones, e.g. forests fitted without the task being scored; ``None`` goes back to the shipped models."""
     _MODELS.clear()
     if models is not None:
@@ -214,18 +247,19 @@ def set_models(models: dict[str, dict[str, np.ndarray]] | None) -> None:
 
 
 def _evaluate(f: dict[str, float], prefix: str) -> tuple[np.ndarray, str]:
-    """The output of the shipped forest ``{prefix}with_gn`` when ``f`` has its features, else ``{prefix}loss_only``."""
+    """The output of the first forest ``{prefix}{variant}`` (in :data:`VARIANTS` order) whose features ``f`` has,
+    and that variant's name."""
     models = load_models()
-    name = prefix + "with_gn"
-    if not all(k in f for k in models[name]["features"]):
-        name = prefix + "loss_only"
-    model = models[name]
-    return forest_proba(model, np.array([[f[str(k)] for k in model["features"]]]))[0], name
+    for variant in VARIANTS:
+        model = models.get(prefix + variant)
+        if model and all(str(k) in f for k in model["features"]):
+            return forest_proba(model, np.array([[f[str(k)] for k in model["features"]]]))[0], variant
+    raise LrkitError("no shape model fits these features: reinstall lrkit, or pass use_shape=False")
 
 
 def predict(f: dict[str, float]) -> tuple[dict[str, float], str]:
-    """Probabilities of (too_high, good, too_low) for :func:`shape_features` ``f``, and which model gave them (the
-    one with gradient-norm features when ``f`` has them)."""
+    """Probabilities of (too_high, good, too_low) for :func:`shape_features` ``f``, and which variant gave them (the
+    one that reads the most of the logged signals: see :data:`VARIANTS`)."""
     p, name = _evaluate(f, "")
     return {str(c): float(pi) for c, pi in zip(load_models()[name]["classes"], p)}, name
 

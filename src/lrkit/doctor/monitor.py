@@ -1,6 +1,6 @@
 """The live doctor: :class:`Monitor` runs the doctor's checks online, O(1) work per step.
 
-Feed it ``update(step, loss, lr=None, grad_norm=None)`` after each optimiser step; it returns the
+Feed it ``update(step, loss, lr=None, grad_norm=None, update_ratio=None)`` after each optimiser step; it returns the
 :class:`Event` s that step raised (a spike, divergence, NaN, plateau, or a crawl), each with a suggested action
 and lr factor. Acting on them (restore a snapshot, skip batches, change the lr) is the framework helpers' job:
 ``lrkit.integrations.torch_monitor``, ``lightning_monitor``, ``transformers_monitor``.
@@ -68,15 +68,18 @@ class Monitor:
         self._ref = math.inf
         self._last_fired: dict[str, int] = {}
         self._diverged = False
-        self._hist: list[list[float]] = [[], [], [], []]  # steps, loss, lr, grad_norm (downsampled when long)
+        # steps, loss, lr, grad_norm, update_ratio (downsampled when long)
+        self._hist: list[list[float]] = [[], [], [], [], []]
         self._stride, self._pending = 1, []
         self.events: list[Event] = []
 
     # ------------------------------------------------------------------------------------------------ updating
-    def update(self, step: int, loss: float, lr: float | None = None, grad_norm: float | None = None) -> list[Event]:
-        """Record one optimiser step; returns the events it raised (usually none)."""
+    def update(self, step: int, loss: float, lr: float | None = None, grad_norm: float | None = None,
+               update_ratio: float | None = None) -> list[Event]:
+        """Record one optimiser step (``update_ratio``: ||w_new - w_old|| / ||w_old|| of the step, if measured: the
+        doctor's shape model reads it); returns the events it raised (usually none)."""
         step, loss = int(step), float(loss)
-        self._record(step, loss, lr, grad_norm)
+        self._record(step, loss, lr, grad_norm, update_ratio)
         out: list[Event] = []
         if not math.isfinite(loss):
             self._fire(out, "nan", step, f"the loss is {loss} at step {step}", "rollback", 0.5)
@@ -156,21 +159,23 @@ class Monitor:
         return not self._diverged and self._loss_spikes._open is None and not self._loss_spikes._run
 
     # ------------------------------------------------------------------------------------------------- history
-    def _record(self, step: int, loss: float, lr: float | None, gn: float | None) -> None:
+    def _record(self, step: int, loss: float, lr: float | None, gn: float | None, ur: float | None) -> None:
         """Keep a bounded history for :meth:`diagnosis`: past 2*MAX_POINTS points, pairs are averaged (O(1)
         amortised per step)."""
         lr = math.nan if lr is None else float(lr)
         gn = math.nan if gn is None else float(gn)
+        ur = math.nan if ur is None else float(ur)
         if self._stride == 1:  # fast path until the run gets long
             h = self._hist
             h[0].append(step)
             h[1].append(loss)
             h[2].append(lr)
             h[3].append(gn)
+            h[4].append(ur)
             if len(h[0]) >= 2 * MAX_POINTS:
                 self._halve()
             return
-        self._pending.append((step, loss, lr, gn))
+        self._pending.append((step, loss, lr, gn, ur))
         if len(self._pending) < self._stride:
             return
         p = self._pending
@@ -178,24 +183,27 @@ class Monitor:
         vals = [x[1] for x in p]
         finite = [v for v in vals if math.isfinite(v)]
         loss_v = sum(finite) / len(finite) if len(finite) == len(vals) else math.nan
-        for h, v in zip(self._hist, (p[0][0], loss_v, p[-1][2], max((x[3] for x in p), default=math.nan))):
+        urs = [x[4] for x in p if math.isfinite(x[4])]
+        for h, v in zip(self._hist, (p[0][0], loss_v, p[-1][2], max((x[3] for x in p), default=math.nan),
+                                     sum(urs) / len(urs) if urs else math.nan)):
             h.append(v)
         if len(self._hist[0]) >= 2 * MAX_POINTS:
             self._halve()
 
     def _halve(self) -> None:
-        """Average the history in pairs (loss mean, last lr, max grad norm); later points come in pairs too."""
-        s, lo, lr_, g = self._hist
+        """Average the history in pairs (loss mean, last lr, max grad norm, mean update ratio); later points come in
+        pairs too."""
+        s, lo, lr_, g, u = self._hist
         self._hist = [s[0::2], [(a + b) / 2 for a, b in zip(lo[0::2], lo[1::2])], lr_[1::2],
-                      [max(a, b) for a, b in zip(g[0::2], g[1::2])]]
+                      [max(a, b) for a, b in zip(g[0::2], g[1::2])], [(a + b) / 2 for a, b in zip(u[0::2], u[1::2])]]
         self._stride *= 2
 
     def curve(self) -> Curve:
         """The recorded history as a Curve (downsampled by averaging when the run is long)."""
-        s, lo, lr, g = (np.asarray(h, dtype=np.float64) for h in self._hist)
-        n = min(len(s), len(lo), len(lr), len(g))
-        s, lo, lr, g = s[:n], lo[:n], lr[:n], g[:n]
-        extra = {"grad_norm": g} if np.isfinite(g).any() else {}
+        s, lo, lr, g, u = (np.asarray(h, dtype=np.float64) for h in self._hist)
+        n = min(len(s), len(lo), len(lr), len(g), len(u))
+        s, lo, lr, g, u = s[:n], lo[:n], lr[:n], g[:n], u[:n]
+        extra = {k: v for k, v in (("grad_norm", g), ("update_ratio", u)) if np.isfinite(v).any()}
         return Curve(s.astype(np.int64), lo, lr if np.isfinite(lr).any() else None, name="loss", extra=extra,
                      meta={"format": "monitor", "window": self.window})
 
@@ -236,6 +244,8 @@ class Monitor:
         self._last_fired = {k: int(v) for k, v in state["last_fired"].items()}
         self._diverged = bool(state["diverged"])
         self._hist = [list(h) for h in state["hist"]]
+        while len(self._hist) < 5:  # a state saved before the update ratio was recorded
+            self._hist.append([math.nan] * len(self._hist[0]))
         self._stride = int(state["stride"])
-        self._pending = [tuple(p) for p in state["pending"]]
+        self._pending = [tuple(p) + (math.nan,) * (5 - len(p)) for p in state["pending"]]
         self.events = [Event(**e) for e in state["events"]]

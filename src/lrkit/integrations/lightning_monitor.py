@@ -20,24 +20,26 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without lightning
     raise missing_extra(e.name or "lightning", "lightning") from e
 
-from lrkit.integrations.torch_monitor import Snapshots, handle, resolve_actions
+from lrkit.integrations.torch_monitor import Snapshots, UpdateRatio, handle, resolve_actions
 
 
 class LrMonitorCallback(pl.Callback):
     """Watch a Lightning run with the lr doctor. ``act``: False (warn), True (rollback, skip_batches, lower_lr)
     or a set of actions; ``snapshot_every``: optimiser steps between last-good snapshots (CPU memory);
-    ``skip_batches``: batches skipped after a spike; ``grad_norm``: also track the total gradient norm.
+    ``skip_batches``: batches skipped after a spike; ``grad_norm``: also track the total gradient norm;
+    ``update_ratio``: also measure each step's update-to-weight ratio (one copy of the weights during the step).
     Other keyword arguments go to :class:`~lrkit.doctor.Monitor`. ``.monitor`` and ``.events`` stay readable."""
 
     def __init__(self, monitor: Monitor | None = None, act: bool | str | Iterable[str] = False,
                  snapshot_every: int = 50, skip_batches: int | None = None, grad_norm: bool = True,
-                 **monitor_kwargs: Any) -> None:
+                 update_ratio: bool = False, **monitor_kwargs: Any) -> None:
         super().__init__()
         self.monitor = monitor if monitor is not None else Monitor(**monitor_kwargs)
         self.acts = resolve_actions(act)
         self.snapshot_every = int(snapshot_every)
         self.skip_batches = 2 * self.snapshot_every if skip_batches is None else int(skip_batches)
-        self.track_grad_norm = grad_norm
+        self.track_grad_norm, self.track_update_ratio = grad_norm, update_ratio
+        self._ratio: UpdateRatio | None = None
         self.events: list[Event] = []
         self._acc_loss, self._last_step, self._gn = 0.0, None, None
         self._skip, self._skipped = 0, False
@@ -56,6 +58,9 @@ class LrMonitorCallback(pl.Callback):
             for p in pl_module.parameters():
                 p.grad = None
             return
+        if self.track_update_ratio:
+            self._ratio = self._ratio or UpdateRatio(pl_module.parameters())
+            self._ratio.before()
         if self.track_grad_norm:
             grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
             self._gn = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))\
@@ -75,7 +80,9 @@ class LrMonitorCallback(pl.Callback):
             self._skipped = False
             return
         opt = trainer.optimizers[0]
-        events = self.monitor.update(step, total, lr=opt.param_groups[0]["lr"], grad_norm=self._gn)
+        ratio = self._ratio.after() if self._ratio is not None else None
+        events = self.monitor.update(step, total, lr=opt.param_groups[0]["lr"], grad_norm=self._gn,
+                                     update_ratio=ratio)
         self._gn = None
         if events:
             self.events += events

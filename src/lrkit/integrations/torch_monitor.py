@@ -63,6 +63,32 @@ def scale_lr(optimizer: Any, factor: float, scheduler: Any = None) -> None:
         scheduler.base_lrs = [b * factor for b in scheduler.base_lrs]
 
 
+class UpdateRatio:
+    """The update-to-weight ratio of one optimiser step, ||w_after - w_before|| / ||w_before|| over all trainable
+    parameters: call :meth:`before` before ``optimizer.step()`` and :meth:`after` after it. Costs one copy of the
+    weights (on their device) while a step is measured."""
+
+    def __init__(self, params: Iterable[torch.Tensor]) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self._before: list[torch.Tensor] | None = None
+
+    def before(self) -> None:
+        """Copy the weights as they are now."""
+        with torch.no_grad():
+            self._before = [p.detach().clone() for p in self.params]
+
+    def after(self) -> float | None:
+        """The ratio since :meth:`before` (None without one, or when the weights were all zero); drops the copy."""
+        if self._before is None:
+            return None
+        with torch.no_grad():
+            moved = torch.stack([torch.linalg.vector_norm((p - b).float()) for p, b in zip(self.params, self._before)])
+            size = torch.stack([torch.linalg.vector_norm(b.float()) for b in self._before])
+            num, den = float(torch.linalg.vector_norm(moved)), float(torch.linalg.vector_norm(size))
+        self._before = None
+        return num / den if den > 0 else None
+
+
 class Snapshots:
     """The last good state of a model and its optimiser, in CPU memory."""
 
@@ -124,12 +150,14 @@ class MonitorGuard:
     ``act``: False (default: warn only), True (rollback, skip_batches, lower_lr) or a set of actions;
     ``snapshot_every``: steps between last-good snapshots (default 50, CPU memory); ``skip_batches``: batches
     to skip after a spike (default 2 x snapshot_every); ``scheduler``: an lr scheduler whose base lrs follow
-    the lr changes. Other keyword arguments go to :class:`~lrkit.doctor.Monitor`.
+    the lr changes; ``update_ratio``: also measure each step's update-to-weight ratio (the weights' change since
+    the previous ``update`` call; one copy of the weights on their device), which sharpens the doctor's verdict.
+    Other keyword arguments go to :class:`~lrkit.doctor.Monitor`.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: Any, monitor: Monitor | None = None,
                  act: bool | str | Iterable[str] = False, snapshot_every: int = 50, skip_batches: int | None = None,
-                 scheduler: Any = None, **monitor_kwargs: Any) -> None:
+                 scheduler: Any = None, update_ratio: bool = False, **monitor_kwargs: Any) -> None:
         if snapshot_every < 1:
             raise LrkitError(f"snapshot_every must be >= 1, got {snapshot_every}")
         self.monitor = monitor if monitor is not None else Monitor(**monitor_kwargs)
@@ -140,17 +168,23 @@ class MonitorGuard:
         self.skip_batches = 2 * self.snapshot_every if skip_batches is None else int(skip_batches)
         self._skip = 0
         self.events: list[Event] = []
+        self._ratio = UpdateRatio(model.parameters()) if update_ratio else None
+        if self._ratio is not None:
+            self._ratio.before()
 
     def update(self, step: int, loss: float, grad_norm: float | None = None) -> list[Event]:
         """Record one optimiser step (the lr is read from the optimiser); warn, and act if asked."""
         lr = self.optimizer.param_groups[0]["lr"]
-        events = self.monitor.update(step, float(loss), lr=lr, grad_norm=grad_norm)
+        ratio = self._ratio.after() if self._ratio is not None else None
+        events = self.monitor.update(step, float(loss), lr=lr, grad_norm=grad_norm, update_ratio=ratio)
         if events:
             self.events += events
             self._skip = max(self._skip, handle(events, self.acts, self.snapshots, self.monitor, self.optimizer,
                                                 step, self.scheduler, self.skip_batches))
         elif self.acts and step % self.snapshot_every == 0 and self.monitor.healthy:
             self.snapshots.take(step)
+        if self._ratio is not None:
+            self._ratio.before()  # after any rollback: the next step is measured from the weights it starts from
         return events
 
     def should_skip(self) -> bool:

@@ -19,17 +19,19 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without transformers
     raise missing_extra("transformers", "transformers") from e
 
-from lrkit.integrations.torch_monitor import Snapshots, handle, resolve_actions
+from lrkit.integrations.torch_monitor import Snapshots, UpdateRatio, handle, resolve_actions
 
 
 class LrMonitorTrainerCallback(TrainerCallback):
     """Watch a Hugging Face ``Trainer`` run with the lr doctor (see the module docstring). ``act``: False (warn),
     True (rollback, skip_batches, lower_lr) or a set of actions; ``stop_on_nan``: stop training on a NaN loss
-    when not acting (default True). Other keyword arguments go to :class:`~lrkit.doctor.Monitor`."""
+    when not acting (default True); ``update_ratio``: also measure the update-to-weight ratio of each optimiser step
+    (one copy of the weights during the step) and pass its mean over the logging window. Other keyword arguments go
+    to :class:`~lrkit.doctor.Monitor`."""
 
     def __init__(self, monitor: Monitor | None = None, act: bool | str | Iterable[str] = False,
                  snapshot_every: int = 50, skip_batches: int | None = None, stop_on_nan: bool = True,
-                 **monitor_kwargs: Any) -> None:
+                 update_ratio: bool = False, **monitor_kwargs: Any) -> None:
         self.monitor = monitor
         self._monitor_kwargs = monitor_kwargs
         self.acts = resolve_actions(act)
@@ -39,6 +41,9 @@ class LrMonitorTrainerCallback(TrainerCallback):
         self.events: list[Event] = []
         self._snaps: Snapshots | None = None
         self._skip = 0
+        self.track_update_ratio = update_ratio
+        self._ratio: UpdateRatio | None = None
+        self._ratios: list[float] = []  # the steps' ratios since the last logged row
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
@@ -54,13 +59,24 @@ class LrMonitorTrainerCallback(TrainerCallback):
             self._skip -= 1
             for p in model.parameters():
                 p.grad = None
+            return
+        if self.track_update_ratio and model is not None:
+            self._ratio = self._ratio or UpdateRatio(model.parameters())
+            self._ratio.before()
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        r = self._ratio.after() if self._ratio is not None else None
+        if r is not None:
+            self._ratios.append(r)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, model: Any = None,
                optimizer: Any = None, lr_scheduler: Any = None, **kwargs: Any) -> None:
         if not logs or "loss" not in logs or self.monitor is None:
             return
+        ratio = sum(self._ratios) / len(self._ratios) if self._ratios else None
+        self._ratios = []
         events = self.monitor.update(state.global_step, float(logs["loss"]), lr=logs.get("learning_rate"),
-                                     grad_norm=logs.get("grad_norm"))
+                                     grad_norm=logs.get("grad_norm"), update_ratio=ratio)
         if not events:
             # snapshot only after a healthy logged window: the monitor has vouched for these weights
             if (self._snaps is not None and self.monitor.healthy
