@@ -40,7 +40,7 @@ class Thresholds:
     update_ratio_high: float = 0.5  # the second half's median above this: lr too high
     update_ratio_low: float = 1e-4  # below this: lr too low
     shape_confidence: float = 0.55  # the shape model overrules the trend rules when its vote is at least this ...
-    shape_confidence_loss_only: float = 0.5  # ... or this without a gradient-norm column (leave-one-task-out picks)
+    shape_confidence_loss_only: float = 0.5  # ... or this when it reads the loss alone (leave-one-task-out picks)
     blowup_confidence: float = 0.7  # the vote that overrules an early blow-up the run recovered from (ended lower)
     shape_points: int = 300  # longer curves are read at this many evenly spaced points by the shape model (0: all)
 
@@ -405,6 +405,7 @@ def _shape_call(c: Curve, ys: np.ndarray, ss: np.ndarray, valid: int, f: dict[st
     f["lr_over_best"] = predict_ratio(sf)  # how far off runs of this shape were: the factor to recommend
     call = max(probs, key=probs.__getitem__)
     f.update({f"p_{k}": v for k, v in probs.items()})
+    # which variant voted: 3 loss + grad norm + update ratio, 2 loss + update ratio, 1 loss + grad norm, 0 loss
     f["shape_model"] = {"with_ur": 3.0, "loss_ur": 2.0, "with_gn": 1.0}.get(model, 0.0)
     level = t.shape_confidence if model != "loss_only" else t.shape_confidence_loss_only
     notes.append(f"shape model ({SIGNALS[model]}): lr too high "

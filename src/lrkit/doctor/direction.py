@@ -2,7 +2,8 @@
 
 A run whose loss neither blew up nor spiked can still have its lr 4x too high (it drops fast, then sits on a noise
 floor) or 10x too low (it is still crawling down at the end). :func:`shape_features` measures the shape with
-dimensionless, scale-free statistics (time as a fraction of the run, loss relative to its own descent and noise);
+dimensionless, scale-free statistics (time as a fraction of the run, loss relative to its own descent and noise;
+where logged, the gradient norm's trend, the lr schedule's shape and the update-to-weight ratio's level);
 :func:`predict` turns them into probabilities of (too high, good, too low) with a small random forest fitted on the
 labelled real curves of ``benchmarks/doctor`` (``fit_direction.py --write`` writes ``direction_model.npz``) and
 evaluated here in numpy: no scikit-learn at run time.
