@@ -145,6 +145,8 @@ def test_corrupt_event_file(tmp_path):
     ("", "empty"),
     ("step,accuracy,lr\n1,0.5,0.1\n2,0.6,0.1\n", "no loss-like column found; columns: step, accuracy, lr"),
     ("step,loss\n", "no data rows"),
+    ("step,loss\n1,np.float64(2.3)\n2,np.float64(2.1)\n", r"no loss-like column found \(no numbers in: loss; write "
+     "plain numbers\\)"),
     ("1,2\n3,4\n", "not a header"),
     ('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": \n', "line 2 is not valid JSON"),
 ])

@@ -119,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         for src, d in done:
             meta = d.curve.meta if d.curve is not None else {}
-            cols = f", lr column {meta['lr_column']!r}" if meta.get("lr_column") else ""
+            cols = "".join(f", {what} column {meta[k]!r}" for k, what in (
+                ("lr_column", "lr"), ("grad_norm_column", "grad norm"), ("update_ratio_column", "update ratio"))
+                if meta.get(k))
             print(f"{src}  ({meta.get('format', '?')}, metric {d.metric!r}, {len(d.curve)} points{cols})")
             print(str(d))
             if getattr(d, "plot_path", None):

@@ -415,7 +415,10 @@ def columns_to_curve(cols: Columns, metric: str | None, source: str = "") -> Cur
         chosen = pick_loss_column(names)
         if chosen is None:
             header = getattr(cols, "header", names)
-            raise LrkitError(f"{source}: no loss-like column found; columns: {', '.join(header) or '(none)'}; "
+            # columns that held no numbers, e.g. "np.float64(2.3)" or "tensor(2.3)" written as text
+            text = [h for h in header if h not in names and h.lower() not in STEP_KEYS + ("epoch",)]
+            why = f" (no numbers in: {', '.join(text)}; write plain numbers)" if text else ""
+            raise LrkitError(f"{source}: no loss-like column found{why}; columns: {', '.join(header) or '(none)'}; "
                              "choose one with --metric NAME (metric=NAME in Python)")
     notes = list(cols.notes)
     steps, values = cols[chosen]
