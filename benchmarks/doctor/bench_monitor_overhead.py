@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 import time
 
+import numpy as np
 import torch
 
 from lrkit.doctor import Monitor
@@ -66,6 +67,13 @@ def main() -> None:
     for i in range(n):
         s2.step(1.0 + 1.0 / (1 + i))
     per_plateau = (time.perf_counter() - t0) / n
+    # a run that crawls all along: a crawl event (with the shape model's "raise by about") every cooldown steps
+    crawl = 2.3 - 2e-5 * np.arange(n // 5) + 0.02 * np.random.default_rng(0).standard_normal(n // 5)
+    per_crawl = {}
+    for use_shape in (True, False):
+        m3, t0 = Monitor(use_shape=use_shape), time.perf_counter()
+        events = sum(len(m3.update(i, float(v), lr=1e-3, grad_norm=1.0)) for i, v in enumerate(crawl))
+        per_crawl[use_shape] = ((time.perf_counter() - t0) / len(crawl), events)
     ratio, params = UpdateRatio(model.parameters()), list(model.parameters())
     loss = torch.nn.functional.cross_entropy(model(x[:64]), y[:64])
     loss.backward()
@@ -88,6 +96,9 @@ def main() -> None:
     print(f"isolated cost per call: Monitor.update {per_update * 1e6:.2f} us "
           f"({per_update / med['bare']:.2%} of a bare step), ReduceLROnPlateau.step {per_plateau * 1e6:.2f} us "
           f"({per_plateau / med['bare']:.2%}); ratio {per_update / per_plateau:.1f}x")
+    print(f"a {len(crawl)}-step crawl ({per_crawl[True][1]} crawl events): Monitor.update {per_crawl[True][0] * 1e6:.2f} us "
+          f"per call with the shape model's factors ({per_crawl[True][0] / med['bare']:.2%} of a bare step), "
+          f"{per_crawl[False][0] * 1e6:.2f} us with fixed factors")
     print(f"update-to-weight ratio (UpdateRatio before + after) {per_ratio * 1e6:.1f} us ({per_ratio / med['bare']:.2%} "
           f"of a bare step); total gradient norm (clip_grad_norm_) {per_gn * 1e6:.1f} us "
           f"({per_gn / med['bare']:.2%}); ratio {per_ratio / per_gn:.1f}x")

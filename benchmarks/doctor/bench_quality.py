@@ -121,6 +121,30 @@ def tables(runs: list[dict], where: str, material: bool = True) -> None:
     table(runs, "eyeball", f"eyeballing rule, {where}")
 
 
+def live_factors(runs: list[dict], title: str) -> None:
+    """The live Monitor's first crawl event on the too-low runs: how far its "raise by about" lands from the best
+    lr (|log2|), from the shape model on the steps seen so far vs the fixed 10x / 3x (``use_shape=False``)."""
+    from lrkit.doctor import Monitor
+
+    err: dict[bool, list[float]] = {True: [], False: []}
+    steps = []
+    for r in (r for r in runs if r["label"] == "too_low"):
+        c = r["curve"]
+        for use_shape in (True, False):
+            m = Monitor(use_shape=use_shape)
+            ev = next((e for i in range(len(c)) for e in m.update(
+                i, c.values[i], lr=c.lrs[i], grad_norm=c.extra["grad_norm"][i],
+                update_ratio=c.extra.get("update_ratio", np.full(len(c), np.nan))[i]) if e.kind == "too_slow"), None)
+            if ev is not None:
+                err[use_shape].append(abs(np.log2(ev.factor) - np.log2(r["best_lr"] / r["lr"])))
+                steps.append(ev.step)
+    if err[True]:
+        a, b = np.array(err[True]), np.array(err[False])
+        print(f"live Monitor, {title}: first crawl event on {len(a)} too-low runs (median step {np.median(steps):.0f}); "
+              f"median |log2(factor x lr / best lr)| shape model {np.median(a):.2f} vs fixed factors {np.median(b):.2f}; "
+              f"within 2x of the best lr {np.mean(a <= 1):.0%} vs {np.mean(b <= 1):.0%}")
+
+
 KEYS = ("doctor", "doctor_factor", "doctor_kinds", "p", "rules", "rules_factor", "doctor_gn", "rules_gn", "doctor_loss_only", "eyeball")
 _SHARED: tuple = ()
 
@@ -184,6 +208,7 @@ def main() -> None:
         score(final)
         print(f"\nFINAL4 held-out tasks (never used to fit or choose anything): {sorted({r['task'] for r in final})}")
         tables(final, "FINAL4 held-out tasks, shipped model")
+        live_factors(final, "FINAL4 held-out tasks")
     if "--long" in sys.argv:  # the same tasks trained 5x longer: does the shape model carry over to longer runs?
         parts = glob.glob(make_curves.LONG_CACHE.replace(".npz", ".part*.npz"))
         if not parts and not os.path.exists(make_curves.LONG_CACHE):

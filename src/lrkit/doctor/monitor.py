@@ -41,12 +41,14 @@ class Monitor:
     event, default 500),
     ``check_after`` (updates before the crawl and plateau checks may fire, default 100), ``cooldown`` (steps
     before the same kind of event may fire again, default 100), ``window`` (the loss is a mean over this many steps, as in Hugging Face
-    logs: spikes then need no persistence), ``spike_action`` ("skip_batches" or "rollback").
+    logs: spikes then need no persistence), ``spike_action`` ("skip_batches" or "rollback"), ``use_shape`` (default
+    True: a crawl event's "raise by about" comes from the doctor's shape model on the steps seen so far, when they are
+    raw per-step losses; False: fixed 10x / 3x).
     """
 
     def __init__(self, *, beta: float = 0.98, patience: int = 500, min_delta: float = 0.01, check_after: int = 100,
                  cooldown: int = 100, window: int | None = None, spike_action: str = "skip_batches",
-                 **thresholds: float) -> None:
+                 use_shape: bool = True, **thresholds: float) -> None:
         bad = [k for k in thresholds if k not in Thresholds.__dataclass_fields__]
         if bad:
             raise LrkitError(f"unknown Monitor threshold(s) {bad}; choose from "
@@ -57,6 +59,8 @@ class Monitor:
         self.beta, self.patience, self.check_after, self.cooldown = float(beta), int(patience), int(check_after), \
             int(cooldown)
         self.window, self.spike_action, self.min_delta = window, spike_action, float(min_delta)
+        self.use_shape = bool(use_shape)
+        self._crawl_cache: list = []  # [history length, lr, factor, words] of the last shape estimate
         persistence = 1 if window else self.t.spike_persistence
         self._loss_spikes = SpikeDetector(z=self.t.spike_z, persistence=persistence)
         self._gn_spikes = SpikeDetector(z=self.t.spike_z, persistence=persistence, log=True)
@@ -119,14 +123,41 @@ class Monitor:
             if step - self._best_step >= self.patience and drop >= t.slow_drop:
                 self._fire(out, "plateau", step, f"no {self.min_delta:.0%} improvement of the smoothed loss "
                            f"({self._ref:.4g}) for {step - self._best_step} steps", "lower_lr", 0.5)
-            elif drop < t.flat_drop:
-                self._fire(out, "too_slow", step, f"after {self._n} steps the loss is flat ({init:.4g} -> {sm:.4g}): "
-                           "raise the lr about 10x", "raise_lr", 10.0)
-            elif drop < t.slow_drop:
-                factor = 10.0 if drop < 0.1 else 3.0
-                self._fire(out, "too_slow", step, f"after {self._n} steps the loss fell only {drop:.0%} "
-                           f"({init:.4g} -> {sm:.4g}): raise the lr about {factor:g}x", "raise_lr", factor)
+            elif drop < t.slow_drop and self._ready("too_slow", step):
+                factor, how = self._crawl_factor(10.0 if drop < 0.1 else 3.0)
+                what = f"is flat ({init:.4g} -> {sm:.4g})" if drop < t.flat_drop else \
+                    f"fell only {drop:.0%} ({init:.4g} -> {sm:.4g})"
+                self._fire(out, "too_slow", step, f"after {self._n} steps the loss {what}: raise the lr about "
+                           f"{factor:.2g}x{how}", "raise_lr", factor)
         return out
+
+    def _crawl_factor(self, default: float) -> tuple[float, str]:
+        """How much to raise the lr of a crawling run: the inverse of the shape model's lr / best-lr estimate for the
+        steps seen so far (clipped to 1.5..30x), else ``default``; with the words saying so. Runs only when a crawl
+        event fires, on raw per-step losses (not windowed means or a halved history); estimated again only once the
+        history has doubled or the lr changed, so a long crawl costs O(log steps) estimates, not one per event."""
+        if not self.use_shape or self.window or self._stride > 1:
+            return default, ""
+        hist, n = self._hist, min(len(h) for h in self._hist)
+        lr_now = hist[2][n - 1] if n else math.nan
+        cache = self._crawl_cache
+        if cache and n < 2 * cache[0] and (lr_now == cache[1] or not (math.isfinite(lr_now) or math.isfinite(cache[1]))):
+            return (cache[2], cache[3]) if cache[2] is not None else (default, "")
+        from lrkit.doctor.direction import predict_ratio, shape_features
+
+        k = self.t.shape_points  # a long history is read at this many evenly spaced steps, as the offline doctor does
+        idx = np.unique(np.linspace(0, n - 1, k).round().astype(np.int64)) if k and n > 2 * k else range(n)
+        _, loss, lr, gn, ur = (np.array([h[i] for i in idx], dtype=np.float64) for h in hist)  # O(k), not O(history)
+        sf = shape_features(loss, gn if np.isfinite(gn).any() else None, lr if np.isfinite(lr).all() else None,
+                            ur if np.isfinite(ur).any() else None)
+        try:
+            r = predict_ratio(sf) if sf is not None else math.inf
+        except LrkitError:  # no shape model installed: the fixed factor
+            r = math.inf
+        factor = float(np.clip(1.0 / r, 1.5, 30.0)) if r < 1.0 else None
+        how = f" (runs of this shape in lrkit's labelled set had about {r:.2g}x their best lr)" if factor else ""
+        self._crawl_cache = [n, lr_now, factor, how]
+        return (factor, how) if factor is not None else (default, "")
 
     def _ready(self, kind: str, now: int) -> bool:
         """Whether an event of this kind may fire now (cooldown, once per divergence); cheap, checked first."""
@@ -220,7 +251,7 @@ class Monitor:
         return {"thresholds": dict(self.t.__dict__), "beta": self.beta, "patience": self.patience,
                 "check_after": self.check_after, "cooldown": self.cooldown, "window": self.window,
                 "min_delta": self.min_delta, "ref": self._ref,
-                "spike_action": self.spike_action,
+                "spike_action": self.spike_action, "use_shape": self.use_shape, "crawl_cache": list(self._crawl_cache),
                 "loss_spikes": self._loss_spikes.state_dict(), "gn_spikes": self._gn_spikes.state_dict(),
                 "ema": [self._ema._avg, self._ema._n],
                 "n": self._n, "init": self._init, "first": list(self._first), "best": [self._best, self._best_step],
@@ -234,7 +265,7 @@ class Monitor:
         self.__init__(beta=state["beta"], patience=state["patience"], min_delta=state["min_delta"],
                       check_after=state["check_after"],
                       cooldown=state["cooldown"], window=state["window"], spike_action=state["spike_action"],
-                      **state["thresholds"])
+                      use_shape=state.get("use_shape", True), **state["thresholds"])
         self._loss_spikes.load_state_dict(state["loss_spikes"])
         self._gn_spikes.load_state_dict(state["gn_spikes"])
         self._ema._avg, self._ema._n = float(state["ema"][0]), int(state["ema"][1])
@@ -248,4 +279,5 @@ class Monitor:
             self._hist.append([math.nan] * len(self._hist[0]))
         self._stride = int(state["stride"])
         self._pending = [tuple(p) + (math.nan,) * (5 - len(p)) for p in state["pending"]]
+        self._crawl_cache = list(state.get("crawl_cache", []))
         self.events = [Event(**e) for e in state["events"]]
