@@ -153,6 +153,12 @@ def test_bad_shape_settings_and_a_missing_model_file_are_clear_errors(monkeypatc
         diagnose(c, shape_points=-3)
     with pytest.raises(LrkitError, match=r"shape_confidence is a share .* \[0, 1\]"):
         diagnose(c, shape_confidence=1.5)
+    with pytest.raises(LrkitError, match=r"blowup_confidence is a share .* \[0, 1\]"):
+        diagnose(c, blowup_confidence=-0.1)
+    from lrkit.doctor import Monitor
+
+    with pytest.raises(LrkitError, match="shape_points must be a whole number >= 0"):
+        Monitor(shape_points=-3)  # the live doctor checks the same settings
     monkeypatch.setattr(direction, "MODEL_PATH", str(tmp_path / "gone.npz"))
     direction.set_models(None)
     try:

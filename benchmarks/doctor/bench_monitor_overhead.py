@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from lrkit.doctor import Monitor
-from lrkit.integrations.torch_monitor import UpdateRatio
+from lrkit.integrations.torch_monitor import UpdateRatio, total_norm
 
 STEPS, REPEATS = 200, 15
 
@@ -77,7 +77,8 @@ def main() -> None:
     ratio, params = UpdateRatio(model.parameters()), list(model.parameters())
     loss = torch.nn.functional.cross_entropy(model(x[:64]), y[:64])
     loss.backward()
-    costs: dict[str, list[float]] = {"ratio": [], "gn": []}
+    costs: dict[str, list[float]] = {"ratio": [], "gn": [], "ours": [], "torch": []}
+    grads = [p.grad for p in params]
     for _ in range(REPEATS):
         t0 = time.perf_counter()
         for _ in range(STEPS):
@@ -88,6 +89,11 @@ def main() -> None:
         for _ in range(STEPS):
             torch.nn.utils.clip_grad_norm_(params, float("inf"))
         costs["gn"].append((time.perf_counter() - t0) / STEPS)
+        for key, norm in (("ours", total_norm), ("torch", torch.nn.utils.get_total_norm)):
+            t0 = time.perf_counter()
+            for _ in range(STEPS):
+                float(norm(grads))
+            costs[key].append((time.perf_counter() - t0) / STEPS)
     per_ratio, per_gn = statistics.median(costs["ratio"]), statistics.median(costs["gn"])
     print(f"MLP 64-256-256-10, batch 64, AdamW, 1 thread; medians of {REPEATS} interleaved blocks of {STEPS} steps")
     print(f"  bare step                      {med['bare'] * 1e6:8.1f} us")
@@ -102,6 +108,9 @@ def main() -> None:
     print(f"update-to-weight ratio (UpdateRatio before + after) {per_ratio * 1e6:.1f} us ({per_ratio / med['bare']:.2%} "
           f"of a bare step); total gradient norm (clip_grad_norm_) {per_gn * 1e6:.1f} us "
           f"({per_gn / med['bare']:.2%}); ratio {per_ratio / per_gn:.1f}x")
+    ours, theirs = statistics.median(costs["ours"]), statistics.median(costs["torch"])
+    print(f"total norm of the gradients: lrkit's total_norm {ours * 1e6:.1f} us, torch.nn.utils.get_total_norm "
+          f"{theirs * 1e6:.1f} us; ratio {ours / theirs:.2f}")
 
 
 if __name__ == "__main__":

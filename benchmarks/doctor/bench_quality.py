@@ -18,7 +18,6 @@ good, >= 80% on too-low.
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
 import time
@@ -28,7 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 import make_curves  # noqa: E402
 from fit_direction import dataset, fit, fit_ratio, ratio_dataset  # noqa: E402
-from labelled import EXPECTED, MATERIAL, _load, load  # noqa: E402
+from labelled import EXPECTED, MATERIAL, load, load_set  # noqa: E402
 
 from lrkit.curve import Curve  # noqa: E402
 from lrkit.doctor import diagnose, direction  # noqa: E402
@@ -89,7 +88,8 @@ def factors(runs: list[dict], title: str) -> None:
 
 
 def score(runs: list[dict]) -> None:
-    """Fill each run's calls: doctor (current models), doctor without grad norm, rules alone, eyeball."""
+    """Fill each run's calls: the doctor (current models) and the rules alone, each with every logged signal and with
+    the loss and grad norm only; the doctor on the loss only; the eyeballing rule."""
     for r in runs:
         c = r["curve"]
         d = diagnose(c)
@@ -107,11 +107,10 @@ def score(runs: list[dict]) -> None:
         r["eyeball"] = eyeball(c)
 
 
-def tables(runs: list[dict], where: str, material: bool = True) -> None:
+def tables(runs: list[dict], where: str) -> None:
     """The accuracy tables of every method on ``runs``."""
     table(runs, "doctor", f"lrkit doctor (loss, grad norm, update/weight ratio), {where}")
-    if material:
-        table([r for r in runs if r["material"]], "doctor", f"lrkit doctor, {where}, material labels")
+    table([r for r in runs if r["material"]], "doctor", f"lrkit doctor, {where}, material labels")
     table(runs, "doctor_gn", f"lrkit doctor, loss and grad norm (no update ratio logged), {where}")
     table(runs, "doctor_loss_only", f"lrkit doctor, loss only, {where}")
     print()
@@ -135,9 +134,9 @@ def live_factors(runs: list[dict], title: str) -> None:
             ev = next((e for i in range(len(c)) for e in m.update(
                 i, c.values[i], lr=c.lrs[i], grad_norm=c.extra["grad_norm"][i],
                 update_ratio=c.extra.get("update_ratio", np.full(len(c), np.nan))[i]) if e.kind == "too_slow"), None)
-            if ev is not None:
+            if ev is not None:  # both fire at the same step: only the factor differs
                 err[use_shape].append(abs(np.log2(ev.factor) - np.log2(r["best_lr"] / r["lr"])))
-                steps.append(ev.step)
+                steps += [ev.step] if use_shape else []
     if err[True]:
         a, b = np.array(err[True]), np.array(err[False])
         print(f"live Monitor, {title}: first crawl event on {len(a)} too-low runs (median step {np.median(steps):.0f}); "
@@ -175,10 +174,7 @@ def _parallel(fn, items: list, shared: tuple) -> list:
 
 def main() -> None:
     for name in make_curves.FITTING:
-        tasks, path, _ = make_curves.SETS[name]
-        parts = glob.glob(path.replace(".npz", ".part*.npz"))
-        if not os.path.exists(path) and not parts:
-            make_curves.generate(path, tasks)
+        make_curves.ensure(name)
     t0 = time.time()
     every = load(fresh=True, unlabelled=True)  # the ratio regressors also learn from the runs between the classes
     runs = [r for r in every if r["label"] is not None]
@@ -202,18 +198,15 @@ def main() -> None:
             for r in runs:
                 fh.write(json.dumps({k: r[k] for k in ("task", "seed", "lr", "best_lr", "label", "group", *KEYS)}) + "\n")
     if "--final" in sys.argv:  # the round's held-out tasks, scored with the shipped models
-        if not os.path.exists(make_curves.FINAL4_CACHE):
-            make_curves.generate(make_curves.FINAL4_CACHE, make_curves.FINAL4_TASKS)
-        final = _load(make_curves.FINAL4_CACHE, "--final4")
+        make_curves.ensure("final4")
+        final = load_set("final4")
         score(final)
         print(f"\nFINAL4 held-out tasks (never used to fit or choose anything): {sorted({r['task'] for r in final})}")
         tables(final, "FINAL4 held-out tasks, shipped model")
         live_factors(final, "FINAL4 held-out tasks")
     if "--long" in sys.argv:  # the same tasks trained 5x longer: does the shape model carry over to longer runs?
-        parts = glob.glob(make_curves.LONG_CACHE.replace(".npz", ".part*.npz"))
-        if not parts and not os.path.exists(make_curves.LONG_CACHE):
-            make_curves.generate(make_curves.LONG_CACHE, make_curves.LONG_TASKS)
-        long = [r for p in sorted(parts or [make_curves.LONG_CACHE]) for r in _load(p, "--long")]
+        make_curves.ensure("long")
+        long = load_set("long")
         score(long)
         for r in long:
             r["all_points"] = diagnose(r["curve"], shape_points=0).recommendation.action

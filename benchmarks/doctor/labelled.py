@@ -5,14 +5,13 @@ went NaN is worst). ``lr >= 4x best``: too high (the doctor should say lower); `
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from make_curves import CACHE, FITTING, HELD_OUT, SETS  # noqa: E402
+from make_curves import FITTING, HELD_OUT, flag, set_paths  # noqa: E402
 
 from lrkit.curve import Curve  # noqa: E402
 
@@ -37,13 +36,6 @@ def label(lr: float, best: float) -> str | None:
     return None
 
 
-def set_paths(name: str) -> list[str]:
-    """The cache file(s) of the curve set ``name`` of ``make_curves.SETS``: the file, or its parallel parts."""
-    path = SETS[name][1]
-    parts = sorted(p for p in glob.glob(path.replace(".npz", ".part*.npz")) if ".tmp." not in p)
-    return parts or [path]
-
-
 def load(fresh: bool = False, unlabelled: bool = False) -> list[dict]:
     """Every labelled run: dict(curve, label, task, seed, lr, best_lr, held_out, group, excess, material);
     ``excess`` is the share of the achievable descent the run's lr lost against the best lr (mean over seeds) and
@@ -51,13 +43,17 @@ def load(fresh: bool = False, unlabelled: bool = False) -> list[dict]:
     ``material`` says whether a too-high / too-low label costs something (excess > MATERIAL); ``fresh=True`` loads
     every set the shape model fits (``make_curves.FITTING``: group = the set's name; the earlier held-out sets each
     joined it once it had been scored), else only the first tasks (groups "tuning" and "held_out"). Only the FINAL4
-    tasks (``make_curves.FINAL4_CACHE``) are held out."""
-    out = _load(CACHE, "--force", unlabelled)
+    tasks are held out."""
+    out = load_set("curves", unlabelled)
     if fresh:
         for name in FITTING[1:]:
-            for path in set_paths(name):
-                out += [{**r, "group": name} for r in _load(path, "--" + name.replace("_", "-"), unlabelled)]
+            out += [{**r, "group": name} for r in load_set(name, unlabelled)]
     return out
+
+
+def load_set(name: str, unlabelled: bool = False) -> list[dict]:
+    """The labelled runs of one set of ``make_curves.SETS`` (all its cache parts)."""
+    return [r for path in set_paths(name) for r in _load(path, flag(name), unlabelled)]
 
 
 def _load(path: str, flag: str, unlabelled: bool = False) -> list[dict]:
@@ -72,8 +68,8 @@ def _load(path: str, flag: str, unlabelled: bool = False) -> list[dict]:
     for name in sorted(set(task.tolist())):
         grid = sorted(set(lr[task == name].tolist()))
         score = [np.mean([final_loss(loss[i]) for i in np.where((task == name) & (lr == g))[0]]) for g in grid]
-        best = float(grid[int(np.argmin(score))])
         ib = int(np.argmin(score))
+        best = float(grid[ib])
         start = np.mean([np.median(loss[i][:10]) for i in np.where((task == name) & (lr == grid[ib]))[0]])
         # the share of the achievable descent (start -> best final) this lr lost, averaged over the seeds
         excess = {g: (s - score[ib]) / max(start - score[ib], 1e-12) for g, s in zip(grid, score)}

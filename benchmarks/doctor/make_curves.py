@@ -10,6 +10,7 @@ loss, the gradient norm, the lr and the update-to-weight ratio ||w_t+1 - w_t|| /
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import time
 
@@ -21,8 +22,6 @@ def _cache(name: str) -> str:
     return os.path.join(os.path.dirname(__file__), ".cache", f"{name}.npz")
 
 
-CACHE = _cache("curves")
-FRESH_CACHE = _cache("fresh")  # the FRESH held-out tasks
 STEPS = 300
 BATCH = 32
 GRID = 2.0 ** np.arange(-17, 5)  # 7.6e-6 .. 16, factor 2 apart
@@ -206,41 +205,35 @@ FRESH_TASKS = [
     ("seq", "gru", "adam", 32), ("seq", "conv1d", "nesterov", 64), ("diabetes", "mlp_silu", "rmsprop_m", 16),
     ("moons", "mlp_bn", "nadam", 128),
 ]
-FRESH = {"|".join(map(str, t)) for t in FRESH_TASKS}
 # EXTRA fitting tasks for the shape model (added with it; used like the tasks above, never as held-out evidence)
 EXTRA_TASKS = [
     ("digits", "mlp_bn", "adam", 64), ("blobs", "resmlp_ln", "sgd", 32), ("cancer", "deep_tanh", "adamw", 16),
     ("friedman", "mlp", "rmsprop", 32), ("moons", "mlp", "momentum", 32), ("seq", "conv1d", "adamw", 32),
     ("wine", "linear", "nesterov", 16), ("diabetes", "resmlp_ln", "adagrad", 32),
 ]
-EXTRA_CACHE = _cache("extra")
 # more fitting tasks, added with the FINAL tasks folded into fitting once they had been scored (see FINAL2 below)
 EXTRA2_TASKS = [
     ("circles", "deep_tanh", "momentum", 32), ("classif", "mlp", "adagrad", 16), ("regress", "resmlp_ln", "adamw", 64),
     ("digits_seq", "conv1d", "adam", 32), ("moons", "mlp_silu", "sgd", 8), ("blobs", "mlp_bn", "rmsprop", 128),
     ("cancer", "resmlp_ln", "nadam", 32), ("friedman", "mlp_bn", "adamax", 16),
 ]
-EXTRA2_CACHE = _cache("extra2")
 # FINAL2 held-out tasks: new data, architectures and optimisers; generated before the second round of changes to the
 # shape model and scored once at its end (the FINAL tasks had been scored by then, so they joined the fitting set)
 FINAL2_TASKS = [
     ("quantiles", "wide", "radam", 32), ("hastie", "mlp_drop", "momentum5", 64), ("friedman3", "deep_tanh", "adam", 32),
     ("scurve", "wide", "nesterov", 16), ("digits", "mlp_drop", "adamw95", 32),
 ]
-FINAL2_CACHE = _cache("final2")
 # round 3: the FINAL2 tasks were folded into fitting after they had been scored, with these EXTRA3 fitting tasks
 EXTRA3_TASKS = [
     ("quantiles", "mlp_drop", "adam", 32), ("hastie", "wide", "adamw95", 32), ("scurve", "mlp", "radam", 32),
     ("friedman3", "wide", "momentum5", 16), ("digits", "wide", "rmsprop", 64), ("moons", "mlp_drop", "radam", 32),
     ("regress", "deep_tanh", "nadam", 32), ("circles", "wide", "adagrad", 64),
 ]
-EXTRA3_CACHE = _cache("extra3")
 # FINAL3 held-out tasks: new data again; scored once at the end of round 3
 FINAL3_TASKS = [
     ("iris", "mlp_bn", "adam", 16), ("sparse", "mlp_silu", "momentum", 32), ("lowrank", "wide", "adamax", 32),
     ("xor", "resmlp_ln", "rmsprop", 64), ("xor", "deep_tanh", "sgd_wd", 32),
 ]
-FINAL3_CACHE = _cache("final3")
 # SCHED: warmup + cosine runs (the lr logged at every step; labels from the peak lr); SCHED fits, FINAL_SCHED holds out
 SCHED_TASKS = [
     ("digits", "mlp", "adamw", 32, 300, "cos"), ("blobs", "resmlp_ln", "momentum", 32, 300, "cos"),
@@ -248,30 +241,25 @@ SCHED_TASKS = [
     ("seq", "conv1d", "adamw", 32, 300, "cos"), ("cancer", "deep_tanh", "rmsprop", 16, 300, "cos"),
     ("hastie", "wide", "nadam", 64, 300, "cos"), ("regress", "mlp_silu", "momentum5", 32, 300, "cos"),
 ]
-SCHED_CACHE = _cache("sched")
 FINAL_SCHED_TASKS = [
     ("iris", "wide", "adam", 16, 300, "cos"), ("xor", "mlp_bn", "momentum", 32, 300, "cos"),
     ("lowrank", "resmlp_ln", "adamw95", 32, 300, "cos"),
 ]
-FINAL_SCHED_CACHE = _cache("final_sched")
 # LONG runs: 1500 steps instead of 300 (a check that the doctor's shape model carries over to longer runs; the grid's
 # best lr is judged at 1500 steps); tasks from the fitting set, so only the horizon is new
 LONG_TASKS = [("digits", "mlp", "adam", 32, 1500), ("blobs", "mlp", "sgd", 32, 1500)]
-LONG_CACHE = _cache("long")
 # FINAL held-out tasks: generated and scored once, after the direction model had been fitted on everything above
 # (tuning, held-out and FRESH tasks had all been looked at by then); new data, architectures and optimiser settings.
 FINAL_TASKS = [
     ("classif", "resmlp_ln", "momentum", 32), ("circles", "mlp_silu", "adamw", 64), ("regress", "mlp_bn", "sgd", 32),
     ("digits_seq", "gru", "rmsprop", 32), ("wine", "deep_tanh", "adamax", 16),
 ]
-FINAL_CACHE = _cache("final")
 # FINAL4 held-out tasks (round 5, with the update-to-weight ratio logged): two new data sets and new combinations,
 # one of them warmup+cosine; defined and generated before any round-5 change and scored once at its end
 FINAL4_TASKS = [
     ("swiss", "mlp_silu", "adamw", 32), ("blobs8", "deep_tanh", "nadam", 16), ("swiss", "resmlp_ln", "momentum", 64),
     ("classif", "wide", "sgd", 16), ("wine", "resmlp_ln", "radam", 16), ("blobs8", "mlp", "adamw95", 32, 300, "cos"),
 ]
-FINAL4_CACHE = _cache("final4")
 
 
 def schedule(peak: float, steps: int, kind: str | None) -> np.ndarray:
@@ -328,34 +316,54 @@ def run(data: str, arch: str, opt: str, lr: float, seed: int, batch: int = BATCH
     return losses, gnorms, lrs, ratios
 
 
-# every set of curves: flag name -> (tasks, cache, what it is for)
+# every set of curves: flag name -> (tasks, what it is for); cached in .cache/<name>.npz (or its --part slices)
 SETS = {
-    "curves": (TASKS, CACHE, "the first tuning and held-out tasks (the default)"),
-    "fresh": (FRESH_TASKS, FRESH_CACHE, "the FRESH tasks"),
-    "extra": (EXTRA_TASKS, EXTRA_CACHE, "the EXTRA fitting tasks"),
-    "extra2": (EXTRA2_TASKS, EXTRA2_CACHE, "the EXTRA2 fitting tasks"),
-    "extra3": (EXTRA3_TASKS, EXTRA3_CACHE, "the EXTRA3 fitting tasks"),
-    "sched": (SCHED_TASKS, SCHED_CACHE, "the warmup+cosine fitting tasks"),
-    "final": (FINAL_TASKS, FINAL_CACHE, "the FINAL tasks (scored in round 1, then fitted on)"),
-    "final2": (FINAL2_TASKS, FINAL2_CACHE, "the FINAL2 tasks (scored in round 2, then fitted on)"),
-    "final3": (FINAL3_TASKS, FINAL3_CACHE, "the FINAL3 held-out tasks"),
-    "final_sched": (FINAL_SCHED_TASKS, FINAL_SCHED_CACHE, "the warmup+cosine held-out tasks"),
-    "long": (LONG_TASKS, LONG_CACHE, "the 1500-step LONG runs"),
-    "final4": (FINAL4_TASKS, FINAL4_CACHE, "the FINAL4 held-out tasks (round 5)"),
+    "curves": (TASKS, "the first tuning and held-out tasks (the default)"),
+    "fresh": (FRESH_TASKS, "the FRESH tasks"),
+    "extra": (EXTRA_TASKS, "the EXTRA fitting tasks"),
+    "extra2": (EXTRA2_TASKS, "the EXTRA2 fitting tasks"),
+    "extra3": (EXTRA3_TASKS, "the EXTRA3 fitting tasks"),
+    "sched": (SCHED_TASKS, "the warmup+cosine fitting tasks"),
+    "final": (FINAL_TASKS, "the FINAL tasks (scored in round 1, then fitted on)"),
+    "final2": (FINAL2_TASKS, "the FINAL2 tasks (scored in round 2, then fitted on)"),
+    "final3": (FINAL3_TASKS, "the FINAL3 tasks (scored in round 3, then fitted on)"),
+    "final_sched": (FINAL_SCHED_TASKS, "the warmup+cosine FINAL_SCHED tasks (scored in round 4, then fitted on)"),
+    "long": (LONG_TASKS, "the 1500-step LONG runs"),
+    "final4": (FINAL4_TASKS, "the FINAL4 held-out tasks (round 5)"),
 }
 # what the shape model fits (each FINAL set joined once it had been scored; FINAL4 is the held-out set of round 5)
 FITTING = ("curves", "fresh", "extra", "extra2", "extra3", "sched", "final", "final2", "final3", "final_sched")
 
 
+def flag(name: str) -> str:
+    """The command-line flag that generates the set ``name`` (none for the default set)."""
+    return "" if name == "curves" else "--" + name.replace("_", "-")
+
+
+def set_paths(name: str) -> list[str]:
+    """The cache file(s) of the set ``name``: its file, or the parallel parts ``make_curves.py --part`` wrote."""
+    path = _cache(name)
+    parts = sorted(p for p in glob.glob(path.replace(".npz", ".part*.npz")) if ".tmp." not in p)
+    return parts or [path]
+
+
+def ensure(name: str) -> list[str]:
+    """The cache file(s) of the set ``name``, generated first if there are none."""
+    paths = set_paths(name)
+    if not os.path.exists(paths[0]):
+        generate(paths[0], SETS[name][0])
+    return paths
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--force", action="store_true")
-    for name, (_, path, what) in list(SETS.items())[1:]:
-        ap.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_true",
-                        help=f"generate {what} (into .cache/{os.path.basename(path)})")
+    for name, (_, what) in list(SETS.items())[1:]:
+        ap.add_argument(flag(name), dest=name, action="store_true", help=f"generate {what} (into .cache/{name}.npz)")
     ap.add_argument("--part", default=None, help="K/N: only the K-th of N slices of the tasks (parallel runs)")
     args = ap.parse_args()
-    tasks, path, _ = SETS[next((k for k in list(SETS)[1:] if getattr(args, k)), "curves")]
+    name = next((k for k in list(SETS)[1:] if getattr(args, k)), "curves")
+    tasks, path = SETS[name][0], _cache(name)
     if args.part:
         k, n = map(int, args.part.split("/"))
         tasks, path = tasks[k::n], path.replace(".npz", f".part{k}.npz")

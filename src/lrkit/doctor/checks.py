@@ -44,6 +44,16 @@ class Thresholds:
     blowup_confidence: float = 0.7  # the vote that overrules an early blow-up the run recovered from (ended lower)
     shape_points: int = 300  # longer curves are read at this many evenly spaced points by the shape model (0: all)
 
+    def __post_init__(self) -> None:
+        """Settings of the shape model that are out of their range: a clear error (for diagnose and the Monitor)."""
+        if not (isinstance(self.shape_points, int) and self.shape_points >= 0):
+            raise LrkitError(f"shape_points must be a whole number >= 0 (0: read every point), got "
+                             f"{self.shape_points!r}")
+        for name in ("shape_confidence", "shape_confidence_loss_only", "blowup_confidence"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise LrkitError(f"{name} is a share of the shape model's vote: give a number in [0, 1], "
+                                 f"got {getattr(self, name)!r}")
+
 
 @dataclass
 class Finding:
@@ -240,12 +250,6 @@ def diagnose(curve: Curve, thresholds: Thresholds | None = None, use_shape: bool
         if bad:
             raise LrkitError(f"unknown threshold(s) {bad}; choose from {list(Thresholds.__dataclass_fields__)}")
         t = Thresholds(**{**t.__dict__, **overrides})
-    if not (isinstance(t.shape_points, int) and t.shape_points >= 0):
-        raise LrkitError(f"shape_points must be a whole number >= 0 (0: read every point), got {t.shape_points!r}")
-    for name in ("shape_confidence", "shape_confidence_loss_only", "blowup_confidence"):
-        if not 0.0 <= getattr(t, name) <= 1.0:
-            raise LrkitError(f"{name} is a share of the shape model's vote: give a number in [0, 1], "
-                             f"got {getattr(t, name)!r}")
     c, notes = prepare(curve)
     metric = c.name
     if len(c) < 8 and np.isfinite(c.values).all():
@@ -380,7 +384,7 @@ def _shape_call(c: Curve, ys: np.ndarray, ss: np.ndarray, valid: int, f: dict[st
 
     Applies to finite runs; a logged lr schedule enters by its shape (warmup and decay; the model was fitted on
     constant and warmup+cosine runs)."""
-    from lrkit.doctor.direction import SIGNALS, predict, predict_ratio, shape_features
+    from lrkit.doctor.direction import SIGNALS, predict, predict_ratio, sample_index, shape_features
 
     # an early blow-up the run recovered from (it ended below its start) is also the shape of RMSprop/Adam's first
     # steps at a good lr: the model, which reads the early peak, may overrule it when very sure the lr is not too high
@@ -388,17 +392,10 @@ def _shape_call(c: Curve, ys: np.ndarray, ss: np.ndarray, valid: int, f: dict[st
     hard = [x for x in findings if x.kind in ("diverging", "spiking") and x not in blowup or "instant" in x.data]
     if valid < len(c) or "init" not in f or hard or (blowup and not f["final"] < f["init"]):
         return
-    lrs = c.lrs[:valid] if c.lrs is not None and np.isfinite(c.lrs[:valid]).all() else None
-    side = {k: (v[:valid] if v is not None and v.shape == c.values.shape else None)
+    idx = sample_index(valid, t.shape_points)  # a long run is read like the runs the model was fitted on
+    side = {k: (v[idx] if v is not None and v.shape == c.values.shape else None)
             for k in ("grad_norm", "update_ratio") for v in [c.extra.get(k)]}
-    y = ys
-    if t.shape_points and valid > 2 * t.shape_points:
-        # a long run, read like the runs the model was fitted on: every k-th logged point (single-batch values
-        # keep their noise, where bin means would hide it)
-        idx = np.unique(np.linspace(0, valid - 1, int(t.shape_points)).round().astype(np.int64))
-        y, lrs = ys[idx], (lrs[idx] if lrs is not None else None)
-        side = {k: (v[idx] if v is not None else None) for k, v in side.items()}
-    sf = shape_features(y, side["grad_norm"], lrs, side["update_ratio"])
+    sf = shape_features(ys[idx], side["grad_norm"], c.lrs[idx] if c.lrs is not None else None, side["update_ratio"])
     if sf is None:
         return
     probs, model = predict(sf)

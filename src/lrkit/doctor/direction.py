@@ -33,6 +33,15 @@ SIGNALS = {"with_ur": "loss, gradient norm and update/weight ratio", "loss_ur": 
            "with_gn": "loss and gradient norm", "loss_only": "loss"}
 
 
+def sample_index(n: int, points: int) -> np.ndarray:
+    """The indices at which the shape model reads a curve of ``n`` points: ``points`` evenly spaced ones when the curve
+    is longer than twice that (the model was fitted on runs of 300 steps; single values keep their batch noise, where
+    bin means would hide it), else every point (also for ``points`` 0)."""
+    if points and n > 2 * points:
+        return np.unique(np.linspace(0, n - 1, int(points)).round().astype(np.int64))
+    return np.arange(n)
+
+
 def _level(y: np.ndarray, i0: int, i1: int) -> float:
     return float(np.median(y[max(i0, 0): max(i1, i0 + 1)]))
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from lrkit.curve import EMA, Curve, SpikeDetector
-from lrkit.doctor.checks import MAX_POINTS, Diagnosis, Thresholds, diagnose
+from lrkit.doctor.checks import MAX_POINTS, Diagnosis, Thresholds, _factor, diagnose
 from lrkit.errors import LrkitError
 
 ACTIONS = ("warn", "rollback", "lower_lr", "raise_lr", "skip_batches")
@@ -60,7 +60,7 @@ class Monitor:
             int(cooldown)
         self.window, self.spike_action, self.min_delta = window, spike_action, float(min_delta)
         self.use_shape = bool(use_shape)
-        self._crawl_cache: list = []  # [history length, lr, factor, words] of the last shape estimate
+        self._crawl_cache: list = []  # [history length, lr, lr / best-lr estimate] of the last shape estimate
         persistence = 1 if window else self.t.spike_persistence
         self._loss_spikes = SpikeDetector(z=self.t.spike_z, persistence=persistence)
         self._gn_spikes = SpikeDetector(z=self.t.spike_z, persistence=persistence, log=True)
@@ -132,32 +132,29 @@ class Monitor:
         return out
 
     def _crawl_factor(self, default: float) -> tuple[float, str]:
-        """How much to raise the lr of a crawling run: the inverse of the shape model's lr / best-lr estimate for the
-        steps seen so far (clipped to 1.5..30x), else ``default``; with the words saying so. Runs only when a crawl
-        event fires, on raw per-step losses (not windowed means or a halved history); estimated again only once the
-        history has doubled or the lr changed, so a long crawl costs O(log steps) estimates, not one per event."""
+        """How much to raise the lr of a crawling run (:func:`~lrkit.doctor.checks._factor` of the shape model's lr /
+        best-lr estimate for the steps seen so far, else ``default``), with the words saying so. Asked when a crawl
+        event fires, on raw per-step losses (not windowed means or a halved history), and again only once the history
+        has doubled or the lr changed, so a long crawl costs O(log steps) estimates, not one per event."""
         if not self.use_shape or self.window or self._stride > 1:
             return default, ""
         hist, n = self._hist, min(len(h) for h in self._hist)
-        lr_now = hist[2][n - 1] if n else math.nan
-        cache = self._crawl_cache
-        if cache and n < 2 * cache[0] and (lr_now == cache[1] or not (math.isfinite(lr_now) or math.isfinite(cache[1]))):
-            return (cache[2], cache[3]) if cache[2] is not None else (default, "")
-        from lrkit.doctor.direction import predict_ratio, shape_features
+        lr_now = hist[2][n - 1]
+        cache = self._crawl_cache  # [history length, lr, lr / best-lr estimate] when last asked
+        same_lr = cache and (lr_now == cache[1] or math.isnan(lr_now) and math.isnan(cache[1]))
+        if not (same_lr and n < 2 * cache[0]):
+            from lrkit.doctor.direction import predict_ratio, sample_index, shape_features
 
-        k = self.t.shape_points  # a long history is read at this many evenly spaced steps, as the offline doctor does
-        idx = np.unique(np.linspace(0, n - 1, k).round().astype(np.int64)) if k and n > 2 * k else range(n)
-        _, loss, lr, gn, ur = (np.array([h[i] for i in idx], dtype=np.float64) for h in hist)  # O(k), not O(history)
-        sf = shape_features(loss, gn if np.isfinite(gn).any() else None, lr if np.isfinite(lr).all() else None,
-                            ur if np.isfinite(ur).any() else None)
-        try:
-            r = predict_ratio(sf) if sf is not None else math.inf
-        except LrkitError:  # no shape model installed: the fixed factor
-            r = math.inf
-        factor = float(np.clip(1.0 / r, 1.5, 30.0)) if r < 1.0 else None
-        how = f" (runs of this shape in lrkit's labelled set had about {r:.2g}x their best lr)" if factor else ""
-        self._crawl_cache = [n, lr_now, factor, how]
-        return (factor, how) if factor is not None else (default, "")
+            # the history read at the shape model's points, O(points) rather than O(history)
+            _, loss, lr, gn, ur = (np.array([h[i] for i in sample_index(n, self.t.shape_points)], dtype=np.float64)
+                                   for h in hist)
+            sf = shape_features(loss, gn, lr, ur)
+            try:
+                r = predict_ratio(sf) if sf is not None else math.inf
+            except LrkitError:  # no shape model installed: the fixed factor
+                r = math.inf
+            self._crawl_cache = cache = [n, lr_now, r]
+        return _factor({"lr_over_best": cache[2]}, default, lower=False)
 
     def _ready(self, kind: str, now: int) -> bool:
         """Whether an event of this kind may fire now (cooldown, once per divergence); cheap, checked first."""

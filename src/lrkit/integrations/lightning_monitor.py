@@ -16,11 +16,10 @@ from lrkit.errors import missing_extra
 
 try:
     import lightning.pytorch as pl
-    import torch
 except ImportError as e:  # pragma: no cover - exercised only without lightning
     raise missing_extra(e.name or "lightning", "lightning") from e
 
-from lrkit.integrations.torch_monitor import Snapshots, UpdateRatio, handle, resolve_actions
+from lrkit.integrations.torch_monitor import Snapshots, UpdateRatio, handle, resolve_actions, total_norm
 
 
 class LrMonitorCallback(pl.Callback):
@@ -63,8 +62,7 @@ class LrMonitorCallback(pl.Callback):
             self._ratio.before()
         if self.track_grad_norm:
             grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-            self._gn = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))\
-                if grads else None
+            self._gn = total_norm(grads) if grads else None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -63,6 +63,12 @@ def scale_lr(optimizer: Any, factor: float, scheduler: Any = None) -> None:
         scheduler.base_lrs = [b * factor for b in scheduler.base_lrs]
 
 
+def total_norm(tensors: Iterable[torch.Tensor]) -> float:
+    """The 2-norm of tensors taken together, in float32 at least (a bf16 step's tiny change would round away): a stack
+    of per-tensor norms, cheaper on CPU than ``torch.nn.utils.get_total_norm`` (``bench_monitor_overhead.py``)."""
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors])))
+
+
 class UpdateRatio:
     """The update-to-weight ratio of one optimiser step, ||w_after - w_before|| / ||w_before|| over all trainable
     parameters: call :meth:`before` before ``optimizer.step()`` and :meth:`after` after it. Costs one copy of the
@@ -82,9 +88,8 @@ class UpdateRatio:
         if self._before is None:
             return None
         with torch.no_grad():
-            moved = torch.stack([torch.linalg.vector_norm((p - b).float()) for p, b in zip(self.params, self._before)])
-            size = torch.stack([torch.linalg.vector_norm(b.float()) for b in self._before])
-            num, den = float(torch.linalg.vector_norm(moved)), float(torch.linalg.vector_norm(size))
+            num = total_norm(p - b for p, b in zip(self.params, self._before))
+            den = total_norm(self._before)
         self._before = None
         return num / den if den > 0 else None
 
