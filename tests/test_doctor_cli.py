@@ -77,6 +77,7 @@ def test_several_runs_are_ranked(tmp_path, capsys):
 @pytest.mark.parametrize("content,msg", [
     ("", "empty"),
     ("step,acc\n1,0.5\n", "no loss-like column found; columns: step, acc"),
+    ("step,loss\n1,tensor(2.3)\n", "no loss-like column found (no numbers in: loss; write plain numbers)"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, capsys, content, msg):
     p = tmp_path / "bad.csv"
