@@ -77,6 +77,30 @@ def test_early_blowup_is_divergence():
     assert diagnose(Curve(T, y)).verdict == "diverging"
 
 
+def _hard_stretch(n=300, seed=7):
+    """A run at a far too low lr: flat batch noise with a stretch of hard batches early (steps 20-80, 3.5x)."""
+    y = 1.0 + 0.1 * np.random.default_rng(seed).standard_normal(n)
+    y[20:80] = 3.5 + 0.1 * np.random.default_rng(seed + 1).standard_normal(60)
+    return y
+
+
+def test_a_rise_while_the_weights_barely_moved_is_batch_noise_not_divergence():
+    """An early "blow-up" while the update ratios summed to under still_weights (the weights moved < 5%) is batch
+    noise; the same loss with weights that moved is divergence. A logged ratio stands for the steps since the last."""
+    y = _hard_stretch()
+    n = len(y)
+    for ur, every, diverges in ((1e-5, 1, False), (5e-4, 1, False), (5e-4, 10, True), (5e-3, 1, True)):
+        c = Curve(np.arange(n) * every, y, extra={"update_ratio": np.full(n, ur)})
+        d = diagnose(c, use_shape=False)
+        assert (d.verdict == "diverging") == diverges, (ur, every)
+        # the movement by the end: every ratio times the steps it stands for (closed form for a constant ratio)
+        assert d.stats["moved"] == pytest.approx(n * ur * every, rel=1e-9)
+        assert any("batch noise, not the lr" in x for x in d.notes) != diverges
+    assert diagnose(Curve(np.arange(n), y), use_shape=False).verdict == "diverging"  # no ratio logged: as before
+    with pytest.raises(LrkitError, match="still_weights"):
+        diagnose(Curve(np.arange(n), y), still_weights=-1.0)
+
+
 def test_oscillation():
     rng = np.random.default_rng(6)
     # bouncing across the valley: swings (period 7 steps) larger than the progress made

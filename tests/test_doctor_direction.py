@@ -30,6 +30,22 @@ def test_numpy_forest_matches_sklearn_regressor():
     np.testing.assert_allclose(direction.forest_proba(model, Xt)[:, 0], forest.predict(Xt), atol=1e-12)
 
 
+@pytest.mark.parametrize("classes", [3, 2])
+def test_numpy_boosted_trees_match_sklearn_predict_proba(classes):
+    """Gradient-boosted trees (the shipped direction classifiers): the numpy softmax / logistic of the summed leaf
+    scores equals scikit-learn's predict_proba, missing values included (they follow each split's learnt side)."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((500, 5))
+    y = (X[:, 0] + 0.5 * X[:, 1] ** 2 > 0.3).astype(int) + (X[:, 2] > 0.8).astype(int) * (classes - 2)
+    X[rng.random(X.shape) < 0.05] = np.nan
+    hgb = sklearn_ensemble.HistGradientBoostingClassifier(max_iter=30, max_depth=3, random_state=0).fit(X, y)
+    model = direction.export_forest(hgb, [f"f{i}" for i in range(5)])
+    Xt = rng.standard_normal((60, 5))
+    Xt[rng.random(Xt.shape) < 0.1] = np.nan
+    assert len(model["classes"]) == classes
+    np.testing.assert_allclose(direction.forest_proba(model, Xt), hgb.predict_proba(Xt), atol=1e-10)
+
+
 def test_shipped_models_load_and_give_probabilities():
     models = direction.load_models()
     for name, feats in direction.VARIANTS.items():

@@ -62,6 +62,11 @@ def main() -> None:
     for i in range(n):
         m2.update(i, 1.0 + 1.0 / (1 + i), lr=1e-3, grad_norm=1.0)
     per_update = (time.perf_counter() - t0) / n
+    m2u = Monitor()  # with the update ratio too (it also sums the weights' movement)
+    t0 = time.perf_counter()
+    for i in range(n):
+        m2u.update(i, 1.0 + 1.0 / (1 + i), lr=1e-3, grad_norm=1.0, update_ratio=1e-3)
+    per_update_ur = (time.perf_counter() - t0) / n
     s2 = torch.optim.lr_scheduler.ReduceLROnPlateau(torch.optim.SGD([torch.zeros(1)], lr=0.1), patience=10**9)
     t0 = time.perf_counter()
     for i in range(n):
@@ -101,7 +106,8 @@ def main() -> None:
     print(f"  + torch ReduceLROnPlateau.step {med['plateau'] * 1e6:8.1f} us  ({med['plateau'] / med['bare'] - 1:+.2%})")
     print(f"isolated cost per call: Monitor.update {per_update * 1e6:.2f} us "
           f"({per_update / med['bare']:.2%} of a bare step), ReduceLROnPlateau.step {per_plateau * 1e6:.2f} us "
-          f"({per_plateau / med['bare']:.2%}); ratio {per_update / per_plateau:.1f}x")
+          f"({per_plateau / med['bare']:.2%}); ratio {per_update / per_plateau:.1f}x; Monitor.update with the update "
+          f"ratio {per_update_ur * 1e6:.2f} us ({per_update_ur / med['bare']:.2%})")
     print(f"a {len(crawl)}-step crawl ({per_crawl[True][1]} crawl events): Monitor.update {per_crawl[True][0] * 1e6:.2f} us "
           f"per call with the shape model's factors ({per_crawl[True][0] / med['bare']:.2%} of a bare step), "
           f"{per_crawl[False][0] * 1e6:.2f} us with fixed factors")

@@ -1,15 +1,17 @@
 """Quality of the doctor's direction (raise / lower / keep) on real curves over lr grids.
 
 Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about 8
-minutes on 2 cores after that). ``--final`` also scores the FINAL4 held-out tasks with the shipped model, ``--long``
-the 1500-step runs (``make_curves.py --long``); ``--dump FILE`` writes every run's calls as JSON lines.
+minutes on 2 cores after that). ``--final`` also scores the FINAL5 held-out tasks with the shipped model, ``--long``
+the 1500-step runs (``make_curves.py --long``); ``--dump FILE`` writes every run's calls as JSON lines;
+``--no-loto`` skips the leave-one-task-out tables (only --final / --long, with the shipped model);
+``--forest`` scores leave-one-task-out with the random-forest classifiers of rounds 1-5 instead of the boosted trees.
 
 The doctor = threshold rules (NaN, blow-up, climb-back, spikes) + a small fitted shape model
-(:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 66 tasks
-(11 of them warmup+cosine; ``fit_direction.py``), so its accuracy on those is reported **leave-one-task-out**: each
+(:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 72 tasks
+(12 of them warmup+cosine; ``fit_direction.py``), so its accuracy on those is reported **leave-one-task-out**: each
 task's curves are diagnosed by forests fitted without that task. Every run logs the loss, the gradient norm and the
 update-to-weight ratio; the doctor is scored with all three and as if the log had only the loss and gradient norm, or
-only the loss. The FINAL4 tasks were never used to fit or choose anything (the FINAL..FINAL3 and FINAL_SCHED sets
+only the loss. The FINAL5 tasks were never used to fit or choose anything (the FINAL..FINAL4 and FINAL_SCHED sets
 were each scored once, then folded into fitting). Side by side, on the same curves: the threshold rules alone (the
 doctor before the shape model) and the eyeballing rule users apply by hand (NaN or ended above the start: lower;
 fell < 30%: raise; else keep), since no library offers an lr doctor to compare with. Targets: >= 90% on too-high and
@@ -22,11 +24,13 @@ import os
 import sys
 import time
 
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # one process per core fits the boosted trees (no thread oversubscription)
+
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import make_curves  # noqa: E402
-from fit_direction import dataset, fit, fit_ratio, ratio_dataset  # noqa: E402
+from fit_direction import dataset, fit, fit_forest, fit_ratio, ratio_dataset  # noqa: E402
 from labelled import EXPECTED, MATERIAL, load, load_set  # noqa: E402
 
 from lrkit.curve import Curve  # noqa: E402
@@ -172,17 +176,17 @@ def _parallel(fn, items: list, shared: tuple) -> list:
         return pool.map(fn, items, chunksize=1)
 
 
-def main() -> None:
+def loto_tables() -> None:
+    """Leave-one-task-out over every fitting set: the accuracy tables (``--dump FILE``: every run's calls)."""
     for name in make_curves.FITTING:
         make_curves.ensure(name)
-    t0 = time.time()
     every = load(fresh=True, unlabelled=True)  # the ratio regressors also learn from the runs between the classes
     runs = [r for r in every if r["label"] is not None]
     tasks = sorted({r["task"] for r in runs})
     print(f"{len(runs)} labelled curves from {len(tasks)} fitting tasks, 300 steps each")
     fitting = {}  # model name -> (X, target, task of each row, feature names, fitter)
     for name, fs in direction.VARIANTS.items():
-        fitting[name] = (*dataset(runs, fs)[:3], fs, fit)
+        fitting[name] = (*dataset(runs, fs)[:3], fs, fit_forest if "--forest" in sys.argv else fit)
         fitting[f"ratio_{name}"] = (*ratio_dataset(every, fs), fs, fit_ratio)
     calls = _parallel(_loto_task, tasks, (fitting, runs))
     for task, scored in zip(tasks, calls):
@@ -197,13 +201,19 @@ def main() -> None:
         with open(sys.argv[sys.argv.index("--dump") + 1], "w") as fh:
             for r in runs:
                 fh.write(json.dumps({k: r[k] for k in ("task", "seed", "lr", "best_lr", "label", "group", *KEYS)}) + "\n")
+
+
+def main() -> None:
+    t0 = time.time()
+    if "--no-loto" not in sys.argv:
+        loto_tables()
     if "--final" in sys.argv:  # the round's held-out tasks, scored with the shipped models
-        make_curves.ensure("final4")
-        final = load_set("final4")
+        make_curves.ensure("final5")
+        final = load_set("final5")
         score(final)
-        print(f"\nFINAL4 held-out tasks (never used to fit or choose anything): {sorted({r['task'] for r in final})}")
-        tables(final, "FINAL4 held-out tasks, shipped model")
-        live_factors(final, "FINAL4 held-out tasks")
+        print(f"\nFINAL5 held-out tasks (never used to fit or choose anything): {sorted({r['task'] for r in final})}")
+        tables(final, "FINAL5 held-out tasks, shipped model")
+        live_factors(final, "FINAL5 held-out tasks")
     if "--long" in sys.argv:  # the same tasks trained 5x longer: does the shape model carry over to longer runs?
         make_curves.ensure("long")
         long = load_set("long")

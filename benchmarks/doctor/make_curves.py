@@ -116,6 +116,17 @@ def _clean_data(name: str):
     if name == "blobs8":  # 8 overlapping Gaussian blobs in 16 dimensions
         x, y = datasets.make_blobs(n_samples=3000, n_features=16, centers=8, cluster_std=4.0, random_state=13)
         return StandardScaler().fit_transform(x), y, "clf"
+    if name == "spiral":  # three interleaved noisy spiral arms in 2-d, plus their squares and 4 distractors
+        rng = np.random.default_rng(14)
+        t = rng.uniform(0.25, 1.0, 3000) * 3 * np.pi
+        arm = rng.integers(0, 3, 3000)
+        ang = t + arm * 2 * np.pi / 3
+        xy = np.c_[t * np.cos(ang), t * np.sin(ang)] + rng.normal(0, 0.6, (3000, 2))
+        x = np.c_[xy, xy ** 2, rng.standard_normal((3000, 4))]
+        return StandardScaler().fit_transform(x), arm, "clf"
+    if name == "friedman2":
+        x, y = datasets.make_friedman2(n_samples=3000, noise=0.1, random_state=15)
+        return StandardScaler().fit_transform(x), (y - y.mean()) / y.std(), "reg"
     if name == "friedman":
         x, y = datasets.make_friedman1(n_samples=2000, noise=0.5, random_state=0)
         return x, (y - y.mean()) / y.std(), "reg"
@@ -261,6 +272,14 @@ FINAL4_TASKS = [
     ("classif", "wide", "sgd", 16), ("wine", "resmlp_ln", "radam", 16), ("blobs8", "mlp", "adamw95", 32, 300, "cos"),
 ]
 
+# FINAL5 held-out tasks (round 6): two new data sets, norm-layer nets with Adam-family optimisers (where round 5 missed
+# most), one warmup+cosine; defined and generated before any round-6 change and scored once at its end
+FINAL5_TASKS = [
+    ("spiral", "mlp_silu", "adam", 32), ("friedman2", "mlp_bn", "adamw", 32), ("spiral", "resmlp_ln", "nadam", 32),
+    ("friedman2", "wide", "momentum", 16), ("quantiles", "deep_tanh", "rmsprop", 64),
+    ("spiral", "mlp_bn", "sgd_wd", 32, 300, "cos"),
+]
+
 
 def schedule(peak: float, steps: int, kind: str | None) -> np.ndarray:
     """The lr at every step: constant, or "cos": 5% linear warmup from 10% of the peak, then cosine to 10%."""
@@ -329,10 +348,12 @@ SETS = {
     "final3": (FINAL3_TASKS, "the FINAL3 tasks (scored in round 3, then fitted on)"),
     "final_sched": (FINAL_SCHED_TASKS, "the warmup+cosine FINAL_SCHED tasks (scored in round 4, then fitted on)"),
     "long": (LONG_TASKS, "the 1500-step LONG runs"),
-    "final4": (FINAL4_TASKS, "the FINAL4 held-out tasks (round 5)"),
+    "final4": (FINAL4_TASKS, "the FINAL4 tasks (scored in round 5, then fitted on)"),
+    "final5": (FINAL5_TASKS, "the FINAL5 held-out tasks (round 6)"),
 }
-# what the shape model fits (each FINAL set joined once it had been scored; FINAL4 is the held-out set of round 5)
-FITTING = ("curves", "fresh", "extra", "extra2", "extra3", "sched", "final", "final2", "final3", "final_sched")
+# what the shape model fits (each FINAL set joined once it had been scored; FINAL5 is the held-out set of round 6)
+FITTING = ("curves", "fresh", "extra", "extra2", "extra3", "sched", "final", "final2", "final3", "final_sched",
+           "final4")
 
 
 def flag(name: str) -> str:

@@ -39,7 +39,11 @@ class Thresholds:
     # rule of thumb "about 1e-3" is for large nets; at the grid's best lr lrkit's labelled runs had 10^-2.9..10^-1.3
     update_ratio_high: float = 0.5  # the second half's median above this: lr too high
     update_ratio_low: float = 1e-4  # below this: lr too low
-    shape_confidence: float = 0.55  # the shape model overrules the trend rules when its vote is at least this ...
+    # a blow-up or climb-back while the update ratios (x the steps between logged points) summed to less than this,
+    # i.e. the weights moved by under 5%, is batch noise, not the lr (on the labelled runs: too-low runs 0.0001-0.03,
+    # every other blow-up 0.1 or more)
+    still_weights: float = 0.05
+    shape_confidence: float = 0.65  # the shape model overrules the trend rules when its vote is at least this ...
     shape_confidence_loss_only: float = 0.5  # ... or this when it reads the loss alone (leave-one-task-out picks)
     blowup_confidence: float = 0.7  # the vote that overrules an early blow-up the run recovered from (ended lower)
     shape_points: int = 300  # longer curves are read at this many evenly spaced points by the shape model (0: all)
@@ -49,6 +53,9 @@ class Thresholds:
         if not (isinstance(self.shape_points, int) and self.shape_points >= 0):
             raise LrkitError(f"shape_points must be a whole number >= 0 (0: read every point), got "
                              f"{self.shape_points!r}")
+        if not self.still_weights >= 0:
+            raise LrkitError(f"still_weights is a summed update/weight ratio: give a number >= 0 (0: never read a "
+                             f"rise as batch noise), got {self.still_weights!r}")
         for name in ("shape_confidence", "shape_confidence_loss_only", "blowup_confidence"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise LrkitError(f"{name} is a share of the shape model's vote: give a number in [0, 1], "
@@ -232,7 +239,25 @@ def features(curve: Curve) -> dict[str, float]:
     a, b = yf[m // 10: max(3 * m // 10, m // 10 + 3)], yf[-max(3, 3 * m // 10):]
     se = 1.2533 * step_noise * math.sqrt(1.0 / len(a) + 1.0 / len(b))
     f["progress_z"] = (float(np.median(a)) - float(np.median(b))) / se
+    moved = _movement(curve, m)
+    if moved is not None:  # how far the weights had moved (summed update ratio): by the early peak, after the best
+        f["moved_to_peak"] = float(moved[min(int(np.argmax(med5)) + 4, m - 1)])
+        ib = m // 10 + int(np.argmin(sm[m // 10:])) if m >= 20 else int(np.argmin(sm))
+        f["moved_after_best"] = float(moved[-1] - moved[ib])
+        f["moved"] = float(moved[-1])
     return f
+
+
+def _movement(curve: Curve, m: int) -> np.ndarray | None:
+    """The cumulative relative weight movement up to each of the first ``m`` points: the update-to-weight ratio times
+    the steps it stands for (a log every k steps, or bins of k steps, records one ratio per k updates); None without a
+    logged ratio."""
+    ur = curve.extra.get("update_ratio")
+    if ur is None or ur.shape != curve.values.shape or np.isfinite(ur[:m]).sum() < max(8, m // 2):
+        return None
+    gap = np.diff(curve.steps[: m + 1].astype(np.float64), append=np.nan)[:m]
+    gap[~np.isfinite(gap)] = np.nanmedian(gap) if np.isfinite(gap).any() else 1.0
+    return np.cumsum(np.where(np.isfinite(ur[:m]) & (ur[:m] > 0), ur[:m], 0.0) * np.maximum(gap, 1.0))
 
 
 # -------------------------------------------------------------------------------------------------------- checks
@@ -285,6 +310,9 @@ def diagnose(curve: Curve, thresholds: Thresholds | None = None, use_shape: bool
         findings.append(_spike_finding(loss_spikes, gn_spikes, c, ss))
 
     verdicts = classify(f, t)
+    if "init" in f and f["early_peak"] > t.early_blowup and "early_blowup" not in verdicts:
+        notes.append(f"the loss rose to {f['early_peak']:.3g}x its initial value early on, but the weights had moved "
+                     f"only {f['moved_to_peak']:.1%} (summed update/weight ratio) by then: batch noise, not the lr")
     if "init" in f:
         init, final, best = f["init"], f["final"], f["best"]
         # ----- diverging: early blow-up, or the level climbed back up / ended above the start
@@ -352,11 +380,14 @@ def classify(f: dict[str, float], t: Thresholds) -> set[str]:
     # progress that stands out of the batch-to-batch noise (else "rise" and "noise" ratios are noise over noise)
     progress = f["init"] - f["best"] > 0.05 * abs(f["init"])
     clear = progress and f["init"] - f["best"] > 3 * f["noise_abs"]
-    if f["early_peak"] > t.early_blowup:
+    def still(key: str) -> bool:  # the weights barely moved over that stretch: what the loss did there is noise
+        return f.get(key, math.inf) < t.still_weights
+
+    if f["early_peak"] > t.early_blowup and not still("moved_to_peak"):
         out.add("early_blowup")
-    elif clear and f["rise"] > t.rise:
+    elif clear and f["rise"] > t.rise and not still("moved_after_best"):
         out.add("rise")
-    elif f["drop"] < -0.01 and f["final"] - f["init"] > 2 * f["noise_abs"]:
+    elif f["drop"] < -0.01 and f["final"] - f["init"] > 2 * f["noise_abs"] and not still("moved"):
         out.add("ended_higher")
     diverging = bool(out) or f["nan_index"] >= 0
     if not diverging and f["instant"] >= t.instant_share and f["first_drop"] >= t.instant_drop:

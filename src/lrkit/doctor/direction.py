@@ -4,7 +4,7 @@ A run whose loss neither blew up nor spiked can still have its lr 4x too high (i
 floor) or 10x too low (it is still crawling down at the end). :func:`shape_features` measures the shape with
 dimensionless, scale-free statistics (time as a fraction of the run, loss relative to its own descent and noise;
 where logged, the gradient norm's trend, the lr schedule's shape and the update-to-weight ratio's level);
-:func:`predict` turns them into probabilities of (too high, good, too low) with a small random forest fitted on the
+:func:`predict` turns them into probabilities of (too high, good, too low) with small gradient-boosted trees fitted on the
 labelled real curves of ``benchmarks/doctor`` (``fit_direction.py --write`` writes ``direction_model.npz``) and
 evaluated here in numpy: no scikit-learn at run time.
 """
@@ -185,14 +185,17 @@ def shape_features(loss: np.ndarray, grad_norm: np.ndarray | None = None, lrs: n
     return f
 
 
-def export_forest(forest, features: tuple[str, ...] | list[str]) -> dict[str, np.ndarray]:
-    """The arrays of a fitted scikit-learn random forest (classifier or regressor), for :func:`forest_proba` (no
-    sklearn needed to predict): every tree's nodes stacked, children as global indices (-1 at leaves), leaves'
-    class shares (a classifier) or mean target (a regressor)."""
-    regressor = not hasattr(forest, "classes_")
+def export_forest(model, features: tuple[str, ...] | list[str]) -> dict[str, np.ndarray]:
+    """The arrays of a fitted scikit-learn tree ensemble, for :func:`forest_proba` (no sklearn needed to predict):
+    every tree's nodes stacked, children as global indices (-1 at leaves). A random forest (classifier or regressor)
+    keeps its leaves' class shares or mean target; gradient-boosted trees (``HistGradientBoostingClassifier``) keep
+    each leaf's score in its class's column, the starting scores (``baseline``) and where a missing value goes."""
+    if hasattr(model, "_predictors"):
+        return _export_boosting(model, features)
+    regressor = not hasattr(model, "classes_")
     feat, thr, left, right, value, roots = [], [], [], [], [], []
     off = 0
-    for est in forest.estimators_:
+    for est in model.estimators_:
         t = est.tree_
         n = t.node_count
         leaf = t.children_left < 0
@@ -204,19 +207,52 @@ def export_forest(forest, features: tuple[str, ...] | list[str]) -> dict[str, np
         v = t.value[:, 0, :].astype(np.float64)
         value.append(v if regressor else v / np.maximum(v.sum(axis=1, keepdims=True), 1e-300))
         off += n
-    classes = ["value"] if regressor else [CLASSES[int(c)] for c in forest.classes_]
+    classes = ["value"] if regressor else [CLASSES[int(c)] for c in model.classes_]
     return {"features": np.array(list(features)), "classes": np.array(classes),
             "feature": np.concatenate(feat).astype(np.int16), "threshold": np.concatenate(thr),
             "left": np.concatenate(left).astype(np.int32), "right": np.concatenate(right).astype(np.int32),
             "value": np.concatenate(value), "roots": np.array(roots, dtype=np.int32)}
 
 
+def _export_boosting(model, features: tuple[str, ...] | list[str]) -> dict[str, np.ndarray]:
+    """:func:`export_forest` for a fitted ``HistGradientBoostingClassifier`` (numeric features only)."""
+    per_iter = model.n_trees_per_iteration_  # one tree per class and round (one in all with two classes)
+    feat, thr, left, right, miss, value, roots = [], [], [], [], [], [], []
+    off = 0
+    for trees in model._predictors:
+        for j, tree in enumerate(trees):
+            nd = tree.nodes
+            if nd["is_categorical"].any():
+                raise ValueError("categorical splits are not supported")
+            leaf = nd["is_leaf"].astype(bool)
+            roots.append(off)
+            feat.append(np.where(leaf, -1, nd["feature_idx"]))
+            thr.append(nd["num_threshold"].astype(np.float64))
+            left.append(np.where(leaf, -1, nd["left"].astype(np.int64) + off))
+            right.append(np.where(leaf, -1, nd["right"].astype(np.int64) + off))
+            miss.append(nd["missing_go_to_left"].astype(bool))
+            v = np.zeros((len(nd), per_iter))
+            v[:, j] = np.where(leaf, nd["value"], 0.0)
+            value.append(v)
+            off += len(nd)
+    return {"features": np.array(list(features)), "classes": np.array([CLASSES[int(c)] for c in model.classes_]),
+            "feature": np.concatenate(feat).astype(np.int16), "threshold": np.concatenate(thr),
+            "left": np.concatenate(left).astype(np.int32), "right": np.concatenate(right).astype(np.int32),
+            "missing_left": np.concatenate(miss), "value": np.concatenate(value),
+            "roots": np.array(roots, dtype=np.int32),
+            "baseline": np.asarray(model._baseline_prediction, dtype=np.float64).reshape(-1)}
+
+
 def forest_proba(model: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """Class probabilities (mean of the trees' leaf shares) for feature rows ``x`` (n, features) -> (n, classes);
-    for a regressor, the prediction (mean of the trees' leaf values) as (n, 1)."""
-    # scikit-learn's trees compare float32 features with their thresholds: round the same way to take the same branch
-    x = np.atleast_2d(np.asarray(x, dtype=np.float64)).astype(np.float32).astype(np.float64)
+    """Class probabilities for feature rows ``x`` (n, features) -> (n, classes): the mean of a forest's leaf shares,
+    or the softmax (two classes: the logistic) of boosted trees' summed scores; for a regressor, the prediction (mean
+    of the trees' leaf values) as (n, 1)."""
+    boosted = "baseline" in model
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    if not boosted:  # scikit-learn's forests compare float32 features with their thresholds: take the same branch
+        x = x.astype(np.float32).astype(np.float64)
     feat, thr, left, right = model["feature"], model["threshold"], model["left"], model["right"]
+    miss = model["missing_left"] if boosted else None
     out = np.empty((len(x), model["value"].shape[1]))
     for r, row in enumerate(x):
         node = model["roots"].astype(np.int64)
@@ -225,10 +261,20 @@ def forest_proba(model: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
             inner = f >= 0
             if not inner.any():
                 break
-            go_left = row[np.where(inner, f, 0)] <= thr[node]
+            v = row[np.where(inner, f, 0)]
+            go_left = v <= thr[node]
+            if miss is not None:
+                go_left = np.where(np.isnan(v), miss[node], go_left)
             node = np.where(inner, np.where(go_left, left[node], right[node]), node)
-        out[r] = model["value"][node].mean(axis=0)
-    return out
+        out[r] = model["value"][node].sum(axis=0) if boosted else model["value"][node].mean(axis=0)
+    if not boosted:
+        return out
+    raw = out + model["baseline"]
+    if raw.shape[1] == 1:  # two classes: the score is the log-odds of the second
+        p1 = 1.0 / (1.0 + np.exp(-raw[:, 0]))
+        return np.c_[1.0 - p1, p1]
+    e = np.exp(raw - raw.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 MODEL_PATH = os.path.join(os.path.dirname(__file__), "direction_model.npz")  # written by fit_direction.py
@@ -250,14 +296,14 @@ def load_models() -> dict[str, dict[str, np.ndarray]]:
 
 def set_models(models: dict[str, dict[str, np.ndarray]] | None) -> None:
     """Use ``models`` (the names of :func:`load_models`, each from :func:`export_forest`) instead of the
-    shipped ones, e.g. forests fitted without the task being scored; ``None`` goes back to the shipped models."""
+    shipped ones, e.g. models fitted without the task being scored; ``None`` goes back to the shipped models."""
     _MODELS.clear()
     if models is not None:
         _MODELS.update(models)
 
 
 def _evaluate(f: dict[str, float], prefix: str) -> tuple[np.ndarray, str]:
-    """The output of the first forest ``{prefix}{variant}`` (in :data:`VARIANTS` order) whose features ``f`` has,
+    """The output of the first model ``{prefix}{variant}`` (in :data:`VARIANTS` order) whose features ``f`` has,
     and that variant's name."""
     models = load_models()
     for variant in VARIANTS:

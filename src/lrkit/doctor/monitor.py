@@ -72,6 +72,8 @@ class Monitor:
         self._ref = math.inf
         self._last_fired: dict[str, int] = {}
         self._diverged = False
+        # the weights' movement (summed update ratios; NaN until one is given), at the best step, the last step seen
+        self._moved, self._moved_best, self._last_step = math.nan, math.nan, None
         # steps, loss, lr, grad_norm, update_ratio (downsampled when long)
         self._hist: list[list[float]] = [[], [], [], [], []]
         self._stride, self._pending = 1, []
@@ -90,12 +92,16 @@ class Monitor:
             self._diverged = True
             return out
         self._n += 1
+        if update_ratio is not None and math.isfinite(update_ratio):  # one ratio stands for the steps since the last
+            gap = max(step - self._last_step, 1) if self._last_step is not None else 1
+            self._moved = (0.0 if math.isnan(self._moved) else self._moved) + float(update_ratio) * gap
+        self._last_step = step
         sm = self._ema.update(loss)
         if len(self._first) < 3:
             self._first.append(loss)
             self._init = min(self._first[0], float(np.median(self._first)))
         if sm < self._best:
-            self._best = sm
+            self._best, self._moved_best = sm, self._moved
         if sm < self._ref * (1.0 - self.min_delta) if self._ref > 0 else sm < self._ref - self.min_delta:
             self._ref, self._best_step = sm, step  # a significant improvement (plateau clock restarts)
         started, _ = self._loss_spikes.update(step, loss)
@@ -109,11 +115,16 @@ class Monitor:
                        None if self.spike_action == "skip_batches" else 0.5, now=step)
         init, t = self._init, self.t
         span = init - self._best
-        if self._n >= 5 and init > 0 and sm > t.early_blowup * init and self._ready("divergence", step):
+        # a rise while the weights barely moved (summed update ratio below still_weights) is batch noise, not the lr
+        still = math.isfinite(self._moved) and self._moved < t.still_weights
+        still_since_best = math.isfinite(self._moved - self._moved_best) and \
+            self._moved - self._moved_best < t.still_weights
+        if (self._n >= 5 and init > 0 and sm > t.early_blowup * init and not still
+                and self._ready("divergence", step)):
             self._fire(out, "divergence", step, f"the smoothed loss {sm:.4g} is {sm / init:.2f}x its initial "
                        f"value {init:.4g}", "rollback", 0.3)
         elif (span > 0.05 * abs(init) and (sm - self._best) / span > t.rise and self._n >= 20
-              and self._ready("divergence", step)):
+              and not still_since_best and self._ready("divergence", step)):
             self._fire(out, "divergence", step, f"the smoothed loss climbed from its best {self._best:.4g} "
                        f"(step {self._best_step}) to {sm:.4g}: {(sm - self._best) / span:.0%} of the progress lost",
                        "rollback", 0.5)
@@ -180,6 +191,7 @@ class Monitor:
         self._diverged = False
         self._ema = EMA(self.beta)
         self._best, self._best_step, self._ref = math.inf, int(step), math.inf
+        self._moved_best = self._moved
 
     @property
     def healthy(self) -> bool:
@@ -253,6 +265,7 @@ class Monitor:
                 "ema": [self._ema._avg, self._ema._n],
                 "n": self._n, "init": self._init, "first": list(self._first), "best": [self._best, self._best_step],
                 "last_fired": dict(self._last_fired), "diverged": self._diverged,
+                "moved": [self._moved, self._moved_best, self._last_step],
                 "hist": [list(h) for h in self._hist], "stride": self._stride, "pending": [list(p) for p in
                                                                                            self._pending],
                 "events": [asdict(e) for e in self.events]}
@@ -271,6 +284,9 @@ class Monitor:
         self._ref = float(state["ref"])
         self._last_fired = {k: int(v) for k, v in state["last_fired"].items()}
         self._diverged = bool(state["diverged"])
+        moved = state.get("moved", [math.nan, math.nan, None])  # absent in a state saved before it was tracked
+        self._moved, self._moved_best = float(moved[0]), float(moved[1])
+        self._last_step = None if moved[2] is None else int(moved[2])
         self._hist = [list(h) for h in state["hist"]]
         while len(self._hist) < 5:  # a state saved before the update ratio was recorded
             self._hist.append([math.nan] * len(self._hist[0]))
