@@ -1,0 +1,142 @@
+"""Keras 3 callback for the live doctor: :class:`LrMonitorKerasCallback` feeds each batch's own loss to a
+:class:`~lrkit.doctor.Monitor` inside ``model.fit``, warns by default and, with ``act=...``, restores the last good
+state and lowers the lr.
+
+Keras batch logs hold the running mean of the loss since the epoch began, not the batch's loss; the callback reads
+the batch's own mean loss from the loss tracker's sum and count (exact, a last partial batch included) and leaves the
+logs and the progress bar as they are (a model without Keras' loss tracker, e.g. with its own ``train_step``: the
+logged loss is taken as the batch's). Snapshots (host memory, every model, optimiser and metric variable) are taken
+after healthy batches, at least ``snapshot_every`` batches apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+from lrkit.doctor.monitor import Event, Monitor
+from lrkit.errors import LrkitError, missing_extra
+
+try:
+    import keras
+except ImportError as e:  # pragma: no cover - exercised only without keras
+    raise missing_extra("keras", "keras") from e
+
+from lrkit.integrations.keras import restore_model, snapshot_model
+
+log = logging.getLogger("lrkit.monitor")
+KERAS_ACTIONS = frozenset({"rollback", "lower_lr", "raise_lr"})
+
+
+def _value(v: Any) -> float:
+    return float(keras.ops.convert_to_numpy(v))
+
+
+class LrMonitorKerasCallback(keras.callbacks.Callback):
+    """Watch ``model.fit`` with the lr doctor (see the module docstring). ``act``: False (warn), True (rollback on a
+    NaN, divergence or spike, and lower_lr on a plateau) or a set of those actions and "raise_lr"; ``stop_on_nan``:
+    stop fit on a NaN loss when not acting (default True); ``snapshot_every``: batches between last-good snapshots
+    (default 50). Skipping batches after a spike cannot be done inside ``fit``: a spike rolls back instead. Other
+    keyword arguments go to :class:`~lrkit.doctor.Monitor`."""
+
+    def __init__(self, monitor: Monitor | None = None, act: bool | str | Iterable[str] = False,
+                 snapshot_every: int = 50, stop_on_nan: bool = True, **monitor_kwargs: Any) -> None:
+        super().__init__()
+        if int(snapshot_every) < 1:
+            raise LrkitError(f"snapshot_every must be >= 1, got {snapshot_every}")
+        if act is True:
+            acts = frozenset({"rollback", "lower_lr"})
+        elif act is False or act is None:
+            acts = frozenset()
+        else:
+            acts = frozenset([act] if isinstance(act, str) else act)
+            bad = sorted(acts - KERAS_ACTIONS)
+            if bad:
+                raise LrkitError(f"unknown action(s) {bad} for the Keras callback; choose from {sorted(KERAS_ACTIONS)}"
+                                 " (skipping batches is not possible inside model.fit)")
+        self.monitor = monitor if monitor is not None else Monitor(**monitor_kwargs)
+        self.acts, self.snapshot_every, self.stop_on_nan = acts, int(snapshot_every), bool(stop_on_nan)
+        self.events: list[Event] = []
+        self.losses: list[float] = []  # each batch's own loss, as the Monitor saw it
+        self._step = 0
+        self._prev = (0.0, 0.0)  # the loss tracker's (sum, count) after the previous batch
+        self._snap: dict[str, Any] | None = None
+        self._snap_step = -1
+
+    def _tracker(self) -> tuple[float, float] | None:
+        """The loss tracker's (sum, count) since the epoch began, or None when the model has none."""
+        for m in getattr(self.model, "metrics", []):
+            if m.name == "loss" and hasattr(m, "total") and hasattr(m, "count"):
+                return _value(m.total), _value(m.count)
+        return None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.acts:
+            self._snap, self._snap_step = snapshot_model(self.model), self._step
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._prev = (0.0, 0.0)  # fit resets the metrics at each epoch's start
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        sums = self._tracker()
+        if sums is not None and sums[1] > self._prev[1]:
+            loss = (sums[0] - self._prev[0]) / (sums[1] - self._prev[1])
+            self._prev = sums
+        elif sums is None and "loss" in logs:  # no loss tracker (a custom train_step): its logged loss as it is
+            loss = float(logs["loss"])
+        else:
+            return
+        step = self._step
+        self._step += 1
+        self.losses.append(loss)
+        events = self.monitor.update(step, loss, lr=self._lr())
+        if not events:
+            if self.acts and self.monitor.healthy and step - self._snap_step >= self.snapshot_every:
+                self._snap, self._snap_step = snapshot_model(self.model), step
+            return
+        self.events += events
+        self._handle(events, step)
+
+    def _lr(self) -> float | None:
+        try:
+            return _value(self.model.optimizer.learning_rate)
+        except Exception:  # noqa: BLE001 - an optimiser without a readable lr: the Monitor goes without it
+            return None
+
+    def _handle(self, events: list[Event], step: int) -> None:
+        for ev in events:
+            acted = ""
+            action = "rollback" if ev.action == "skip_batches" else ev.action
+            if action in self.acts:
+                if action == "rollback":
+                    if self._snap is not None:
+                        restore_model(self.model, self._snap)
+                        self._prev = self._tracker() or (0.0, 0.0)  # the tracker came back with the snapshot
+                        self.monitor.reset_after_rollback(step)
+                        acted = f"restored the snapshot of batch {self._snap_step}"
+                    else:
+                        acted = "no snapshot yet to restore"
+                if ev.factor is not None and action in ("rollback", "lower_lr", "raise_lr"):
+                    acted += (", " if acted else "") + self._scale_lr(ev.factor)
+            elif ev.kind == "nan" and self.stop_on_nan and not self.acts:
+                self.model.stop_training = True
+                acted = "stopped training"
+            msg = f"lrkit monitor [{ev.kind}] step {ev.step}: {ev.message}" + (f" ({acted})" if acted else
+                                                                               f" (suggested: {ev.action})")
+            log.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+    def _scale_lr(self, factor: float) -> str:
+        opt = self.model.optimizer
+        current = getattr(opt, "_learning_rate", None)
+        if isinstance(current, keras.optimizers.schedules.LearningRateSchedule) or callable(current):
+            return "the lr is a schedule: not changed (scale the schedule and restart)"
+        lr = _value(opt.learning_rate) * factor
+        if not math.isfinite(lr) or lr <= 0:
+            return "lr not changed"
+        opt.learning_rate = lr
+        return f"lr x{factor:g} -> {lr:.3g}"

@@ -1,0 +1,84 @@
+"""The live doctor in Keras 3 (torch backend): each batch's own loss read from the loss tracker (not the running
+epoch mean in the logs), and the callback's rollback against a twin model trained batch by batch."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+os.environ["KERAS_BACKEND"] = "torch"  # before keras is imported
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+keras = pytest.importorskip("keras")
+if keras.backend.backend() != "torch":  # keras was imported earlier in this process with another backend
+    pytest.skip("these tests need KERAS_BACKEND=torch", allow_module_level=True)
+
+from lrkit.errors import LrkitError  # noqa: E402
+from lrkit.integrations.keras_monitor import LrMonitorKerasCallback  # noqa: E402
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(72, 4)).astype("float32")  # 72 = 4 batches of 16 and a last one of 8
+Y = (X @ np.array([[1.0], [-2.0], [0.5], [0.0]], dtype="float32") + 0.1).astype("float32")
+
+
+def make(lr=0.05):
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr), loss="mse")
+    return model
+
+
+def batches(x, y, size=16):
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
+
+
+def test_each_batch_loss_not_the_running_epoch_mean():
+    cb = LrMonitorKerasCallback()
+    model = make()
+    model.fit(X, Y, batch_size=16, epochs=3, shuffle=False, verbose=0, callbacks=[cb])
+    twin = make()  # train_on_batch returns each batch's own loss (it resets the metrics first)
+    want = [float(twin.train_on_batch(xb, yb)) for _ in range(3) for xb, yb in batches(X, Y)]
+    assert len(cb.losses) == 15
+    np.testing.assert_allclose(cb.losses, want, rtol=1e-5)
+    assert cb.monitor.curve().values.tolist() == cb.losses
+
+
+def test_nan_batch_rolls_back_to_the_last_good_state_and_halves_the_lr():
+    x = X.copy()
+    x[40] = np.inf  # batch 2 (rows 32-47) makes the loss and then every weight NaN
+    cb = LrMonitorKerasCallback(act=True, snapshot_every=1)
+    model = make()
+    with pytest.warns(RuntimeWarning, match=r"\[nan\].*restored the snapshot of batch 1.*lr x0.5"):
+        model.fit(x, Y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
+    # the twin: batches 0 and 1 at lr 0.05, no batch 2, then batches 3 and 4 at lr 0.025
+    twin = make()
+    bs = batches(x, Y)
+    for xb, yb in bs[:2]:
+        twin.train_on_batch(xb, yb)
+    twin.optimizer.learning_rate = 0.025
+    for xb, yb in bs[3:]:
+        twin.train_on_batch(xb, yb)
+    assert [e.kind for e in cb.events] == ["nan"]
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(0.025)
+    for a, b in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_warns_and_stops_on_nan_by_default():
+    x = X.copy()
+    x[40] = np.inf
+    cb = LrMonitorKerasCallback()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        make().fit(x, Y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[cb])
+    assert len(cb.losses) == 3 and not np.isfinite(cb.losses[-1])  # stopped after the NaN batch
+    assert any("stopped training" in str(m.message) for m in w)
+
+
+def test_bad_arguments():
+    with pytest.raises(LrkitError, match="skipping batches is not possible"):
+        LrMonitorKerasCallback(act={"skip_batches"})
+    with pytest.raises(LrkitError, match="snapshot_every must be >= 1"):
+        LrMonitorKerasCallback(snapshot_every=0)
