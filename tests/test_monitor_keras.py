@@ -43,6 +43,7 @@ def test_each_batch_loss_not_the_running_epoch_mean():
     assert len(cb.losses) == 15
     np.testing.assert_allclose(cb.losses, want, rtol=1e-5)
     assert cb.monitor.curve().values.tolist() == cb.losses
+    np.testing.assert_allclose(cb.monitor.curve().lrs, 0.05, rtol=1e-6)  # the optimiser's lr, read at each batch
 
 
 def test_nan_batch_rolls_back_to_the_last_good_state_and_halves_the_lr():

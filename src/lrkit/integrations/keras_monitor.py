@@ -32,7 +32,12 @@ KERAS_ACTIONS = frozenset({"rollback", "lower_lr", "raise_lr"})
 
 
 def _value(v: Any) -> float:
-    return float(keras.ops.convert_to_numpy(v))
+    """A scalar variable or tensor as a float (a backend scalar's own float(): ~10x cheaper than convert_to_numpy)."""
+    v = getattr(v, "value", v)
+    try:
+        return float(v)
+    except TypeError:
+        return float(keras.ops.convert_to_numpy(v))
 
 
 class LrMonitorKerasCallback(keras.callbacks.Callback):
@@ -65,15 +70,21 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
         self._prev = (0.0, 0.0)  # the loss tracker's (sum, count) after the previous batch
         self._snap: dict[str, Any] | None = None
         self._snap_step = -1
+        self._loss_metric: Any = None
 
     def _tracker(self) -> tuple[float, float] | None:
         """The loss tracker's (sum, count) since the epoch began, or None when the model has none."""
-        for m in getattr(self.model, "metrics", []):
-            if m.name == "loss" and hasattr(m, "total") and hasattr(m, "count"):
-                return _value(m.total), _value(m.count)
-        return None
+        m = self._loss_metric
+        if m is None:
+            m = next((m for m in getattr(self.model, "metrics", []) if m.name == "loss" and hasattr(m, "total")
+                      and hasattr(m, "count")), None)
+            if m is None:
+                return None
+            self._loss_metric = m
+        return _value(m.total), _value(m.count)
 
     def on_train_begin(self, logs: dict | None = None) -> None:
+        self._loss_metric = None  # found again on the first batch (compile may have rebuilt the metrics)
         if self.acts:
             self._snap, self._snap_step = snapshot_model(self.model), self._step
 
@@ -102,8 +113,10 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
         self._handle(events, step)
 
     def _lr(self) -> float | None:
-        try:
-            return _value(self.model.optimizer.learning_rate)
+        opt = self.model.optimizer
+        try:  # a plain lr is a variable (read it directly); a schedule is evaluated by the property
+            current = getattr(opt, "_learning_rate", None)
+            return _value(current if hasattr(current, "value") else opt.learning_rate)
         except Exception:  # noqa: BLE001 - an optimiser without a readable lr: the Monitor goes without it
             return None
 
