@@ -74,6 +74,9 @@ class Monitor:
         self._diverged = False
         # the weights' movement (summed update ratios; NaN until one is given), at the best step, the last step seen
         self._moved, self._moved_best, self._last_step = math.nan, math.nan, None
+        # batch noise from first differences (an EMA of |loss_t - loss_t-1|, robust to the trend), and its value when
+        # the smoothed loss last set its best: a climb back counts only after progress that stood out of that noise
+        self._dev, self._prev_loss, self._noise_best = EMA(self.beta), math.nan, math.nan
         # steps, loss, lr, grad_norm, update_ratio (downsampled when long)
         self._hist: list[list[float]] = [[], [], [], [], []]
         self._stride, self._pending = 1, []
@@ -96,12 +99,17 @@ class Monitor:
             gap = max(step - self._last_step, 1) if self._last_step is not None else 1
             self._moved = (0.0 if math.isnan(self._moved) else self._moved) + float(update_ratio) * gap
         self._last_step = step
+        if math.isfinite(self._prev_loss):
+            self._dev.update(abs(loss - self._prev_loss))
+        self._prev_loss = loss
         sm = self._ema.update(loss)
         if len(self._first) < 3:
             self._first.append(loss)
             self._init = min(self._first[0], float(np.median(self._first)))
         if sm < self._best:
             self._best, self._moved_best = sm, self._moved
+            # mean |difference| of two independent batches = 2 / sqrt(pi) x their standard deviation
+            self._noise_best = self._dev.value * math.sqrt(math.pi) / 2 if self._dev._n else math.nan
         if sm < self._ref * (1.0 - self.min_delta) if self._ref > 0 else sm < self._ref - self.min_delta:
             self._ref, self._best_step = sm, step  # a significant improvement (plateau clock restarts)
         started, _ = self._loss_spikes.update(step, loss)
@@ -123,8 +131,8 @@ class Monitor:
                 and self._ready("divergence", step)):
             self._fire(out, "divergence", step, f"the smoothed loss {sm:.4g} is {sm / init:.2f}x its initial "
                        f"value {init:.4g}", "rollback", 0.3)
-        elif (span > 0.05 * abs(init) and (sm - self._best) / span > t.rise and self._n >= 20
-              and not still_since_best and self._ready("divergence", step)):
+        elif (span > 0.05 * abs(init) and not span <= 3 * self._noise_best and (sm - self._best) / span > t.rise
+              and self._n >= 20 and not still_since_best and self._ready("divergence", step)):
             self._fire(out, "divergence", step, f"the smoothed loss climbed from its best {self._best:.4g} "
                        f"(step {self._best_step}) to {sm:.4g}: {(sm - self._best) / span:.0%} of the progress lost",
                        "rollback", 0.5)
@@ -192,6 +200,7 @@ class Monitor:
         self._ema = EMA(self.beta)
         self._best, self._best_step, self._ref = math.inf, int(step), math.inf
         self._moved_best = self._moved
+        self._prev_loss = math.nan  # the restored weights' loss is no batch-to-batch difference
 
     @property
     def healthy(self) -> bool:
@@ -266,6 +275,7 @@ class Monitor:
                 "n": self._n, "init": self._init, "first": list(self._first), "best": [self._best, self._best_step],
                 "last_fired": dict(self._last_fired), "diverged": self._diverged,
                 "moved": [self._moved, self._moved_best, self._last_step],
+                "noise": [self._dev._avg, self._dev._n, self._prev_loss, self._noise_best],
                 "hist": [list(h) for h in self._hist], "stride": self._stride, "pending": [list(p) for p in
                                                                                            self._pending],
                 "events": [asdict(e) for e in self.events]}
@@ -287,6 +297,9 @@ class Monitor:
         moved = state.get("moved", [math.nan, math.nan, None])  # absent in a state saved before it was tracked
         self._moved, self._moved_best = float(moved[0]), float(moved[1])
         self._last_step = None if moved[2] is None else int(moved[2])
+        noise = state.get("noise", [0.0, 0, math.nan, math.nan])  # absent in a state saved before it was tracked
+        self._dev._avg, self._dev._n = float(noise[0]), int(noise[1])
+        self._prev_loss, self._noise_best = float(noise[2]), float(noise[3])
         self._hist = [list(h) for h in state["hist"]]
         while len(self._hist) < 5:  # a state saved before the update ratio was recorded
             self._hist.append([math.nan] * len(self._hist[0]))
