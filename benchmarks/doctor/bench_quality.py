@@ -3,6 +3,7 @@
 Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about 8
 minutes on 2 cores after that). ``--final`` also scores the FINAL5 held-out tasks with the shipped model, ``--long``
 the 1500-step runs (``make_curves.py --long``); ``--dump FILE`` writes every run's calls as JSON lines;
+``--live`` adds the live Monitor's divergence alarms on the fitting runs (the held-out ones come with ``--final``);
 ``--no-loto`` skips the leave-one-task-out tables (only --final / --long, with the shipped model);
 ``--forest`` scores leave-one-task-out with the random-forest classifiers of rounds 1-5 instead of the boosted trees.
 
@@ -148,6 +149,28 @@ def live_factors(runs: list[dict], title: str) -> None:
               f"within 2x of the best lr {np.mean(a <= 1):.0%} vs {np.mean(b <= 1):.0%}")
 
 
+def live_alarms(runs: list[dict], title: str) -> None:
+    """How often the live Monitor raises a divergence (or NaN) alarm per class, with and without the update ratio,
+    beside a NaN-only guard (what Keras' TerminateOnNaN or a ``torch.isfinite(loss)`` check catch). An alarm on a
+    too-high run is wanted; on a good or too-low run it is a false alarm (with ``act=True``, a needless rollback)."""
+    from lrkit.doctor import Monitor
+
+    rows = {"lrkit Monitor, update ratio logged": [], "lrkit Monitor, loss + grad norm": [], "NaN-only guard": []}
+    for r in runs:
+        c = r["curve"]
+        ur = c.extra.get("update_ratio", np.full(len(c), np.nan))
+        for name, use_ur in (("lrkit Monitor, update ratio logged", True), ("lrkit Monitor, loss + grad norm", False)):
+            m = Monitor()
+            fired = any(e.kind in ("divergence", "nan") for i in range(len(c)) for e in m.update(
+                i, c.values[i], lr=c.lrs[i], grad_norm=c.extra["grad_norm"][i], update_ratio=ur[i] if use_ur else None))
+            rows[name].append((r["label"], fired))
+        rows["NaN-only guard"].append((r["label"], not np.isfinite(c.values).all()))
+    print(f"\nlive divergence alarms, {title} (share of runs with at least one; wanted on too-high only)")
+    for name, got in rows.items():
+        print(f"  {name:36s} " + "  ".join(
+            f"{c} {np.mean([f for lab, f in got if lab == c]):6.1%}" for c in CLASSES))
+
+
 KEYS = ("doctor", "doctor_factor", "doctor_kinds", "p", "rules", "rules_factor", "doctor_gn", "rules_gn", "doctor_loss_only", "eyeball")
 _SHARED: tuple = ()
 
@@ -207,6 +230,8 @@ def main() -> None:
     t0 = time.time()
     if "--no-loto" not in sys.argv:
         loto_tables()
+    if "--live" in sys.argv:  # the live Monitor's divergence alarms on every fitting run (no fitted model involved)
+        live_alarms(load(fresh=True), "all fitting tasks")
     if "--final" in sys.argv:  # the round's held-out tasks, scored with the shipped models
         make_curves.ensure("final5")
         final = load_set("final5")
@@ -214,6 +239,7 @@ def main() -> None:
         print(f"\nFINAL5 held-out tasks (never used to fit or choose anything): {sorted({r['task'] for r in final})}")
         tables(final, "FINAL5 held-out tasks, shipped model")
         live_factors(final, "FINAL5 held-out tasks")
+        live_alarms(final, "FINAL5 held-out tasks")
     if "--long" in sys.argv:  # the same tasks trained 5x longer: does the shape model carry over to longer runs?
         make_curves.ensure("long")
         long = load_set("long")
