@@ -97,6 +97,11 @@ def test_a_rise_while_the_weights_barely_moved_is_batch_noise_not_divergence():
         assert d.stats["moved"] == pytest.approx(n * ur * every, rel=1e-9)
         assert any("batch noise, not the lr" in x for x in d.notes) != diverges
     assert diagnose(Curve(np.arange(n), y), use_shape=False).verdict == "diverging"  # no ratio logged: as before
+    # a flat run that ended above its start (the weights barely moved): a plateau whose evidence says "higher"
+    flat = 1.2 + 0.1 * np.random.default_rng(3).standard_normal(n)
+    flat[:10] -= 0.15
+    d = diagnose(Curve(np.arange(n), flat, extra={"update_ratio": np.full(n, 1e-6)}), use_shape=False)
+    assert d.verdict == "plateau" and "% higher)" in d.findings[0].evidence and d.findings[0].data["drop"] < 0
     with pytest.raises(LrkitError, match="still_weights"):
         diagnose(Curve(np.arange(n), y), still_weights=-1.0)
 

@@ -353,7 +353,9 @@ def diagnose(curve: Curve, thresholds: Thresholds | None = None, use_shape: bool
         # ----- too slow / plateau
         if "plateau" in verdicts:
             findings.append(Finding("plateau", [int(ss[0]), int(ss[-1])], f"the loss is flat from the start: "
-                                    f"{init:.4g} -> {final:.4g} ({f['drop']:.1%} lower)", {"drop": f["drop"]}))
+                                    f"{init:.4g} -> {final:.4g} ({abs(f['drop']):.1%} "
+                                    f"{'lower' if f['drop'] >= 0 else 'higher'})",
+                                    {"drop": f["drop"]}))
         elif "too_slow" in verdicts:
             late = f"; {f['late']:.0%} of the progress came in the second half" if f["late"] == f["late"] else ""
             findings.append(Finding("too_slow", [int(ss[0]), int(ss[-1])], f"the loss fell only {f['drop']:.0%} "
