@@ -46,6 +46,56 @@ def test_each_batch_loss_not_the_running_epoch_mean():
     np.testing.assert_allclose(cb.monitor.curve().lrs, 0.05, rtol=1e-6)  # the optimiser's lr, read at each batch
 
 
+def test_update_to_weight_ratio_of_each_batch():
+    """The measured ratio equals ||w_after - w_before|| / ||w_before|| computed in numpy from a twin's get_weights
+    around each train_on_batch, and reaches the Monitor."""
+    cb = LrMonitorKerasCallback(update_ratio=True)
+    make().fit(X, Y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[cb])
+    twin, want = make(), []
+    for _ in range(2):
+        for xb, yb in batches(X, Y):
+            w0 = twin.get_weights()
+            twin.train_on_batch(xb, yb)
+            moved = sum(float(np.sum((a - b).astype(np.float64) ** 2)) for a, b in zip(twin.get_weights(), w0))
+            want.append((moved / sum(float(np.sum(b.astype(np.float64) ** 2)) for b in w0)) ** 0.5)
+    np.testing.assert_allclose(cb.ratios, want, rtol=1e-4)
+    np.testing.assert_allclose(cb.monitor.curve().extra["update_ratio"], want, rtol=1e-4)
+    assert not LrMonitorKerasCallback().ratios  # off by default
+
+
+def test_update_ratio_on_the_jax_backend_too():
+    """On another backend the ratio is measured with keras.ops (here JAX, in its own process: a process has one
+    Keras backend); the same numpy check as above."""
+    pytest.importorskip("jax")
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np, keras
+assert keras.backend.backend() == "jax"
+from lrkit.integrations.keras_monitor import LrMonitorKerasCallback
+rng = np.random.default_rng(0)
+X = rng.normal(size=(48, 4)).astype("float32"); Y = X[:, :1] * 2.0
+def make():
+    keras.utils.set_random_seed(1)
+    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])
+    m.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05), loss="mse")
+    return m
+cb = LrMonitorKerasCallback(update_ratio=True)
+make().fit(X, Y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
+twin, want = make(), []
+for i in range(0, 48, 16):
+    w0 = twin.get_weights(); twin.train_on_batch(X[i:i + 16], Y[i:i + 16])
+    moved = sum(float(np.sum((a - b).astype(np.float64) ** 2)) for a, b in zip(twin.get_weights(), w0))
+    want.append((moved / sum(float(np.sum(b.astype(np.float64) ** 2)) for b in w0)) ** 0.5)
+np.testing.assert_allclose(cb.ratios, want, rtol=1e-4)
+print("ok", len(cb.ratios))
+"""
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "KERAS_BACKEND": "jax"},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok 3" in out.stdout, out.stderr[-2000:]
+
+
 def test_nan_batch_rolls_back_to_the_last_good_state_and_halves_the_lr():
     x = X.copy()
     x[40] = np.inf  # batch 2 (rows 32-47) makes the loss and then every weight NaN

@@ -68,6 +68,15 @@ def main() -> None:
                 mine._prev = (0.0, 0.0)  # as at an epoch's first batch: every call reads the tracker and feeds the Monitor
             cb.on_train_batch_end(i, logs)
         per[name] = (time.perf_counter() - t0) / n
+    ratio_cb = LrMonitorKerasCallback(update_ratio=True)  # one copy of the weights per batch, and two reductions
+    ratio_cb.set_model(model)
+    t0 = time.perf_counter()
+    for i in range(n // 10):
+        ratio_cb._prev = (0.0, 0.0)
+        ratio_cb.on_train_batch_begin(i)
+        ratio_cb.on_train_batch_end(i, logs)
+    per["ratio"] = (time.perf_counter() - t0) / (n // 10)
+    print(f"with update_ratio=True: {per['ratio'] * 1e6:.1f} us per batch ({per['ratio'] / bare:.2%} of a bare fit batch)")
     print(f"isolated cost per batch: LrMonitorKerasCallback {per['lrkit'] * 1e6:.1f} us ({per['lrkit'] / bare:.2%} of a "
           f"bare fit batch), TerminateOnNaN {per['keras'] * 1e6:.1f} us ({per['keras'] / bare:.2%}); ratio "
           f"{per['lrkit'] / per['keras']:.1f}x")

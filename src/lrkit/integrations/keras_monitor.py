@@ -44,11 +44,14 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
     """Watch ``model.fit`` with the lr doctor (see the module docstring). ``act``: False (warn), True (rollback on a
     NaN, divergence or spike, and lower_lr on a plateau) or a set of those actions and "raise_lr"; ``stop_on_nan``:
     stop fit on a NaN loss when not acting (default True); ``snapshot_every``: batches between last-good snapshots
-    (default 50). Skipping batches after a spike cannot be done inside ``fit``: a spike rolls back instead. Other
-    keyword arguments go to :class:`~lrkit.doctor.Monitor`."""
+    (default 50); ``update_ratio``: also measure each batch's update-to-weight ratio ||w_new - w_old|| / ||w_old||
+    over the trainable variables (one copy of them per batch, on their device), which sharpens the doctor's verdict.
+    Skipping batches after a spike cannot be done inside ``fit``: a spike rolls back instead. Other keyword arguments
+    go to :class:`~lrkit.doctor.Monitor`."""
 
     def __init__(self, monitor: Monitor | None = None, act: bool | str | Iterable[str] = False,
-                 snapshot_every: int = 50, stop_on_nan: bool = True, **monitor_kwargs: Any) -> None:
+                 snapshot_every: int = 50, stop_on_nan: bool = True, update_ratio: bool = False,
+                 **monitor_kwargs: Any) -> None:
         super().__init__()
         if int(snapshot_every) < 1:
             raise LrkitError(f"snapshot_every must be >= 1, got {snapshot_every}")
@@ -71,6 +74,10 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
         self._snap: dict[str, Any] | None = None
         self._snap_step = -1
         self._loss_metric: Any = None
+        self.track_update_ratio = bool(update_ratio)
+        self._before: list[Any] | None = None
+        self._torch_ratio: Any = None
+        self.ratios: list[float] = []  # each batch's update-to-weight ratio, when measured
 
     def _tracker(self) -> tuple[float, float] | None:
         """The loss tracker's (sum, count) since the epoch began, or None when the model has none."""
@@ -88,11 +95,39 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
         if self.acts:
             self._snap, self._snap_step = snapshot_model(self.model), self._step
 
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if not self.track_update_ratio:
+            return
+        if keras.backend.backend() == "torch":  # the PyTorch helper's measure (keras.ops dispatch costs ~5x more)
+            from lrkit.integrations.torch_monitor import UpdateRatio
+
+            self._torch_ratio = UpdateRatio([v.value for v in self.model.trainable_variables])
+            self._torch_ratio.before()
+        else:
+            ops = keras.ops  # detached copies: no autograd graph on backends that record one
+            self._before = [ops.copy(ops.stop_gradient(v.value)) for v in self.model.trainable_variables]
+
+    def _update_ratio(self) -> float | None:
+        """||w_new - w_old|| / ||w_old|| over the trainable variables since the batch began (None if not measured)."""
+        if self._torch_ratio is not None:
+            ratio, self._torch_ratio = self._torch_ratio.after(), None
+            return ratio
+        before, self._before = self._before, None
+        if before is None:
+            return None
+        ops = keras.ops
+        after = [ops.stop_gradient(v.value) for v in self.model.trainable_variables]
+        # two scalars on the device, read once (one host sync per batch, not one per variable)
+        moved = _value(ops.sum(ops.stack([ops.sum(ops.square(ops.subtract(a, b))) for a, b in zip(after, before)])))
+        size = _value(ops.sum(ops.stack([ops.sum(ops.square(b)) for b in before])))
+        return math.sqrt(moved / size) if size > 0 else None
+
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._prev = (0.0, 0.0)  # fit resets the metrics at each epoch's start
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         logs = logs or {}
+        ratio = self._update_ratio()
         sums = self._tracker()
         if sums is not None and sums[1] > self._prev[1]:
             loss = (sums[0] - self._prev[0]) / (sums[1] - self._prev[1])
@@ -104,7 +139,9 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
         step = self._step
         self._step += 1
         self.losses.append(loss)
-        events = self.monitor.update(step, loss, lr=self._lr())
+        if ratio is not None:
+            self.ratios.append(ratio)
+        events = self.monitor.update(step, loss, lr=self._lr(), update_ratio=ratio)
         if not events:
             if self.acts and self.monitor.healthy and step - self._snap_step >= self.snapshot_every:
                 self._snap, self._snap_step = snapshot_model(self.model), step
