@@ -125,20 +125,26 @@ def tables(runs: list[dict], where: str) -> None:
     table(runs, "eyeball", f"eyeballing rule, {where}")
 
 
+def live_events(c: Curve, ratio: bool = True, **monitor_kwargs):
+    """Feed a run to a fresh live Monitor step by step, as a training loop would (loss, lr, grad norm and, with
+    ``ratio``, the update ratio); yields every event as it fires."""
+    from lrkit.doctor import Monitor
+
+    m = Monitor(**monitor_kwargs)
+    ur = c.extra.get("update_ratio") if ratio else None
+    for i in range(len(c)):
+        yield from m.update(i, c.values[i], lr=c.lrs[i], grad_norm=c.extra["grad_norm"][i],
+                            update_ratio=ur[i] if ur is not None else None)
+
+
 def live_factors(runs: list[dict], title: str) -> None:
     """The live Monitor's first crawl event on the too-low runs: how far its "raise by about" lands from the best
     lr (|log2|), from the shape model on the steps seen so far vs the fixed 10x / 3x (``use_shape=False``)."""
-    from lrkit.doctor import Monitor
-
     err: dict[bool, list[float]] = {True: [], False: []}
     steps = []
     for r in (r for r in runs if r["label"] == "too_low"):
-        c = r["curve"]
         for use_shape in (True, False):
-            m = Monitor(use_shape=use_shape)
-            ev = next((e for i in range(len(c)) for e in m.update(
-                i, c.values[i], lr=c.lrs[i], grad_norm=c.extra["grad_norm"][i],
-                update_ratio=c.extra.get("update_ratio", np.full(len(c), np.nan))[i]) if e.kind == "too_slow"), None)
+            ev = next((e for e in live_events(r["curve"], use_shape=use_shape) if e.kind == "too_slow"), None)
             if ev is not None:  # both fire at the same step: only the factor differs
                 err[use_shape].append(abs(np.log2(ev.factor) - np.log2(r["best_lr"] / r["lr"])))
                 steps += [ev.step] if use_shape else []
@@ -153,16 +159,11 @@ def live_alarms(runs: list[dict], title: str) -> None:
     """How often the live Monitor raises a divergence (or NaN) alarm per class, with and without the update ratio,
     beside a NaN-only guard (what Keras' TerminateOnNaN or a ``torch.isfinite(loss)`` check catch). An alarm on a
     too-high run is wanted; on a good or too-low run it is a false alarm (with ``act=True``, a needless rollback)."""
-    from lrkit.doctor import Monitor
-
     rows = {"lrkit Monitor, update ratio logged": [], "lrkit Monitor, loss + grad norm": [], "NaN-only guard": []}
     for r in runs:
         c = r["curve"]
-        ur = c.extra.get("update_ratio", np.full(len(c), np.nan))
-        for name, use_ur in (("lrkit Monitor, update ratio logged", True), ("lrkit Monitor, loss + grad norm", False)):
-            m = Monitor()
-            fired = any(e.kind in ("divergence", "nan") for i in range(len(c)) for e in m.update(
-                i, c.values[i], lr=c.lrs[i], grad_norm=c.extra["grad_norm"][i], update_ratio=ur[i] if use_ur else None))
+        for name, ratio in (("lrkit Monitor, update ratio logged", True), ("lrkit Monitor, loss + grad norm", False)):
+            fired = any(e.kind in ("divergence", "nan") for e in live_events(c, ratio))
             rows[name].append((r["label"], fired))
         rows["NaN-only guard"].append((r["label"], not np.isfinite(c.values).all()))
     print(f"\nlive divergence alarms, {title} (share of runs with at least one; wanted on too-high only)")

@@ -297,6 +297,8 @@ def run(data: str, arch: str, opt: str, lr: float, seed: int, batch: int = BATCH
         sched: str | None = None):
     import torch
 
+    from lrkit.integrations.torch_monitor import UpdateRatio
+
     x, y, kind = _data(data)
     x = torch.tensor(x, dtype=torch.float32)
     n_in = x.shape[-1]
@@ -308,7 +310,7 @@ def run(data: str, arch: str, opt: str, lr: float, seed: int, batch: int = BATCH
     crit = torch.nn.CrossEntropyLoss() if kind == "clf" else torch.nn.MSELoss()
     g = torch.Generator().manual_seed(seed)
     losses, gnorms, ratios = np.full(steps, np.nan), np.full(steps, np.nan), np.full(steps, np.nan)
-    params = [p for p in model.parameters() if p.requires_grad]
+    ratio = UpdateRatio(model.parameters())  # ||w_new - w_old|| / ||w_old|| over all parameters, as the live helpers
     perm, pos = torch.randperm(len(x), generator=g), 0
     lrs = schedule(lr, steps, sched)
     for t in range(steps):
@@ -326,12 +328,10 @@ def run(data: str, arch: str, opt: str, lr: float, seed: int, batch: int = BATCH
         losses[t], gnorms[t] = loss.item(), gn.item()
         if not np.isfinite(losses[t]):
             break  # diverged: the rest stays NaN, as a real log would end
-        before = [p.detach().clone() for p in params]
+        ratio.before()
         optim.step()
-        with torch.no_grad():  # the update-to-weight ratio ||w_new - w_old|| / ||w_old|| over all parameters
-            moved = sum(float((p - b).pow(2).sum()) for p, b in zip(params, before))
-            size = sum(float(b.pow(2).sum()) for b in before)
-        ratios[t] = (moved / size) ** 0.5 if size > 0 else np.nan
+        r = ratio.after()
+        ratios[t] = r if r is not None else np.nan
     return losses, gnorms, lrs, ratios
 
 

@@ -3,12 +3,15 @@
 Feed it ``update(step, loss, lr=None, grad_norm=None, update_ratio=None)`` after each optimiser step; it returns the
 :class:`Event` s that step raised (a spike, divergence, NaN, plateau, or a crawl), each with a suggested action
 and lr factor. Acting on them (restore a snapshot, skip batches, change the lr) is the framework helpers' job:
-``lrkit.integrations.torch_monitor``, ``lightning_monitor``, ``transformers_monitor``.
+``lrkit.integrations.torch_monitor``, ``lightning_monitor``, ``transformers_monitor``, ``keras_monitor``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,6 +22,32 @@ from lrkit.doctor.checks import MAX_POINTS, Diagnosis, Thresholds, _factor, diag
 from lrkit.errors import LrkitError
 
 ACTIONS = ("warn", "rollback", "lower_lr", "raise_lr", "skip_batches")
+DEFAULT_ACTIONS = frozenset({"rollback", "skip_batches", "lower_lr"})  # what act=True lets the framework helpers do
+ALL_ACTIONS = frozenset({"rollback", "skip_batches", "lower_lr", "raise_lr"})
+log = logging.getLogger("lrkit.monitor")
+
+
+def resolve_actions(act: bool | str | Iterable[str], default: frozenset[str] = DEFAULT_ACTIONS,
+                    allowed: frozenset[str] = ALL_ACTIONS, why: str = "") -> frozenset[str]:
+    """``False`` -> warn only; ``True`` -> ``default``; or an explicit set of actions out of ``allowed`` (a clear
+    error otherwise, ending with ``why``)."""
+    if act is False or act is None:
+        return frozenset()
+    if act is True:
+        return default
+    acts = frozenset([act] if isinstance(act, str) else act)
+    bad = acts - allowed
+    if bad:
+        raise LrkitError(f"unknown action(s) {sorted(bad)}; choose from {sorted(allowed)} (or act=True/False){why}")
+    return acts
+
+
+def report(ev: Event, acted: str = "", stacklevel: int = 4) -> None:
+    """Log and warn about one event: what was done about it, or the suggested action."""
+    msg = f"lrkit monitor [{ev.kind}] step {ev.step}: {ev.message}" + (f" ({acted})" if acted else
+                                                                       f" (suggested: {ev.action})")
+    log.warning(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=stacklevel)
 
 
 @dataclass
@@ -109,7 +138,7 @@ class Monitor:
         if sm < self._best:
             self._best, self._moved_best = sm, self._moved
             # mean |difference| of two independent batches = 2 / sqrt(pi) x their standard deviation
-            self._noise_best = self._dev.value * math.sqrt(math.pi) / 2 if self._dev._n else math.nan
+            self._noise_best = self._dev.value * math.sqrt(math.pi) / 2  # NaN before the second loss
         if sm < self._ref * (1.0 - self.min_delta) if self._ref > 0 else sm < self._ref - self.min_delta:
             self._ref, self._best_step = sm, step  # a significant improvement (plateau clock restarts)
         started, _ = self._loss_spikes.update(step, loss)
@@ -124,15 +153,12 @@ class Monitor:
         init, t = self._init, self.t
         span = init - self._best
         # a rise while the weights barely moved (summed update ratio below still_weights) is batch noise, not the lr
-        still = math.isfinite(self._moved) and self._moved < t.still_weights
-        still_since_best = math.isfinite(self._moved - self._moved_best) and \
-            self._moved - self._moved_best < t.still_weights
-        if (self._n >= 5 and init > 0 and sm > t.early_blowup * init and not still
+        if (self._n >= 5 and init > 0 and sm > t.early_blowup * init and not self._still(0.0)
                 and self._ready("divergence", step)):
             self._fire(out, "divergence", step, f"the smoothed loss {sm:.4g} is {sm / init:.2f}x its initial "
                        f"value {init:.4g}", "rollback", 0.3)
         elif (span > 0.05 * abs(init) and not span <= 3 * self._noise_best and (sm - self._best) / span > t.rise
-              and self._n >= 20 and not still_since_best and self._ready("divergence", step)):
+              and self._n >= 20 and not self._still(self._moved_best) and self._ready("divergence", step)):
             self._fire(out, "divergence", step, f"the smoothed loss climbed from its best {self._best:.4g} "
                        f"(step {self._best_step}) to {sm:.4g}: {(sm - self._best) / span:.0%} of the progress lost",
                        "rollback", 0.5)
@@ -149,6 +175,12 @@ class Monitor:
                 self._fire(out, "too_slow", step, f"after {self._n} steps the loss {what}: raise the lr about "
                            f"{factor:.2g}x{how}", "raise_lr", factor)
         return out
+
+    def _still(self, since: float) -> bool:
+        """Whether the weights moved by less than ``still_weights`` (summed update ratio) since the movement
+        ``since`` (0: since the start); False when no ratio was given."""
+        moved = self._moved - since
+        return math.isfinite(moved) and moved < self.t.still_weights
 
     def _crawl_factor(self, default: float) -> tuple[float, str]:
         """How much to raise the lr of a crawling run (:func:`~lrkit.doctor.checks._factor` of the shape model's lr /

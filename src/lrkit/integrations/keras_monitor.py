@@ -11,13 +11,11 @@ after healthy batches, at least ``snapshot_every`` batches apart.
 
 from __future__ import annotations
 
-import logging
 import math
-import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from lrkit.doctor.monitor import Event, Monitor
+from lrkit.doctor.monitor import Event, Monitor, report, resolve_actions
 from lrkit.errors import LrkitError, missing_extra
 
 try:
@@ -27,7 +25,6 @@ except ImportError as e:  # pragma: no cover - exercised only without keras
 
 from lrkit.integrations.keras import restore_model, snapshot_model
 
-log = logging.getLogger("lrkit.monitor")
 KERAS_ACTIONS = frozenset({"rollback", "lower_lr", "raise_lr"})
 
 
@@ -38,6 +35,31 @@ def _value(v: Any) -> float:
         return float(v)
     except TypeError:
         return float(keras.ops.convert_to_numpy(v))
+
+
+class _OpsUpdateRatio:
+    """:class:`~lrkit.integrations.torch_monitor.UpdateRatio` in ``keras.ops``, for backends other than torch. It asks
+    ``variables()`` afresh at each call: under JAX, fit frees the arrays it updates, and a callback's ``self.model``
+    syncs the variables' values first."""
+
+    def __init__(self, variables: Callable[[], list[Any]]) -> None:
+        self.variables = variables
+        self._before: list[Any] | None = None
+
+    def before(self) -> None:
+        ops = keras.ops  # detached copies: no autograd graph on backends that record one
+        self._before = [ops.copy(ops.stop_gradient(v.value)) for v in self.variables()]
+
+    def after(self) -> float | None:
+        before, self._before = self._before, None
+        if before is None:
+            return None
+        ops = keras.ops
+        # two scalars on the device, read once (one host sync per batch, not one per variable)
+        moved = _value(ops.sum(ops.stack([ops.sum(ops.square(ops.subtract(ops.stop_gradient(a), b)))
+                                          for a, b in zip((v.value for v in self.variables()), before)])))
+        size = _value(ops.sum(ops.stack([ops.sum(ops.square(b)) for b in before])))
+        return math.sqrt(moved / size) if size > 0 else None
 
 
 class LrMonitorKerasCallback(keras.callbacks.Callback):
@@ -55,16 +77,8 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
         super().__init__()
         if int(snapshot_every) < 1:
             raise LrkitError(f"snapshot_every must be >= 1, got {snapshot_every}")
-        if act is True:
-            acts = frozenset({"rollback", "lower_lr"})
-        elif act is False or act is None:
-            acts = frozenset()
-        else:
-            acts = frozenset([act] if isinstance(act, str) else act)
-            bad = sorted(acts - KERAS_ACTIONS)
-            if bad:
-                raise LrkitError(f"unknown action(s) {bad} for the Keras callback; choose from {sorted(KERAS_ACTIONS)}"
-                                 " (skipping batches is not possible inside model.fit)")
+        acts = resolve_actions(act, default=frozenset({"rollback", "lower_lr"}), allowed=KERAS_ACTIONS,
+                               why="; skipping batches is not possible inside model.fit")
         self.monitor = monitor if monitor is not None else Monitor(**monitor_kwargs)
         self.acts, self.snapshot_every, self.stop_on_nan = acts, int(snapshot_every), bool(stop_on_nan)
         self.events: list[Event] = []
@@ -75,8 +89,7 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
         self._snap_step = -1
         self._loss_metric: Any = None
         self.track_update_ratio = bool(update_ratio)
-        self._before: list[Any] | None = None
-        self._torch_ratio: Any = None
+        self._probe: Any = None  # the update ratio's measure of the batch under way
         self.ratios: list[float] = []  # each batch's update-to-weight ratio, when measured
 
     def _tracker(self) -> tuple[float, float] | None:
@@ -101,33 +114,19 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
         if keras.backend.backend() == "torch":  # the PyTorch helper's measure (keras.ops dispatch costs ~5x more)
             from lrkit.integrations.torch_monitor import UpdateRatio
 
-            self._torch_ratio = UpdateRatio([v.value for v in self.model.trainable_variables])
-            self._torch_ratio.before()
+            # torch updates these tensors in place
+            self._probe = UpdateRatio([v.value for v in self.model.trainable_variables])
         else:
-            ops = keras.ops  # detached copies: no autograd graph on backends that record one
-            self._before = [ops.copy(ops.stop_gradient(v.value)) for v in self.model.trainable_variables]
-
-    def _update_ratio(self) -> float | None:
-        """||w_new - w_old|| / ||w_old|| over the trainable variables since the batch began (None if not measured)."""
-        if self._torch_ratio is not None:
-            ratio, self._torch_ratio = self._torch_ratio.after(), None
-            return ratio
-        before, self._before = self._before, None
-        if before is None:
-            return None
-        ops = keras.ops
-        after = [ops.stop_gradient(v.value) for v in self.model.trainable_variables]
-        # two scalars on the device, read once (one host sync per batch, not one per variable)
-        moved = _value(ops.sum(ops.stack([ops.sum(ops.square(ops.subtract(a, b))) for a, b in zip(after, before)])))
-        size = _value(ops.sum(ops.stack([ops.sum(ops.square(b)) for b in before])))
-        return math.sqrt(moved / size) if size > 0 else None
+            self._probe = _OpsUpdateRatio(lambda: self.model.trainable_variables)
+        self._probe.before()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._prev = (0.0, 0.0)  # fit resets the metrics at each epoch's start
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         logs = logs or {}
-        ratio = self._update_ratio()
+        probe, self._probe = self._probe, None
+        ratio = probe.after() if probe is not None else None
         sums = self._tracker()
         if sums is not None and sums[1] > self._prev[1]:
             loss = (sums[0] - self._prev[0]) / (sums[1] - self._prev[1])
@@ -175,10 +174,7 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
             elif ev.kind == "nan" and self.stop_on_nan and not self.acts:
                 self.model.stop_training = True
                 acted = "stopped training"
-            msg = f"lrkit monitor [{ev.kind}] step {ev.step}: {ev.message}" + (f" ({acted})" if acted else
-                                                                               f" (suggested: {ev.action})")
-            log.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            report(ev, acted)
 
     def _scale_lr(self, factor: float) -> str:
         opt = self.model.optimizer

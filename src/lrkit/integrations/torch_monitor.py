@@ -20,12 +20,10 @@ Example::
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from lrkit.doctor.monitor import Event, Monitor
+from lrkit.doctor.monitor import Event, Monitor, report, resolve_actions
 from lrkit.errors import LrkitError, missing_extra
 
 try:
@@ -34,23 +32,6 @@ except ImportError as e:  # pragma: no cover - exercised only without torch
     raise missing_extra("torch", "torch") from e
 
 from lrkit.integrations.torch import _to_cpu
-
-log = logging.getLogger("lrkit.monitor")
-DEFAULT_ACTIONS = frozenset({"rollback", "skip_batches", "lower_lr"})
-ALL_ACTIONS = frozenset({"rollback", "skip_batches", "lower_lr", "raise_lr"})
-
-
-def resolve_actions(act: bool | str | Iterable[str]) -> frozenset[str]:
-    """``False`` -> warn only; ``True`` -> rollback, skip_batches, lower_lr; or an explicit set of actions."""
-    if act is False or act is None:
-        return frozenset()
-    if act is True:
-        return DEFAULT_ACTIONS
-    acts = frozenset([act] if isinstance(act, str) else act)
-    bad = acts - ALL_ACTIONS
-    if bad:
-        raise LrkitError(f"unknown action(s) {sorted(bad)}; choose from {sorted(ALL_ACTIONS)} (or act=True/False)")
-    return acts
 
 
 def scale_lr(optimizer: Any, factor: float, scheduler: Any = None) -> None:
@@ -142,10 +123,7 @@ def handle(events: list[Event], acts: frozenset[str], snaps: Snapshots | None, m
             if ev.factor is not None and optimizer is not None and ev.action in ("rollback", "lower_lr", "raise_lr"):
                 scale_lr(optimizer, ev.factor, scheduler)
                 acted += f"{', ' if acted else ''}lr x{ev.factor:g} -> {optimizer.param_groups[0]['lr']:.3g}"
-        msg = f"lrkit monitor [{ev.kind}] step {ev.step}: {ev.message}" + (f" ({acted})" if acted else
-                                                                           f" (suggested: {ev.action})")
-        log.warning(msg)
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        report(ev, acted)
     return skip
 
 
@@ -198,3 +176,6 @@ class MonitorGuard:
             self._skip -= 1
             return True
         return False
+
+
+__all__ = ["MonitorGuard", "Snapshots", "UpdateRatio", "handle", "resolve_actions", "scale_lr", "total_norm"]
