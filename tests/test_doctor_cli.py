@@ -40,14 +40,21 @@ def test_single_run_text_and_plot_next_to_input(tmp_path, capsys):
     assert "grad norm column" not in out and "update ratio column" not in out
 
 
-def test_header_names_the_side_columns_it_read(tmp_path, capsys):
+@pytest.mark.parametrize("alignment", [False, True])
+def test_header_names_the_side_columns_it_read(tmp_path, capsys, alignment):
     path = tmp_path / "run.csv"
-    path.write_text("step,loss,lr,gradnorm,param_update_ratio\n" + "".join(
-        f"{i},{float(0.4 + 2.0 * np.exp(-i / 40))!r},0.01,1.0,0.001\n" for i in range(200)))
+    path.write_text("step,loss,lr,gradnorm,param_update_ratio" + (",grad_alignment" if alignment else "") + "\n" + "".join(
+        f"{i},{float(0.4 + 2.0 * np.exp(-i / 40))!r},0.01,1.0,0.001"
+        + (f",{float(0.1 * np.cos(i / 9))!r}" if alignment else "") + "\n" for i in range(200)))
     assert main(["diagnose", str(path), "--no-plot"]) == 0
     out = capsys.readouterr().out
     assert "lr column 'lr', grad norm column 'gradnorm', update ratio column 'param_update_ratio'" in out
-    assert "shape model (loss, gradient norm and update/weight ratio)" in out
+    if alignment:
+        assert "update ratio column 'param_update_ratio', gradient alignment column 'grad_alignment'" in out
+        assert "shape model (loss, gradient norm, update/weight ratio and gradient alignment)" in out
+    else:
+        assert "gradient alignment column" not in out
+        assert "shape model (loss, gradient norm and update/weight ratio)" in out
 
 
 def test_json_for_ci(tmp_path, capsys):

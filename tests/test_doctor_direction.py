@@ -53,8 +53,10 @@ def test_shipped_models_load_and_give_probabilities():
         assert list(models["ratio_" + name]["features"]) == list(feats)
     y = 0.5 + 2.0 * np.exp(-np.arange(300) / 40) + 0.02 * np.random.default_rng(1).standard_normal(300)
     g, u = np.exp(-np.arange(300) / 100), np.full(300, 1e-3)
+    al = 0.05 + 0.3 * np.random.default_rng(2).standard_normal(300)
     for args, want in (((y,), "loss_only"), ((y, g), "with_gn"), ((y, None, None, u), "loss_ur"),
-                       ((y, g, None, u), "with_ur")):
+                       ((y, g, None, u), "with_ur"), ((y, None, None, u, al), "loss_ur_al"),
+                       ((y, g, None, u, al), "with_al")):
         p, name = direction.predict(direction.shape_features(*args))
         assert name == want and set(p) == set(direction.CLASSES) and sum(p.values()) == pytest.approx(1.0)
         assert 2.0 ** -7 <= direction.predict_ratio(direction.shape_features(*args)) <= 2.0 ** 7
@@ -77,6 +79,27 @@ def test_shape_features_are_scale_free():
     assert "ur_level" not in direction.shape_features(y, g, None, u[:100])  # a misaligned column is not read
     assert direction.shape_features(y[:20]) is None
     assert direction.shape_features(np.r_[y[:100], np.nan]) is None
+
+
+def test_gradient_alignment_features_in_closed_form():
+    y = 0.4 + 2.0 * np.exp(-np.arange(300) / 80)
+    # aligned (0.3) for the first 100 steps, then overshooting (-0.1): means, shares and the crossing are exact
+    al = np.where(np.arange(300) < 100, 0.3, -0.1)
+    f = direction.shape_features(y, grad_alignment=al)
+    assert set(direction.AL_FEATURES) <= f.keys()
+    assert f["al_early"] == pytest.approx(0.3) and f["al_late"] == pytest.approx(-0.1)
+    assert f["al_mean"] == pytest.approx((100 * 0.3 - 200 * 0.1) / 300)
+    assert f["al_change"] == pytest.approx(-0.4) and f["al_late_pos"] == 0.0
+    assert f["al_second"] == pytest.approx(0.3)  # steps 30..99
+    # the smoothed alignment (EMA with beta 0.9 from 0.3) turns negative once 0.4 * 0.9^k < 0.1: k = 14 steps later
+    k = int(np.ceil(np.log(0.25) / np.log(0.9)))
+    assert f["al_cross"] == pytest.approx((99 + k) / 300)
+    assert f["al_late_z"] == pytest.approx(-np.log1p(0.1 / (1e-6 / 10)))  # no spread: floored at 1e-6
+    assert direction.shape_features(y, grad_alignment=np.full(300, 0.2))["al_cross"] == 1.0  # never overshot
+    # NaNs (the first step has no previous update) are skipped; a column of another length is not read
+    g = direction.shape_features(y, grad_alignment=np.r_[np.nan, al[1:]])
+    assert g["al_mean"] == pytest.approx(np.mean(al[1:]))
+    assert "al_mean" not in direction.shape_features(y, grad_alignment=al[:100])
 
 
 def _softmax_sgd_curves(lrs, steps=300, batch=32, seed=0):

@@ -50,6 +50,22 @@ def test_update_ratio_column_is_read_and_reaches_the_shape_model(tmp_path):
     assert d.stats["shape_model"] == 1.0 and not any("update/weight" in n for n in d.notes)
 
 
+def test_gradient_alignment_column_is_read_and_reaches_the_shape_model(tmp_path):
+    ur = 1e-3 * np.exp(-np.arange(300) / 200)
+    al = 0.2 * np.cos(np.arange(300) / 30)
+    rows = [(i, repr(float(v)), 1.0, repr(float(u)), repr(float(a))) for i, (v, u, a) in enumerate(zip(LOSS, ur, al))]
+    c = read_log(write_csv(tmp_path / "run.csv", ["step", "loss", "grad_norm", "update_ratio", "grad_alignment"], rows))
+    assert c.meta["grad_alignment_column"] == "grad_alignment"
+    np.testing.assert_array_equal(c.extra["grad_alignment"], al)
+    d = diagnose(c)
+    assert d.stats["shape_model"] == 5.0 and any("gradient alignment" in n for n in d.notes)
+    assert d.stats["alignment_late"] == pytest.approx(al[-100:].mean())  # the last third's mean, in the notes too
+    assert f"mean {al[-100:].mean():+.3f}, {np.mean(al[-100:] > 0):.0%} of the steps > 0" in "\n".join(d.notes)
+    d = diagnose(write_csv(tmp_path / "no_gn.csv", ["step", "loss", "train/update_ratio", "train/grad_alignment"],
+                           [(i, v, u, a) for i, v, _, u, a in rows]))
+    assert d.stats["shape_model"] == 4.0  # loss, update ratio and alignment
+
+
 def test_tsv_and_no_step_column(tmp_path):
     p = write_csv(tmp_path / "run.tsv", ["loss"], [(repr(float(v)),) for v in LOSS], delim="\t")
     c = read_log(p)

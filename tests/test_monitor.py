@@ -121,7 +121,7 @@ def test_state_dict_resume_is_exact():
     y[1100:1106] += 1.5
     def feed(m, steps):
         return [e for i in steps for e in m.update(i, y[i], lr=1e-3, grad_norm=1.0 + (i % 7),
-                                                   update_ratio=1e-3 * (1 + i % 5))]
+                                                   update_ratio=1e-3 * (1 + i % 5), grad_alignment=0.1 * np.sin(i))]
 
     a = Monitor(patience=200)
     full = feed(a, range(N))
@@ -134,6 +134,17 @@ def test_state_dict_resume_is_exact():
     assert first + rest == full
     assert json.dumps(c.state_dict()) == json.dumps(a.state_dict())
     assert np.isfinite(a.curve().extra["update_ratio"]).all() and a.diagnosis().to_dict() == c.diagnosis().to_dict()
+    assert np.isfinite(a.curve().extra["grad_alignment"]).all()
+    # a state saved before the update ratio and the alignment were recorded (4 history channels) still loads
+    old = json.loads(json.dumps(b.state_dict()))
+    old["hist"], old["pending"] = old["hist"][:4], [p[:4] for p in old["pending"]]
+    for k in ("moved", "noise"):
+        del old[k]
+    d = Monitor()
+    d.load_state_dict(old)
+    assert "grad_alignment" not in d.curve().extra and "update_ratio" not in d.curve().extra
+    d.update(800, y[800], lr=1e-3, grad_alignment=0.5)
+    assert d.curve().extra["grad_alignment"][-1] == 0.5 and len(d.curve()) == len(b.curve()) + 1
 
 
 def test_diagnosis_matches_offline_and_memory_is_bounded():
@@ -232,18 +243,57 @@ def test_guard_warns_only_by_default_and_skips_after_spike_on_request():
     assert opt.param_groups[0]["lr"] == 0.1  # a skip does not change the lr
 
 
+def test_update_ratio_measures_the_gradient_alignment():
+    from lrkit.integrations.torch_monitor import UpdateRatio
+
+    x, y, model, _ = _setup(5)
+    params = list(model.parameters())
+    for make in (lambda: torch.optim.SGD(params, lr=0.1), lambda: torch.optim.Adam(params, lr=1e-2)):
+        opt = make()
+        probe = UpdateRatio(params, alignment=True)
+        prev_w, prev_dw = None, None
+        for step in range(12):
+            idx = torch.arange(step * 32, step * 32 + 32) % len(x)
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            (1024.0 * loss).backward()  # a loss scale (as GradScaler's) leaves the cosine alone
+            g = np.concatenate([p.grad.double().numpy().ravel() for p in params])
+            probe.before()
+            w0 = np.concatenate([p.detach().double().numpy().ravel() for p in params])
+            opt.step()
+            probe.after()
+            w1 = np.concatenate([p.detach().double().numpy().ravel() for p in params])
+            if prev_dw is None:
+                assert probe.alignment is None  # no previous update yet
+            else:  # cos(-g_t, w_t - w_t-1), in numpy from the weights before and after each step
+                want = -g @ prev_dw / (np.linalg.norm(g) * np.linalg.norm(prev_dw))
+                assert probe.alignment == pytest.approx(want, rel=1e-4, abs=1e-6)
+            prev_dw, prev_w = w1 - w0, w1
+        assert prev_w is not None
+        probe.forget()  # after a rollback the previous update no longer applies
+        probe.before()
+        probe.after()
+        assert probe.alignment is None
+        opt.zero_grad(set_to_none=True)  # no gradient left in .grad: no alignment either
+        probe.before()
+        probe.after()
+        assert probe.alignment is None
+    assert not UpdateRatio(params).track_alignment  # off by default (it keeps a second copy of the weights)
+
+
 def test_guard_measures_each_steps_update_to_weight_ratio():
     from lrkit.integrations.torch_monitor import MonitorGuard
 
     x, y, model, _ = _setup(3)
     opt = torch.optim.SGD(model.parameters(), lr=0.2)  # plain SGD: the update is -lr * gradient
     guard = MonitorGuard(model, opt, update_ratio=True)
-    want = []
+    want, grads = [], []
     for step in range(30):
         idx = torch.arange(step * 32, step * 32 + 32) % len(x)
         loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()
+        grads.append(np.concatenate([p.grad.double().numpy().ravel() for p in model.parameters()]))
         with torch.no_grad():
             g = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters()))
             w = torch.sqrt(sum((p.double() ** 2).sum() for p in model.parameters()))
@@ -252,4 +302,9 @@ def test_guard_measures_each_steps_update_to_weight_ratio():
         guard.update(step, loss.item())
     got = guard.monitor.curve().extra["update_ratio"]
     np.testing.assert_allclose(got, want, rtol=1e-4)
+    # plain SGD: the alignment is the cosine of consecutive gradients (none at the first step)
+    al = guard.monitor.curve().extra["grad_alignment"]
+    cos = [float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(grads[1:], grads[:-1])]
+    assert np.isnan(al[0])
+    np.testing.assert_allclose(al[1:], cos, rtol=1e-4, atol=1e-6)
     assert "update_ratio" not in MonitorGuard(model, opt).monitor.curve().extra  # off by default

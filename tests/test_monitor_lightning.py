@@ -17,7 +17,10 @@ class Tiny(L.LightningModule):
         super().__init__()
         torch.manual_seed(0)
         self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-        self.nan_at, self.lr, self.seen, self.weight_norms = nan_at, lr, [], []
+        self.nan_at, self.lr, self.seen, self.weight_norms, self.grads = nan_at, lr, [], [], []
+
+    def on_before_optimizer_step(self, optimizer):
+        self.grads.append(np.concatenate([p.grad.double().numpy().ravel() for p in self.parameters()]))
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -83,6 +86,11 @@ def test_callback_measures_update_to_weight_ratio(tmp_path):
     # plain SGD: each step moves the weights by lr * ||gradient||, against the weights it started from
     want = 0.05 * c.extra["grad_norm"] / np.array(model.weight_norms[:25])
     np.testing.assert_allclose(c.extra["update_ratio"], want, rtol=1e-4)
+    # and the gradient alignment: with plain SGD, the cosine of consecutive steps' gradients
+    g = model.grads[:25]
+    cos = [a @ b / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(g[1:], g[:-1])]
+    assert np.isnan(c.extra["grad_alignment"][0])
+    np.testing.assert_allclose(c.extra["grad_alignment"][1:], cos, rtol=1e-4, atol=1e-6)
     assert "update_ratio" not in LrMonitorCallback().monitor.curve().extra
 
 

@@ -42,15 +42,23 @@ class StepRatios(transformers.TrainerCallback):
     """Test helper: each optimiser step's update-to-weight ratio, from the weights before and after the step."""
 
     def __init__(self):
-        self.ratios, self._w = [], None
+        self.ratios, self.aligns, self._w, self._g, self._dw = [], [], None, None, None
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         self._w = [p.detach().clone().double() for p in model.parameters()]
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self._g = np.concatenate([p.grad.double().numpy().ravel() for p in model.parameters()])
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         with torch.no_grad():
             moved = sum(((p.double() - w) ** 2).sum() for p, w in zip(model.parameters(), self._w))
             self.ratios.append(float(torch.sqrt(moved / sum((w ** 2).sum() for w in self._w))))
+            dw = np.concatenate([(p.double() - w).numpy().ravel() for p, w in zip(model.parameters(), self._w)])
+        # the gradient alignment cos(-g_t, w_t - w_t-1): none at the first step
+        g, prev = self._g, self._dw
+        self.aligns.append(np.nan if prev is None else -g @ prev / np.linalg.norm(g) / np.linalg.norm(prev))
+        self._dw = dw
 
 
 def run(tmp_path, callbacks, steps=30, lr=1e-3):
@@ -89,6 +97,9 @@ def test_callback_passes_the_windows_mean_update_to_weight_ratio(tmp_path):
     run(tmp_path, [ref, cb], steps=12)
     want = np.array(ref.ratios).reshape(-1, 2).mean(axis=1)  # logging_steps=2: one row per 2 steps
     np.testing.assert_allclose(cb.monitor.curve().extra["update_ratio"], want, rtol=1e-4)
+    # the window's mean gradient alignment (the first window has one: the first step has no previous update)
+    want = np.nanmean(np.array(ref.aligns).reshape(-1, 2), axis=1)
+    np.testing.assert_allclose(cb.monitor.curve().extra["grad_alignment"], want, rtol=1e-4, atol=1e-6)
 
 
 def test_callback_restores_and_lowers_lr_on_nan(tmp_path):

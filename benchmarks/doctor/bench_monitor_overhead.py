@@ -3,8 +3,8 @@ with PyTorch's own per-step lr watcher (``ReduceLROnPlateau.step(loss)``).
 
 Run: ``python benchmarks/doctor/bench_monitor_overhead.py`` (about 30 s, one CPU thread). Interleaved blocks of
 steps, medians over repeats; target: the Monitor adds < 1% to a bare step. Also the opt-in update-to-weight ratio
-(``MonitorGuard(update_ratio=True)``: a copy of the weights and two norms per step) beside the per-step diagnostic
-most loops already pay for, the total gradient norm (``clip_grad_norm_``).
+(``MonitorGuard(update_ratio=True)``: copies of the weights, norms and the gradient alignment's dot product per step)
+beside the per-step diagnostic most loops already pay for, the total gradient norm (``clip_grad_norm_``).
 """
 
 from __future__ import annotations
@@ -62,10 +62,10 @@ def main() -> None:
     for i in range(n):
         m2.update(i, 1.0 + 1.0 / (1 + i), lr=1e-3, grad_norm=1.0)
     per_update = (time.perf_counter() - t0) / n
-    m2u = Monitor()  # with the update ratio too (it also sums the weights' movement)
+    m2u = Monitor()  # with the update ratio (it also sums the weights' movement) and the gradient alignment
     t0 = time.perf_counter()
     for i in range(n):
-        m2u.update(i, 1.0 + 1.0 / (1 + i), lr=1e-3, grad_norm=1.0, update_ratio=1e-3)
+        m2u.update(i, 1.0 + 1.0 / (1 + i), lr=1e-3, grad_norm=1.0, update_ratio=1e-3, grad_alignment=0.1)
     per_update_ur = (time.perf_counter() - t0) / n
     s2 = torch.optim.lr_scheduler.ReduceLROnPlateau(torch.optim.SGD([torch.zeros(1)], lr=0.1), patience=10**9)
     t0 = time.perf_counter()
@@ -79,10 +79,11 @@ def main() -> None:
         m3, t0 = Monitor(use_shape=use_shape), time.perf_counter()
         events = sum(len(m3.update(i, float(v), lr=1e-3, grad_norm=1.0)) for i, v in enumerate(crawl))
         per_crawl[use_shape] = ((time.perf_counter() - t0) / len(crawl), events)
-    ratio, params = UpdateRatio(model.parameters()), list(model.parameters())
+    params = list(model.parameters())
+    ratio, ratio_al = UpdateRatio(params), UpdateRatio(params, alignment=True)
     loss = torch.nn.functional.cross_entropy(model(x[:64]), y[:64])
     loss.backward()
-    costs: dict[str, list[float]] = {"ratio": [], "gn": [], "ours": [], "torch": []}
+    costs: dict[str, list[float]] = {"ratio": [], "ratio_al": [], "gn": [], "ours": [], "torch": []}
     grads = [p.grad for p in params]
     for _ in range(REPEATS):
         t0 = time.perf_counter()
@@ -90,6 +91,11 @@ def main() -> None:
             ratio.before()
             ratio.after()
         costs["ratio"].append((time.perf_counter() - t0) / STEPS)
+        t0 = time.perf_counter()
+        for _ in range(STEPS):
+            ratio_al.before()
+            ratio_al.after()
+        costs["ratio_al"].append((time.perf_counter() - t0) / STEPS)
         t0 = time.perf_counter()
         for _ in range(STEPS):
             torch.nn.utils.clip_grad_norm_(params, float("inf"))
@@ -100,6 +106,7 @@ def main() -> None:
                 float(norm(grads))
             costs[key].append((time.perf_counter() - t0) / STEPS)
     per_ratio, per_gn = statistics.median(costs["ratio"]), statistics.median(costs["gn"])
+    per_al = statistics.median(costs["ratio_al"])
     print(f"MLP 64-256-256-10, batch 64, AdamW, 1 thread; medians of {REPEATS} interleaved blocks of {STEPS} steps")
     print(f"  bare step                      {med['bare'] * 1e6:8.1f} us")
     print(f"  + lrkit Monitor.update         {med['monitor'] * 1e6:8.1f} us  ({med['monitor'] / med['bare'] - 1:+.2%})")
@@ -107,13 +114,15 @@ def main() -> None:
     print(f"isolated cost per call: Monitor.update {per_update * 1e6:.2f} us "
           f"({per_update / med['bare']:.2%} of a bare step), ReduceLROnPlateau.step {per_plateau * 1e6:.2f} us "
           f"({per_plateau / med['bare']:.2%}); ratio {per_update / per_plateau:.1f}x; Monitor.update with the update "
-          f"ratio {per_update_ur * 1e6:.2f} us ({per_update_ur / med['bare']:.2%})")
+          f"ratio and alignment {per_update_ur * 1e6:.2f} us ({per_update_ur / med['bare']:.2%})")
     print(f"a {len(crawl)}-step crawl ({per_crawl[True][1]} crawl events): Monitor.update {per_crawl[True][0] * 1e6:.2f} us "
           f"per call with the shape model's factors ({per_crawl[True][0] / med['bare']:.2%} of a bare step), "
           f"{per_crawl[False][0] * 1e6:.2f} us with fixed factors")
     print(f"update-to-weight ratio (UpdateRatio before + after) {per_ratio * 1e6:.1f} us ({per_ratio / med['bare']:.2%} "
           f"of a bare step); total gradient norm (clip_grad_norm_) {per_gn * 1e6:.1f} us "
           f"({per_gn / med['bare']:.2%}); ratio {per_ratio / per_gn:.1f}x")
+    print(f"update ratio + gradient alignment (UpdateRatio(alignment=True), MonitorGuard(update_ratio=True)) "
+          f"{per_al * 1e6:.1f} us ({per_al / med['bare']:.2%} of a bare step); {per_al / per_gn:.1f}x the gradient norm")
     ours, theirs = statistics.median(costs["ours"]), statistics.median(costs["torch"])
     print(f"total norm of the gradients: lrkit's total_norm {ours * 1e6:.1f} us, torch.nn.utils.get_total_norm "
           f"{theirs * 1e6:.1f} us; ratio {ours / theirs:.2f}")

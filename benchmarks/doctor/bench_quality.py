@@ -1,21 +1,22 @@
 """Quality of the doctor's direction (raise / lower / keep) on real curves over lr grids.
 
 Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about 8
-minutes on 2 cores after that). ``--final`` also scores the FINAL5 held-out tasks with the shipped model, ``--long``
+minutes on 2 cores after that). ``--final`` also scores the FINAL6 held-out tasks with the shipped model, ``--long``
 the 1500-step runs (``make_curves.py --long``); ``--dump FILE`` writes every run's calls as JSON lines;
 ``--live`` adds the live Monitor's divergence alarms on the fitting runs (the held-out ones come with ``--final``);
 ``--no-loto`` skips the leave-one-task-out tables (only --final / --long, with the shipped model);
 ``--forest`` scores leave-one-task-out with the random-forest classifiers of rounds 1-5 instead of the boosted trees.
 
 The doctor = threshold rules (NaN, blow-up, climb-back, spikes) + a small fitted shape model
-(:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 72 tasks
-(12 of them warmup+cosine; ``fit_direction.py``), so its accuracy on those is reported **leave-one-task-out**: each
-task's curves are diagnosed by forests fitted without that task. Every run logs the loss, the gradient norm and the
-update-to-weight ratio; the doctor is scored with all three and as if the log had only the loss and gradient norm, or
-only the loss. The FINAL5 tasks were never used to fit or choose anything (the FINAL..FINAL4 and FINAL_SCHED sets
-were each scored once, then folded into fitting). Side by side, on the same curves: the threshold rules alone (the
-doctor before the shape model) and the eyeballing rule users apply by hand (NaN or ended above the start: lower;
-fell < 30%: raise; else keep), since no library offers an lr doctor to compare with. Targets: >= 90% on too-high and
+(:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 78 tasks
+(13 of them warmup+cosine; ``fit_direction.py``), so its accuracy on those is reported **leave-one-task-out**: each
+task's curves are diagnosed by models fitted without that task. Every run logs the loss, the gradient norm, the
+update-to-weight ratio and the gradient alignment; the doctor is scored with all four and as if the log had only the
+first three, only the loss and gradient norm, or only the loss. The FINAL6 tasks were never used to fit or choose
+anything (the FINAL..FINAL5 and FINAL_SCHED sets were each scored once, then folded into fitting).
+Side by side, on the same curves: the threshold rules alone (the doctor before the shape model) and the eyeballing
+rule users apply by hand (NaN or ended above the start: lower; fell < 30%: raise; else keep), since no library offers
+an lr doctor to compare with. Targets: >= 90% on too-high and
 good, >= 80% on too-low.
 """
 
@@ -105,6 +106,7 @@ def score(runs: list[dict]) -> None:
         rule = diagnose(c, use_shape=False).recommendation
         r["rules_factor"] = rule.factor
         r["rules"] = rule.action
+        r["doctor_ur"] = diagnose(only(c, "grad_norm", "update_ratio")).recommendation.action
         gn = only(c, "grad_norm")
         r["doctor_gn"] = diagnose(gn).recommendation.action
         r["rules_gn"] = diagnose(gn, use_shape=False).recommendation.action
@@ -114,8 +116,9 @@ def score(runs: list[dict]) -> None:
 
 def tables(runs: list[dict], where: str) -> None:
     """The accuracy tables of every method on ``runs``."""
-    table(runs, "doctor", f"lrkit doctor (loss, grad norm, update/weight ratio), {where}")
+    table(runs, "doctor", f"lrkit doctor (loss, grad norm, update/weight ratio, gradient alignment), {where}")
     table([r for r in runs if r["material"]], "doctor", f"lrkit doctor, {where}, material labels")
+    table(runs, "doctor_ur", f"lrkit doctor, loss, grad norm and update ratio (no alignment logged), {where}")
     table(runs, "doctor_gn", f"lrkit doctor, loss and grad norm (no update ratio logged), {where}")
     table(runs, "doctor_loss_only", f"lrkit doctor, loss only, {where}")
     print()
@@ -127,14 +130,16 @@ def tables(runs: list[dict], where: str) -> None:
 
 def live_events(c: Curve, ratio: bool = True, **monitor_kwargs):
     """Feed a run to a fresh live Monitor step by step, as a training loop would (loss, lr, grad norm and, with
-    ``ratio``, the update ratio); yields every event as it fires."""
+    ``ratio``, the update ratio and gradient alignment); yields every event as it fires."""
     from lrkit.doctor import Monitor
 
     m = Monitor(**monitor_kwargs)
     ur = c.extra.get("update_ratio") if ratio else None
+    al = c.extra.get("grad_alignment") if ratio else None
     for i in range(len(c)):
         yield from m.update(i, c.values[i], lr=c.lrs[i], grad_norm=c.extra["grad_norm"][i],
-                            update_ratio=ur[i] if ur is not None else None)
+                            update_ratio=ur[i] if ur is not None else None,
+                            grad_alignment=al[i] if al is not None else None)
 
 
 def live_factors(runs: list[dict], title: str) -> None:
@@ -172,7 +177,8 @@ def live_alarms(runs: list[dict], title: str) -> None:
             f"{c} {np.mean([f for lab, f in got if lab == c]):6.1%}" for c in CLASSES))
 
 
-KEYS = ("doctor", "doctor_factor", "doctor_kinds", "p", "rules", "rules_factor", "doctor_gn", "rules_gn", "doctor_loss_only", "eyeball")
+KEYS = ("doctor", "doctor_factor", "doctor_kinds", "p", "rules", "rules_factor", "doctor_ur", "doctor_gn", "rules_gn",
+        "doctor_loss_only", "eyeball")
 _SHARED: tuple = ()
 
 
@@ -234,13 +240,13 @@ def main() -> None:
     if "--live" in sys.argv:  # the live Monitor's divergence alarms on every fitting run (no fitted model involved)
         live_alarms(load(fresh=True), "all fitting tasks")
     if "--final" in sys.argv:  # the round's held-out tasks, scored with the shipped models
-        make_curves.ensure("final5")
-        final = load_set("final5")
+        make_curves.ensure("final6")
+        final = load_set("final6")
         score(final)
-        print(f"\nFINAL5 held-out tasks (never used to fit or choose anything): {sorted({r['task'] for r in final})}")
-        tables(final, "FINAL5 held-out tasks, shipped model")
-        live_factors(final, "FINAL5 held-out tasks")
-        live_alarms(final, "FINAL5 held-out tasks")
+        print(f"\nFINAL6 held-out tasks (never used to fit or choose anything): {sorted({r['task'] for r in final})}")
+        tables(final, "FINAL6 held-out tasks, shipped model")
+        live_factors(final, "FINAL6 held-out tasks")
+        live_alarms(final, "FINAL6 held-out tasks")
     if "--long" in sys.argv:  # the same tasks trained 5x longer: does the shape model carry over to longer runs?
         make_curves.ensure("long")
         long = load_set("long")

@@ -4,8 +4,8 @@ Run: ``python benchmarks/doctor/fit_direction.py`` (needs the cached curves of e
 ``bench_quality.py`` generates what is missing). Reports leave-one-task-out accuracy (each task's curves scored by a
 model fitted without that task; ``--no-loto`` skips it), then fits on every fitting task and, with ``--write``,
 writes ``src/lrkit/doctor/direction_model.npz`` (a classifier and a ratio regressor per ``direction.VARIANTS``:
-which of the gradient norm and the update-to-weight ratio they read besides the loss). The FINAL5 held-out tasks
-(``make_curves.py --final5``) are never read here.
+which of the gradient norm, the update-to-weight ratio and the gradient alignment they read besides the loss). The
+FINAL6 held-out tasks (``make_curves.py --final6``) are never read here.
 
 The classifiers are gradient-boosted trees (scikit-learn's ``HistGradientBoostingClassifier``; exported to numpy by
 ``direction.export_forest``): on the same 11 task-grouped folds they beat the random forests of rounds 1-5 on
@@ -41,7 +41,8 @@ def features(r: dict) -> dict[str, float] | None:
     """The run's :func:`shape_features`, computed once and kept in the run's dict."""
     if "shape" not in r:
         c = r["curve"]
-        r["shape"] = shape_features(c.values, c.extra.get("grad_norm"), c.lrs, c.extra.get("update_ratio"))
+        r["shape"] = shape_features(c.values, c.extra.get("grad_norm"), c.lrs, c.extra.get("update_ratio"),
+                                    c.extra.get("grad_alignment"))
     return r["shape"]
 
 

@@ -42,7 +42,7 @@ def load(fresh: bool = False, unlabelled: bool = False) -> list[dict]:
     ``unlabelled=True`` also returns the runs between the classes (label None; e.g. 3x the best lr).
     ``material`` says whether a too-high / too-low label costs something (excess > MATERIAL); ``fresh=True`` loads
     every set the shape model fits (``make_curves.FITTING``: group = the set's name; the earlier held-out sets each
-    joined it once it had been scored), else only the first tasks (groups "tuning" and "held_out"). Only the FINAL5
+    joined it once it had been scored), else only the first tasks (groups "tuning" and "held_out"). Only the FINAL6
     tasks are held out."""
     out = load_set("curves", unlabelled)
     if fresh:
@@ -64,6 +64,7 @@ def _load(path: str, flag: str, unlabelled: bool = False) -> list[dict]:
     loss, gn = d["loss"].astype(np.float64), d["grad_norm"].astype(np.float64)
     sched = d["lrs"].astype(np.float64) if "lrs" in d.files else None  # the lr at every step, where logged
     ur = d["update_ratio"].astype(np.float64) if "update_ratio" in d.files else None  # ||dw|| / ||w||, where logged
+    al = d["grad_alignment"].astype(np.float64) if "grad_alignment" in d.files else None  # cos(-g_t, dw_t-1)
     out = []
     for name in sorted(set(task.tolist())):
         grid = sorted(set(lr[task == name].tolist()))
@@ -81,7 +82,8 @@ def _load(path: str, flag: str, unlabelled: bool = False) -> list[dict]:
             y = loss[i]
             n = int(np.argmax(~np.isfinite(y))) + 1 if not np.isfinite(y).all() else len(y)  # a log ends at NaN
             lrs = sched[i][:n] if sched is not None else np.full(n, lr[i])
-            extra = {"grad_norm": gn[i][:n]} | ({"update_ratio": ur[i][:n]} if ur is not None else {})
+            extra = ({"grad_norm": gn[i][:n]} | ({"update_ratio": ur[i][:n]} if ur is not None else {})
+                     | ({"grad_alignment": al[i][:n]} if al is not None else {}))
             c = Curve(np.arange(n), y[:n], lrs, name="loss", extra=extra,
                       meta={"source": f"{key[0]} seed={key[1]} lr={lr[i]:.3g}"})
             out.append({"curve": c, "label": lab, "task": key[0], "seed": key[1], "lr": float(lr[i]),

@@ -4,7 +4,8 @@ Run: ``python benchmarks/doctor/make_curves.py`` (about 3 minutes on one CPU thr
 ``benchmarks/doctor/.cache/curves.npz``; rerun with ``--force`` to regenerate); one flag per other set (``--fresh``,
 ``--extra``, ..., ``--final4``: see ``SETS``), ``--part K/N`` for parallel slices. Every set: about 25 minutes on one
 thread. Each task is (data, architecture, optimiser[, batch, steps, schedule]); each run records the raw minibatch
-loss, the gradient norm, the lr and the update-to-weight ratio ||w_t+1 - w_t|| / ||w_t|| at every optimiser step.
+loss, the gradient norm, the lr, the update-to-weight ratio ||w_t+1 - w_t|| / ||w_t|| and the gradient alignment
+cos(-g_t, w_t - w_t-1) at every optimiser step.
 """
 
 from __future__ import annotations
@@ -127,6 +128,17 @@ def _clean_data(name: str):
     if name == "friedman2":
         x, y = datasets.make_friedman2(n_samples=3000, noise=0.1, random_state=15)
         return StandardScaler().fit_transform(x), (y - y.mean()) / y.std(), "reg"
+    if name == "checker":  # a 4x4 checkerboard in 2-d with noisy borders, plus 6 distractor features
+        rng = np.random.default_rng(16)
+        xy = rng.uniform(-2, 2, (3000, 2))
+        y = ((np.floor(xy[:, 0] + 2) + np.floor(xy[:, 1] + 2)) % 2).astype(int)
+        x = np.c_[xy + rng.normal(0, 0.15, xy.shape), rng.standard_normal((3000, 6))]
+        return StandardScaler().fit_transform(x), y, "clf"
+    if name == "sines":  # a smooth nonlinear regression: sin(3 x0) + cos(2 x1) x2 + 0.5 x3 x4 + noise, 8 features
+        x = np.random.default_rng(17).standard_normal((3000, 8))
+        y = np.sin(3 * x[:, 0]) + np.cos(2 * x[:, 1]) * x[:, 2] + 0.5 * x[:, 3] * x[:, 4]
+        y = y + np.random.default_rng(18).normal(0, 0.3, 3000)
+        return x, (y - y.mean()) / y.std(), "reg"
     if name == "friedman":
         x, y = datasets.make_friedman1(n_samples=2000, noise=0.5, random_state=0)
         return x, (y - y.mean()) / y.std(), "reg"
@@ -280,6 +292,14 @@ FINAL5_TASKS = [
     ("spiral", "mlp_bn", "sgd_wd", 32, 300, "cos"),
 ]
 
+# FINAL6 held-out tasks (round 7): two new data sets, norm-layer nets with adaptive optimisers and plain nets where
+# round 6 missed; defined and generated before the round-7 change to the shape model and scored once at its end
+FINAL6_TASKS = [
+    ("checker", "mlp_bn", "nadam", 32), ("sines", "resmlp_ln", "adam", 32), ("checker", "mlp_silu", "adamw", 64),
+    ("sines", "deep_tanh", "momentum", 16), ("blobs8", "mlp_bn", "radam", 64),
+    ("checker", "wide", "rmsprop", 32, 300, "cos"),
+]
+
 
 def schedule(peak: float, steps: int, kind: str | None) -> np.ndarray:
     """The lr at every step: constant, or "cos": 5% linear warmup from 10% of the peak, then cosine to 10%."""
@@ -309,8 +329,9 @@ def run(data: str, arch: str, opt: str, lr: float, seed: int, batch: int = BATCH
     optim = _optim(opt, model.parameters(), lr, torch)
     crit = torch.nn.CrossEntropyLoss() if kind == "clf" else torch.nn.MSELoss()
     g = torch.Generator().manual_seed(seed)
-    losses, gnorms, ratios = np.full(steps, np.nan), np.full(steps, np.nan), np.full(steps, np.nan)
-    ratio = UpdateRatio(model.parameters())  # ||w_new - w_old|| / ||w_old|| over all parameters, as the live helpers
+    losses, gnorms, ratios, aligns = (np.full(steps, np.nan) for _ in range(4))
+    # ||w_new - w_old|| / ||w_old|| over all parameters, and cos(-g_t, w_t - w_t-1), as the live helpers measure them
+    ratio = UpdateRatio(model.parameters(), alignment=True)
     perm, pos = torch.randperm(len(x), generator=g), 0
     lrs = schedule(lr, steps, sched)
     for t in range(steps):
@@ -332,7 +353,8 @@ def run(data: str, arch: str, opt: str, lr: float, seed: int, batch: int = BATCH
         optim.step()
         r = ratio.after()
         ratios[t] = r if r is not None else np.nan
-    return losses, gnorms, lrs, ratios
+        aligns[t] = ratio.alignment if ratio.alignment is not None else np.nan
+    return losses, gnorms, lrs, ratios, aligns
 
 
 # every set of curves: flag name -> (tasks, what it is for); cached in .cache/<name>.npz (or its --part slices)
@@ -349,11 +371,12 @@ SETS = {
     "final_sched": (FINAL_SCHED_TASKS, "the warmup+cosine FINAL_SCHED tasks (scored in round 4, then fitted on)"),
     "long": (LONG_TASKS, "the 1500-step LONG runs"),
     "final4": (FINAL4_TASKS, "the FINAL4 tasks (scored in round 5, then fitted on)"),
-    "final5": (FINAL5_TASKS, "the FINAL5 held-out tasks (round 6)"),
+    "final5": (FINAL5_TASKS, "the FINAL5 tasks (scored in round 6, then fitted on)"),
+    "final6": (FINAL6_TASKS, "the FINAL6 held-out tasks (round 7)"),
 }
-# what the shape model fits (each FINAL set joined once it had been scored; FINAL5 is the held-out set of round 6)
+# what the shape model fits (each FINAL set joined once it had been scored; FINAL6 is the held-out set of round 7)
 FITTING = ("curves", "fresh", "extra", "extra2", "extra3", "sched", "final", "final2", "final3", "final_sched",
-           "final4")
+           "final4", "final5")
 
 
 def flag(name: str) -> str:
@@ -400,12 +423,12 @@ def generate(path: str, tasks: list, force: bool = False) -> None:
 
     torch.set_num_threads(1)
     t0 = time.time()
-    keys, lrs, seeds, L, G, S, U = [], [], [], [], [], [], []
+    keys, lrs, seeds, L, G, S, U, A = [], [], [], [], [], [], [], []
     for task in tasks:
         data, arch, opt, *batch = task
         for seed in SEEDS:
             for lr in GRID:
-                loss, gn, sched, ratio = run(data, arch, opt, float(lr), seed, *batch)
+                loss, gn, sched, ratio, align = run(data, arch, opt, float(lr), seed, *batch)
                 keys.append("|".join(map(str, task)))
                 lrs.append(lr)
                 seeds.append(seed)
@@ -413,12 +436,14 @@ def generate(path: str, tasks: list, force: bool = False) -> None:
                 G.append(gn)
                 S.append(sched)
                 U.append(ratio)
+                A.append(align)
         print(f"{'|'.join(map(str, task)):28s} done, {time.time() - t0:.0f}s", flush=True)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp.npz"
     np.savez_compressed(tmp, task=np.array(keys), lr=np.array(lrs), seed=np.array(seeds),
                         loss=np.array(L, dtype=np.float32), grad_norm=np.array(G, dtype=np.float32),
                         lrs=np.array(S, dtype=np.float32), update_ratio=np.array(U, dtype=np.float32),
+                        grad_alignment=np.array(A, dtype=np.float32),
                         steps=len(L[0]))
     os.replace(tmp, path)
     print(f"wrote {len(keys)} curves to {path} in {time.time() - t0:.0f}s")

@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         for src, d in done:
             meta = d.curve.meta if d.curve is not None else {}
             cols = "".join(f", {what} column {meta[k]!r}" for k, what in (
-                ("lr_column", "lr"), ("grad_norm_column", "grad norm"), ("update_ratio_column", "update ratio"))
+                ("lr_column", "lr"), ("grad_norm_column", "grad norm"), ("update_ratio_column", "update ratio"),
+                ("grad_alignment_column", "gradient alignment"))
                 if meta.get(k))
             print(f"{src}  ({meta.get('format', '?')}, metric {d.metric!r}, {len(d.curve)} points{cols})")
             print(str(d))

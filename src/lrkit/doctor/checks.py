@@ -427,17 +427,24 @@ def _shape_call(c: Curve, ys: np.ndarray, ss: np.ndarray, valid: int, f: dict[st
         return
     idx = sample_index(valid, t.shape_points)  # a long run is read like the runs the model was fitted on
     side = {k: (v[idx] if v is not None and v.shape == c.values.shape else None)
-            for k in ("grad_norm", "update_ratio") for v in [c.extra.get(k)]}
-    sf = shape_features(ys[idx], side["grad_norm"], c.lrs[idx] if c.lrs is not None else None, side["update_ratio"])
+            for k in ("grad_norm", "update_ratio", "grad_alignment") for v in [c.extra.get(k)]}
+    sf = shape_features(ys[idx], side["grad_norm"], c.lrs[idx] if c.lrs is not None else None, side["update_ratio"],
+                        side["grad_alignment"])
     if sf is None:
         return
     probs, model = predict(sf)
     f["lr_over_best"] = predict_ratio(sf)  # how far off runs of this shape were: the factor to recommend
     call = max(probs, key=probs.__getitem__)
     f.update({f"p_{k}": v for k, v in probs.items()})
-    # which variant voted: 3 loss + grad norm + update ratio, 2 loss + update ratio, 1 loss + grad norm, 0 loss
-    f["shape_model"] = {"with_ur": 3.0, "loss_ur": 2.0, "with_gn": 1.0}.get(model, 0.0)
+    # which variant voted: 5 loss + grad norm + update ratio + alignment, 4 the same without the grad norm, 3 loss +
+    # grad norm + update ratio, 2 loss + update ratio, 1 loss + grad norm, 0 loss
+    f["shape_model"] = {"with_al": 5.0, "loss_ur_al": 4.0, "with_ur": 3.0, "loss_ur": 2.0, "with_gn": 1.0}.get(model, 0.0)
     level = t.shape_confidence if model != "loss_only" else t.shape_confidence_loss_only
+    if "al_late" in sf:  # the gradient alignment, in words a user can check against the logged column
+        f["alignment_late"], f["alignment_late_positive"] = sf["al_late"], sf["al_late_pos"]
+        notes.append(f"gradient alignment (cos of each step's gradient against the previous update; > 0: the last "
+                     f"step still descends, < 0: it overshot) over the last third: mean {sf['al_late']:+.3f}, "
+                     f"{sf['al_late_pos']:.0%} of the steps > 0")
     notes.append(f"shape model ({SIGNALS[model]}): lr too high "
                  f"{probs['too_high']:.0%}, good {probs['good']:.0%}, too low {probs['too_low']:.0%}"
                  + ("" if probs[call] >= level else f" (below {level:.0%}: the trend rules decide)"))

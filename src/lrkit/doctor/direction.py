@@ -3,7 +3,8 @@
 A run whose loss neither blew up nor spiked can still have its lr 4x too high (it drops fast, then sits on a noise
 floor) or 10x too low (it is still crawling down at the end). :func:`shape_features` measures the shape with
 dimensionless, scale-free statistics (time as a fraction of the run, loss relative to its own descent and noise;
-where logged, the gradient norm's trend, the lr schedule's shape and the update-to-weight ratio's level);
+where logged, the gradient norm's trend, the lr schedule's shape, the update-to-weight ratio's level and the gradient
+alignment's sign and trend);
 :func:`predict` turns them into probabilities of (too high, good, too low) with small gradient-boosted trees fitted on the
 labelled real curves of ``benchmarks/doctor`` (``fit_direction.py --write`` writes ``direction_model.npz``) and
 evaluated here in numpy: no scikit-learn at run time.
@@ -26,10 +27,17 @@ LOSS_FEATURES = ("drop", "log_t50", "log_t90", "t_fast", "late3", "late_z", "lat
 GN_FEATURES = ("gn_change", "gn_tail_trend", "gn_tail_cv", "gn_early_peak")
 # the update-to-weight ratio ||w_t+1 - w_t|| / ||w_t||: dimensionless, so its level (log10) is comparable across runs
 UR_FEATURES = ("ur_level", "ur_peak", "ur_early", "ur_late", "ur_change", "ur_cv")
+# the gradient alignment cos(-g_t, w_t - w_t-1) (the sign of the hypergradient: > 0 the last step still descends,
+# < 0 it overshot): a cosine, so its mean and the share of positive steps mean the same in any run
+AL_FEATURES = ("al_early", "al_mean", "al_late", "al_change", "al_late_pos", "al_late_z", "al_cross", "al_second")
 # the model variants, most signals first: the doctor uses the first whose features a run has
-VARIANTS = {"with_ur": LOSS_FEATURES + GN_FEATURES + UR_FEATURES, "loss_ur": LOSS_FEATURES + UR_FEATURES,
+VARIANTS = {"with_al": LOSS_FEATURES + GN_FEATURES + UR_FEATURES + AL_FEATURES,
+            "loss_ur_al": LOSS_FEATURES + UR_FEATURES + AL_FEATURES,
+            "with_ur": LOSS_FEATURES + GN_FEATURES + UR_FEATURES, "loss_ur": LOSS_FEATURES + UR_FEATURES,
             "with_gn": LOSS_FEATURES + GN_FEATURES, "loss_only": LOSS_FEATURES}
-SIGNALS = {"with_ur": "loss, gradient norm and update/weight ratio", "loss_ur": "loss and update/weight ratio",
+SIGNALS = {"with_al": "loss, gradient norm, update/weight ratio and gradient alignment",
+           "loss_ur_al": "loss, update/weight ratio and gradient alignment",
+           "with_ur": "loss, gradient norm and update/weight ratio", "loss_ur": "loss and update/weight ratio",
            "with_gn": "loss and gradient norm", "loss_only": "loss"}
 
 
@@ -59,9 +67,10 @@ def _log_series(a: np.ndarray | None, shape: tuple[int, ...], log) -> tuple[np.n
 
 
 def shape_features(loss: np.ndarray, grad_norm: np.ndarray | None = None, lrs: np.ndarray | None = None,
-                   update_ratio: np.ndarray | None = None) -> dict[str, float] | None:
-    """Dimensionless statistics of a finite loss curve (and its gradient norm, lr and update-to-weight ratio, if
-    given); None below 24 points. Time is measured as a fraction of the run; loss changes relative to the run's own
+                   update_ratio: np.ndarray | None = None,
+                   grad_alignment: np.ndarray | None = None) -> dict[str, float] | None:
+    """Dimensionless statistics of a finite loss curve (and its gradient norm, lr, update-to-weight ratio and gradient
+    alignment, if given); None below 24 points. Time is measured as a fraction of the run; loss changes relative to the run's own
     descent or batch noise; the lr only by its shape (the end against the peak, where the peak is), never by its
     value; the update-to-weight ratio by its level (log10), which means the same in any run."""
     y = np.asarray(loss, dtype=np.float64)
@@ -182,6 +191,24 @@ def shape_features(loss: np.ndarray, grad_norm: np.ndarray | None = None, lrs: n
         f["ur_late"] = float(np.median(lu[-max(kk, n // 5):]))
         f["ur_change"] = f["ur_late"] - f["ur_early"]
         f["ur_cv"] = robust_std(np.diff(lu[n // 2:])) / math.sqrt(2.0)
+    if grad_alignment is not None:
+        al = np.asarray(grad_alignment, dtype=np.float64)
+        a = al[np.isfinite(al)] if al.shape == y.shape else al[:0]
+        if len(a) >= 24:
+            n = len(a)
+            late = a[-max(8, n // 3):]
+            f["al_early"] = float(np.mean(a[: max(3, n // 10)]))
+            f["al_mean"] = float(np.mean(a))
+            f["al_late"] = float(np.mean(late))
+            f["al_change"] = f["al_late"] - f["al_early"]
+            f["al_late_pos"] = float(np.mean(late > 0))
+            z = f["al_late"] / (max(float(np.std(late)), 1e-6) / math.sqrt(len(late)))  # its mean in standard errors
+            f["al_late_z"] = float(np.sign(z) * math.log1p(abs(z)))
+            # when the smoothed alignment first turned negative (steps overshooting on average), as a share of the run
+            sm_a = ema(a, 1.0 - 1.0 / max(5.0, n / 30))
+            neg = np.nonzero(sm_a[3:] < 0)[0]
+            f["al_cross"] = (float(neg[0]) + 3) / n if neg.size else 1.0
+            f["al_second"] = float(np.mean(a[max(3, n // 10): max(6, n // 3)]))
     return f
 
 
@@ -282,8 +309,9 @@ _MODELS: dict[str, dict[str, np.ndarray]] = {}
 
 
 def load_models() -> dict[str, dict[str, np.ndarray]]:
-    """The shipped models: a direction classifier per :data:`VARIANTS` name (``with_ur``, ``loss_ur``, ``with_gn``,
-    ``loss_only``: which signals it reads) and a regressor of log2(lr / best lr) per variant (``ratio_`` + name)."""
+    """The shipped models: a direction classifier per :data:`VARIANTS` name (``with_al``, ``loss_ur_al``, ``with_ur``,
+    ``loss_ur``, ``with_gn``, ``loss_only``: which signals it reads) and a regressor of log2(lr / best lr) per variant
+    (``ratio_`` + name)."""
     if not _MODELS:
         if not os.path.exists(MODEL_PATH):
             raise LrkitError(f"the doctor's shape model {MODEL_PATH} is missing from this install: reinstall lrkit "

@@ -1,6 +1,7 @@
 """The live doctor: :class:`Monitor` runs the doctor's checks online, O(1) work per step.
 
-Feed it ``update(step, loss, lr=None, grad_norm=None, update_ratio=None)`` after each optimiser step; it returns the
+Feed it ``update(step, loss, lr=None, grad_norm=None, update_ratio=None, grad_alignment=None)`` after each optimiser
+step; it returns the
 :class:`Event` s that step raised (a spike, divergence, NaN, plateau, or a crawl), each with a suggested action
 and lr factor. Acting on them (restore a snapshot, skip batches, change the lr) is the framework helpers' job:
 ``lrkit.integrations.torch_monitor``, ``lightning_monitor``, ``transformers_monitor``, ``keras_monitor``.
@@ -106,18 +107,19 @@ class Monitor:
         # batch noise from first differences (an EMA of |loss_t - loss_t-1|, robust to the trend), and its value when
         # the smoothed loss last set its best: a climb back counts only after progress that stood out of that noise
         self._dev, self._prev_loss, self._noise_best = EMA(self.beta), math.nan, math.nan
-        # steps, loss, lr, grad_norm, update_ratio (downsampled when long)
-        self._hist: list[list[float]] = [[], [], [], [], []]
+        # steps, loss, lr, grad_norm, update_ratio, grad_alignment (downsampled when long)
+        self._hist: list[list[float]] = [[], [], [], [], [], []]
         self._stride, self._pending = 1, []
         self.events: list[Event] = []
 
     # ------------------------------------------------------------------------------------------------ updating
     def update(self, step: int, loss: float, lr: float | None = None, grad_norm: float | None = None,
-               update_ratio: float | None = None) -> list[Event]:
-        """Record one optimiser step (``update_ratio``: ||w_new - w_old|| / ||w_old|| of the step, if measured: the
-        doctor's shape model reads it); returns the events it raised (usually none)."""
+               update_ratio: float | None = None, grad_alignment: float | None = None) -> list[Event]:
+        """Record one optimiser step (``update_ratio``: ||w_new - w_old|| / ||w_old|| of the step; ``grad_alignment``:
+        cos(-gradient, previous update); if measured, the doctor's shape model reads them); returns the events it
+        raised (usually none)."""
         step, loss = int(step), float(loss)
-        self._record(step, loss, lr, grad_norm, update_ratio)
+        self._record(step, loss, lr, grad_norm, update_ratio, grad_alignment)
         out: list[Event] = []
         if not math.isfinite(loss):
             self._fire(out, "nan", step, f"the loss is {loss} at step {step}", "rollback", 0.5)
@@ -197,9 +199,9 @@ class Monitor:
             from lrkit.doctor.direction import predict_ratio, sample_index, shape_features
 
             # the history read at the shape model's points, O(points) rather than O(history)
-            _, loss, lr, gn, ur = (np.array([h[i] for i in sample_index(n, self.t.shape_points)], dtype=np.float64)
-                                   for h in hist)
-            sf = shape_features(loss, gn, lr, ur)
+            _, loss, lr, gn, ur, al = (np.array([h[i] for i in sample_index(n, self.t.shape_points)],
+                                                dtype=np.float64) for h in hist)
+            sf = shape_features(loss, gn, lr, ur, al)
             try:
                 r = predict_ratio(sf) if sf is not None else math.inf
             except LrkitError:  # no shape model installed: the fixed factor
@@ -240,12 +242,14 @@ class Monitor:
         return not self._diverged and self._loss_spikes._open is None and not self._loss_spikes._run
 
     # ------------------------------------------------------------------------------------------------- history
-    def _record(self, step: int, loss: float, lr: float | None, gn: float | None, ur: float | None) -> None:
+    def _record(self, step: int, loss: float, lr: float | None, gn: float | None, ur: float | None,
+                al: float | None) -> None:
         """Keep a bounded history for :meth:`diagnosis`: past 2*MAX_POINTS points, pairs are averaged (O(1)
         amortised per step)."""
         lr = math.nan if lr is None else float(lr)
         gn = math.nan if gn is None else float(gn)
         ur = math.nan if ur is None else float(ur)
+        al = math.nan if al is None else float(al)
         if self._stride == 1:  # fast path until the run gets long
             h = self._hist
             h[0].append(step)
@@ -253,10 +257,11 @@ class Monitor:
             h[2].append(lr)
             h[3].append(gn)
             h[4].append(ur)
+            h[5].append(al)
             if len(h[0]) >= 2 * MAX_POINTS:
                 self._halve()
             return
-        self._pending.append((step, loss, lr, gn, ur))
+        self._pending.append((step, loss, lr, gn, ur, al))
         if len(self._pending) < self._stride:
             return
         p = self._pending
@@ -265,26 +270,30 @@ class Monitor:
         finite = [v for v in vals if math.isfinite(v)]
         loss_v = sum(finite) / len(finite) if len(finite) == len(vals) else math.nan
         urs = [x[4] for x in p if math.isfinite(x[4])]
+        als = [x[5] for x in p if math.isfinite(x[5])]
         for h, v in zip(self._hist, (p[0][0], loss_v, p[-1][2], max((x[3] for x in p), default=math.nan),
-                                     sum(urs) / len(urs) if urs else math.nan)):
+                                     sum(urs) / len(urs) if urs else math.nan,
+                                     sum(als) / len(als) if als else math.nan)):
             h.append(v)
         if len(self._hist[0]) >= 2 * MAX_POINTS:
             self._halve()
 
     def _halve(self) -> None:
-        """Average the history in pairs (loss mean, last lr, max grad norm, mean update ratio); later points come in
-        pairs too."""
-        s, lo, lr_, g, u = self._hist
+        """Average the history in pairs (loss mean, last lr, max grad norm, mean update ratio and alignment); later
+        points come in pairs too."""
+        s, lo, lr_, g, u, al = self._hist
         self._hist = [s[0::2], [(a + b) / 2 for a, b in zip(lo[0::2], lo[1::2])], lr_[1::2],
-                      [max(a, b) for a, b in zip(g[0::2], g[1::2])], [(a + b) / 2 for a, b in zip(u[0::2], u[1::2])]]
+                      [max(a, b) for a, b in zip(g[0::2], g[1::2])], [(a + b) / 2 for a, b in zip(u[0::2], u[1::2])],
+                      [(a + b) / 2 for a, b in zip(al[0::2], al[1::2])]]
         self._stride *= 2
 
     def curve(self) -> Curve:
         """The recorded history as a Curve (downsampled by averaging when the run is long)."""
-        s, lo, lr, g, u = (np.asarray(h, dtype=np.float64) for h in self._hist)
-        n = min(len(s), len(lo), len(lr), len(g), len(u))
-        s, lo, lr, g, u = s[:n], lo[:n], lr[:n], g[:n], u[:n]
-        extra = {k: v for k, v in (("grad_norm", g), ("update_ratio", u)) if np.isfinite(v).any()}
+        s, lo, lr, g, u, al = (np.asarray(h, dtype=np.float64) for h in self._hist)
+        n = min(len(h) for h in self._hist)
+        s, lo, lr, g, u, al = s[:n], lo[:n], lr[:n], g[:n], u[:n], al[:n]
+        extra = {k: v for k, v in (("grad_norm", g), ("update_ratio", u), ("grad_alignment", al))
+                 if np.isfinite(v).any()}
         return Curve(s.astype(np.int64), lo, lr if np.isfinite(lr).any() else None, name="loss", extra=extra,
                      meta={"format": "monitor", "window": self.window})
 
@@ -333,9 +342,9 @@ class Monitor:
         self._dev._avg, self._dev._n = float(noise[0]), int(noise[1])
         self._prev_loss, self._noise_best = float(noise[2]), float(noise[3])
         self._hist = [list(h) for h in state["hist"]]
-        while len(self._hist) < 5:  # a state saved before the update ratio was recorded
+        while len(self._hist) < 6:  # a state saved before the update ratio or the alignment was recorded
             self._hist.append([math.nan] * len(self._hist[0]))
         self._stride = int(state["stride"])
-        self._pending = [tuple(p) + (math.nan,) * (5 - len(p)) for p in state["pending"]]
+        self._pending = [tuple(p) + (math.nan,) * (6 - len(p)) for p in state["pending"]]
         self._crawl_cache = list(state.get("crawl_cache", []))
         self.events = [Event(**e) for e in state["events"]]

@@ -429,11 +429,12 @@ def columns_to_curve(cols: Columns, metric: str | None, source: str = "") -> Cur
     lr_name = _pick([n for n in names if n != chosen], LR_NAMES, ("lr", "learning_rate"))
     gn_name = _pick([n for n in names if n != chosen], GRAD_NORM_NAMES, ("grad_norm", "gradient_norm", "gradnorm"))
     ur_name = next((n for n in names if "update" in n.lower() and "ratio" in n.lower()), None)
+    al_name = next((n for n in names if "grad" in n.lower() and "align" in n.lower()), None)
     lrs = _align(cols, lr_name, steps) if lr_name else None
     if lrs is not None and not np.isfinite(lrs).any():
         lrs, lr_name = None, None
     extra = {}
-    for key, nm in (("grad_norm", gn_name), ("update_ratio", ur_name)):
+    for key, nm in (("grad_norm", gn_name), ("update_ratio", ur_name), ("grad_alignment", al_name)):
         if nm:
             extra[key] = _align(cols, nm, steps)
     for nm in names:  # eval curves at their own steps are kept for the plot
@@ -443,8 +444,8 @@ def columns_to_curve(cols: Columns, metric: str | None, source: str = "") -> Cur
             extra[f"eval:{nm}"] = np.stack([es[ok], ev[ok]])
             break
     meta = {"format": cols.fmt, "source": source, "metric": chosen, "lr_column": lr_name, "grad_norm_column": gn_name,
-            "update_ratio_column": ur_name, "columns": names, "notes": notes, "semantics": cols.semantics,
-            "window": getattr(cols, "window", None)}
+            "update_ratio_column": ur_name, "grad_alignment_column": al_name, "columns": names, "notes": notes,
+            "semantics": cols.semantics, "window": getattr(cols, "window", None)}
     return Curve(steps.astype(np.int64), values, lrs, name=chosen, extra=extra, meta=meta)
 
 

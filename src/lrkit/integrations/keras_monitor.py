@@ -67,7 +67,8 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
     NaN, divergence or spike, and lower_lr on a plateau) or a set of those actions and "raise_lr"; ``stop_on_nan``:
     stop fit on a NaN loss when not acting (default True); ``snapshot_every``: batches between last-good snapshots
     (default 50); ``update_ratio``: also measure each batch's update-to-weight ratio ||w_new - w_old|| / ||w_old||
-    over the trainable variables (one copy of them per batch, on their device), which sharpens the doctor's verdict.
+    over the trainable variables (one copy of them per batch, on their device), which sharpens the doctor's verdict
+    (not the gradient alignment the PyTorch helpers also measure: ``fit`` does not hand callbacks the gradients).
     Skipping batches after a spike cannot be done inside ``fit``: a spike rolls back instead. Other keyword arguments
     go to :class:`~lrkit.doctor.Monitor`."""
 

@@ -26,7 +26,8 @@ class LrMonitorCallback(pl.Callback):
     """Watch a Lightning run with the lr doctor. ``act``: False (warn), True (rollback, skip_batches, lower_lr)
     or a set of actions; ``snapshot_every``: optimiser steps between last-good snapshots (CPU memory);
     ``skip_batches``: batches skipped after a spike; ``grad_norm``: also track the total gradient norm;
-    ``update_ratio``: also measure each step's update-to-weight ratio (one copy of the weights during the step).
+    ``update_ratio``: also measure each step's update-to-weight ratio and gradient alignment (cos(-gradient, previous
+    update); two copies of the weights).
     Other keyword arguments go to :class:`~lrkit.doctor.Monitor`. ``.monitor`` and ``.events`` stay readable."""
 
     def __init__(self, monitor: Monitor | None = None, act: bool | str | Iterable[str] = False,
@@ -58,7 +59,7 @@ class LrMonitorCallback(pl.Callback):
                 p.grad = None
             return
         if self.track_update_ratio:
-            self._ratio = self._ratio or UpdateRatio(pl_module.parameters())
+            self._ratio = self._ratio or UpdateRatio(pl_module.parameters(), alignment=True)
             self._ratio.before()
         if self.track_grad_norm:
             grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
@@ -80,10 +81,12 @@ class LrMonitorCallback(pl.Callback):
         opt = trainer.optimizers[0]
         ratio = self._ratio.after() if self._ratio is not None else None
         events = self.monitor.update(step, total, lr=opt.param_groups[0]["lr"], grad_norm=self._gn,
-                                     update_ratio=ratio)
+                                     update_ratio=ratio, grad_alignment=self._ratio.alignment if self._ratio else None)
         self._gn = None
         if events:
             self.events += events
+            if self._ratio is not None:
+                self._ratio.forget()
             sched = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
             if self._snaps is None:
                 self._snaps = Snapshots(pl_module, opt)

@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -53,11 +54,20 @@ def total_norm(tensors: Iterable[torch.Tensor]) -> float:
 class UpdateRatio:
     """The update-to-weight ratio of one optimiser step, ||w_after - w_before|| / ||w_before|| over all trainable
     parameters: call :meth:`before` before ``optimizer.step()`` and :meth:`after` after it. Costs one copy of the
-    weights (on their device) while a step is measured."""
+    weights (on their device) while a step is measured.
 
-    def __init__(self, params: Iterable[torch.Tensor]) -> None:
+    ``alignment=True`` also measures the step's gradient alignment (:attr:`alignment`, set by :meth:`after`): the
+    cosine between the gradient the step used and the previous step's update, cos(-g_t, w_t - w_t-1). Positive: the
+    previous step's direction still descends (the lr could be higher); negative: it overshot (the sign of the
+    hypergradient of Baydin et al., 2018). It keeps the update between steps (one more copy of the weights), needs
+    the gradients still in ``.grad`` when :meth:`after` runs, and is unaffected by gradient scaling or clipping."""
+
+    def __init__(self, params: Iterable[torch.Tensor], alignment: bool = False) -> None:
         self.params = [p for p in params if p.requires_grad]
+        self.track_alignment = bool(alignment)
+        self.alignment: float | None = None  # of the last step measured (None: no previous update or no gradient)
         self._before: list[torch.Tensor] | None = None
+        self._update: list[torch.Tensor] | None = None  # the previous step's w_t - w_t-1, kept for the alignment
 
     def before(self) -> None:
         """Copy the weights as they are now."""
@@ -69,10 +79,35 @@ class UpdateRatio:
         if self._before is None:
             return None
         with torch.no_grad():
-            num = total_norm(p - b for p, b in zip(self.params, self._before))
             den = total_norm(self._before)
+            for b, p in zip(self._before, self.params):  # the copy becomes w_before - w_after (minus the update)
+                b.sub_(p.detach())
+            if self.track_alignment:
+                self.alignment = self._align()
+            num = total_norm(self._before)
+        self._update = (self._before, num) if self.track_alignment else None
         self._before = None
         return num / den if den > 0 else None
+
+    def _align(self) -> float | None:
+        """cos(-g, previous update) over the parameters that have a gradient now (None where it is undefined)."""
+        if self._update is None:
+            return None
+        neg_update, un = self._update
+        pairs = [(p.grad, u) for p, u in zip(self.params, neg_update) if p.grad is not None]
+        if not pairs:
+            return None
+        if len(pairs) < len(self.params):  # the previous update's norm over these parameters only
+            un = total_norm(u for _, u in pairs)
+        dot = float(torch.stack([torch.dot(g.float().reshape(-1), u.float().reshape(-1)) for g, u in pairs]).sum())
+        gn = total_norm(g for g, _ in pairs)
+        if not (gn > 0 and un > 0) or not math.isfinite(dot):
+            return None
+        return dot / (gn * un)  # g . (w_t-1 - w_t) = -g . update
+
+    def forget(self) -> None:
+        """Drop the previous update (after a rollback it no longer led to the current weights)."""
+        self._update = None
 
 
 class Snapshots:
@@ -134,7 +169,8 @@ class MonitorGuard:
     ``snapshot_every``: steps between last-good snapshots (default 50, CPU memory); ``skip_batches``: batches
     to skip after a spike (default 2 x snapshot_every); ``scheduler``: an lr scheduler whose base lrs follow
     the lr changes; ``update_ratio``: also measure each step's update-to-weight ratio (the weights' change since
-    the previous ``update`` call; one copy of the weights on their device), which sharpens the doctor's verdict.
+    the previous ``update`` call) and gradient alignment (cos(-gradient, previous update); the gradients must still be
+    in ``.grad`` at ``update``), which sharpen the doctor's verdict; two copies of the weights on their device.
     Other keyword arguments go to :class:`~lrkit.doctor.Monitor`.
     """
 
@@ -151,7 +187,7 @@ class MonitorGuard:
         self.skip_batches = 2 * self.snapshot_every if skip_batches is None else int(skip_batches)
         self._skip = 0
         self.events: list[Event] = []
-        self._ratio = UpdateRatio(model.parameters()) if update_ratio else None
+        self._ratio = UpdateRatio(model.parameters(), alignment=True) if update_ratio else None
         if self._ratio is not None:
             self._ratio.before()
 
@@ -159,9 +195,13 @@ class MonitorGuard:
         """Record one optimiser step (the lr is read from the optimiser); warn, and act if asked."""
         lr = self.optimizer.param_groups[0]["lr"]
         ratio = self._ratio.after() if self._ratio is not None else None
-        events = self.monitor.update(step, float(loss), lr=lr, grad_norm=grad_norm, update_ratio=ratio)
+        align = self._ratio.alignment if self._ratio is not None else None
+        events = self.monitor.update(step, float(loss), lr=lr, grad_norm=grad_norm, update_ratio=ratio,
+                                     grad_alignment=align)
         if events:
             self.events += events
+            if self._ratio is not None:
+                self._ratio.forget()
             self._skip = max(self._skip, handle(events, self.acts, self.snapshots, self.monitor, self.optimizer,
                                                 step, self.scheduler, self.skip_batches))
         elif self.acts and step % self.snapshot_every == 0 and self.monitor.healthy:

@@ -25,8 +25,9 @@ from lrkit.integrations.torch_monitor import Snapshots, UpdateRatio, handle, res
 class LrMonitorTrainerCallback(TrainerCallback):
     """Watch a Hugging Face ``Trainer`` run with the lr doctor (see the module docstring). ``act``: False (warn),
     True (rollback, skip_batches, lower_lr) or a set of actions; ``stop_on_nan``: stop training on a NaN loss
-    when not acting (default True); ``update_ratio``: also measure the update-to-weight ratio of each optimiser step
-    (one copy of the weights during the step) and pass its mean over the logging window. Other keyword arguments go
+    when not acting (default True); ``update_ratio``: also measure the update-to-weight ratio and the gradient alignment
+    (cos(-gradient, previous update)) of each optimiser step (two copies of the weights) and pass their means over the
+    logging window. Other keyword arguments go
     to :class:`~lrkit.doctor.Monitor`."""
 
     def __init__(self, monitor: Monitor | None = None, act: bool | str | Iterable[str] = False,
@@ -44,6 +45,7 @@ class LrMonitorTrainerCallback(TrainerCallback):
         self.track_update_ratio = update_ratio
         self._ratio: UpdateRatio | None = None
         self._ratios: list[float] = []  # the steps' ratios since the last logged row
+        self._aligns: list[float] = []  # and their gradient alignments
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
@@ -61,22 +63,25 @@ class LrMonitorTrainerCallback(TrainerCallback):
                 p.grad = None
             return
         if self.track_update_ratio and model is not None:
-            self._ratio = self._ratio or UpdateRatio(model.parameters())
+            self._ratio = self._ratio or UpdateRatio(model.parameters(), alignment=True)
             self._ratio.before()
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         r = self._ratio.after() if self._ratio is not None else None
         if r is not None:
             self._ratios.append(r)
+        if self._ratio is not None and self._ratio.alignment is not None:
+            self._aligns.append(self._ratio.alignment)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, model: Any = None,
                optimizer: Any = None, lr_scheduler: Any = None, **kwargs: Any) -> None:
         if not logs or "loss" not in logs or self.monitor is None:
             return
         ratio = sum(self._ratios) / len(self._ratios) if self._ratios else None
-        self._ratios = []
+        align = sum(self._aligns) / len(self._aligns) if self._aligns else None
+        self._ratios, self._aligns = [], []
         events = self.monitor.update(state.global_step, float(logs["loss"]), lr=logs.get("learning_rate"),
-                                     grad_norm=logs.get("grad_norm"), update_ratio=ratio)
+                                     grad_norm=logs.get("grad_norm"), update_ratio=ratio, grad_alignment=align)
         if not events:
             # snapshot only after a healthy logged window: the monitor has vouched for these weights
             if (self._snaps is not None and self.monitor.healthy
@@ -84,6 +89,8 @@ class LrMonitorTrainerCallback(TrainerCallback):
                 self._snaps.take(state.global_step)
             return
         self.events += events
+        if self._ratio is not None:
+            self._ratio.forget()
         if self._snaps is None and model is not None and optimizer is not None:
             self._snaps = Snapshots(model, optimizer)
         self._skip = max(self._skip, handle(events, self.acts, self._snaps, self.monitor, optimizer,
