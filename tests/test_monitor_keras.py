@@ -61,6 +61,18 @@ def test_update_to_weight_ratio_of_each_batch():
     np.testing.assert_allclose(cb.ratios, want, rtol=1e-4)
     np.testing.assert_allclose(cb.monitor.curve().extra["update_ratio"], want, rtol=1e-4)
     assert not LrMonitorKerasCallback().ratios  # off by default
+    # the gradient alignment (torch backend): plain SGD moves by -lr * gradient, so it is the cosine of consecutive
+    # batches' weight changes (none at the first batch)
+    twin, moves = make(), []
+    for _ in range(2):
+        for xb, yb in batches(X, Y):
+            w0 = twin.get_weights()
+            twin.train_on_batch(xb, yb)
+            moves.append(np.concatenate([(a - b).astype(np.float64).ravel() for a, b in zip(twin.get_weights(), w0)]))
+    cos = [a @ b / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(moves[1:], moves[:-1])]
+    al = cb.monitor.curve().extra["grad_alignment"]
+    assert np.isnan(al[0])
+    np.testing.assert_allclose(al[1:], cos, rtol=1e-3, atol=1e-5)
 
 
 def test_update_ratio_on_the_jax_backend_too():

@@ -68,7 +68,8 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
     stop fit on a NaN loss when not acting (default True); ``snapshot_every``: batches between last-good snapshots
     (default 50); ``update_ratio``: also measure each batch's update-to-weight ratio ||w_new - w_old|| / ||w_old||
     over the trainable variables (one copy of them per batch, on their device), which sharpens the doctor's verdict
-    (not the gradient alignment the PyTorch helpers also measure: ``fit`` does not hand callbacks the gradients).
+    (on the torch backend also the gradient alignment cos(-gradient, previous update), as the PyTorch helpers; other
+    backends do not hand callbacks the gradients).
     Skipping batches after a spike cannot be done inside ``fit``: a spike rolls back instead. Other keyword arguments
     go to :class:`~lrkit.doctor.Monitor`."""
 
@@ -91,6 +92,7 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
         self._loss_metric: Any = None
         self.track_update_ratio = bool(update_ratio)
         self._probe: Any = None  # the update ratio's measure of the batch under way
+        self._torch_probe: Any = None  # on the torch backend, one UpdateRatio kept across batches (for the alignment)
         self.ratios: list[float] = []  # each batch's update-to-weight ratio, when measured
 
     def _tracker(self) -> tuple[float, float] | None:
@@ -115,8 +117,13 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
         if keras.backend.backend() == "torch":  # the PyTorch helper's measure (keras.ops dispatch costs ~5x more)
             from lrkit.integrations.torch_monitor import UpdateRatio
 
-            # torch updates these tensors in place
-            self._probe = UpdateRatio([v.value for v in self.model.trainable_variables])
+            # torch updates these tensors in place, and leaves the batch's gradients in .grad: the alignment too
+            values = [v.value for v in self.model.trainable_variables]
+            probe = self._torch_probe
+            if probe is None or len(probe.params) != len(values) or any(
+                    a is not b for a, b in zip(probe.params, values)):
+                self._torch_probe = probe = UpdateRatio(values, alignment=True)
+            self._probe = probe
         else:
             self._probe = _OpsUpdateRatio(lambda: self.model.trainable_variables)
         self._probe.before()
@@ -128,6 +135,7 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
         logs = logs or {}
         probe, self._probe = self._probe, None
         ratio = probe.after() if probe is not None else None
+        align = getattr(probe, "alignment", None)
         sums = self._tracker()
         if sums is not None and sums[1] > self._prev[1]:
             loss = (sums[0] - self._prev[0]) / (sums[1] - self._prev[1])
@@ -141,12 +149,14 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
         self.losses.append(loss)
         if ratio is not None:
             self.ratios.append(ratio)
-        events = self.monitor.update(step, loss, lr=self._lr(), update_ratio=ratio)
+        events = self.monitor.update(step, loss, lr=self._lr(), update_ratio=ratio, grad_alignment=align)
         if not events:
             if self.acts and self.monitor.healthy and step - self._snap_step >= self.snapshot_every:
                 self._snap, self._snap_step = snapshot_model(self.model), step
             return
         self.events += events
+        if self._torch_probe is not None:
+            self._torch_probe.forget()
         self._handle(events, step)
 
     def _lr(self) -> float | None:
