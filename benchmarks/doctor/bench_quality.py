@@ -13,7 +13,8 @@ The doctor = threshold rules (NaN, blow-up, climb-back, spikes) + a small fitted
 task's curves are diagnosed by models fitted without that task. Every run logs the loss, the gradient norm, the
 update-to-weight ratio and the gradient alignment; the doctor is scored with all four and as if the log had only the
 first three, only the loss and gradient norm, or only the loss. The FINAL6 tasks were never used to fit or choose
-anything (the FINAL..FINAL5 and FINAL_SCHED sets were each scored once, then folded into fitting).
+anything (the FINAL..FINAL5 and FINAL_SCHED sets were each scored once, then folded into fitting). Tasks where no lr
+of the grid learned (``labelled.MIN_LEARNED``) are left out, and named.
 Side by side, on the same curves: the threshold rules alone (the doctor before the shape model) and the eyeballing
 rule users apply by hand (NaN or ended above the start: lower; fell < 30%: raise; else keep), since no library offers
 an lr doctor to compare with. Targets: >= 90% on too-high and
@@ -33,7 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 import make_curves  # noqa: E402
 from fit_direction import dataset, fit, fit_forest, fit_ratio, ratio_dataset  # noqa: E402
-from labelled import EXPECTED, MATERIAL, load, load_set  # noqa: E402
+from labelled import EXPECTED, MATERIAL, MIN_LEARNED, UNLEARNED, load, load_set  # noqa: E402
 
 from lrkit.curve import Curve  # noqa: E402
 from lrkit.doctor import diagnose, direction  # noqa: E402
@@ -128,6 +129,15 @@ def tables(runs: list[dict], where: str) -> None:
     table(runs, "eyeball", f"eyeballing rule, {where}")
 
 
+def left_out(where: str, tasks: set[str] | None = None) -> None:
+    """Say which tasks (of ``tasks``; default all loaded so far) the labelled set left out because no lr of their grid
+    learned."""
+    gone = {t: v for t, v in UNLEARNED.items() if tasks is None or t in tasks}
+    if gone:
+        print(f"left out of the {where} tasks (no lr learned {MIN_LEARNED:.0%} below the untrained loss): "
+              + ", ".join(f"{t} ({v:+.0%})" for t, v in sorted(gone.items())))
+
+
 def live_events(c: Curve, ratio: bool = True, **monitor_kwargs):
     """Feed a run to a fresh live Monitor step by step, as a training loop would (loss, lr, grad norm and, with
     ``ratio``, the update ratio and gradient alignment); yields every event as it fires."""
@@ -214,6 +224,7 @@ def loto_tables() -> None:
     runs = [r for r in every if r["label"] is not None]
     tasks = sorted({r["task"] for r in runs})
     print(f"{len(runs)} labelled curves from {len(tasks)} fitting tasks, 300 steps each")
+    left_out("fitting")
     fitting = {}  # model name -> (X, target, task of each row, feature names, fitter)
     for name, fs in direction.VARIANTS.items():
         fitting[name] = (*dataset(runs, fs)[:3], fs, fit_forest if "--forest" in sys.argv else fit)
@@ -242,6 +253,7 @@ def main() -> None:
     if "--final" in sys.argv:  # the round's held-out tasks, scored with the shipped models
         make_curves.ensure("final6")
         final = load_set("final6")
+        left_out("FINAL6", {"|".join(map(str, t)) for t in make_curves.FINAL6_TASKS})
         score(final)
         print(f"\nFINAL6 held-out tasks (never used to fit or choose anything): {sorted({r['task'] for r in final})}")
         tables(final, "FINAL6 held-out tasks, shipped model")

@@ -1,7 +1,12 @@
 """The labelled set of real curves: each run's label comes from where its lr sits relative to the grid's best lr
 for the same task (best = lowest training loss over the last 10% of steps, averaged over the seeds; a run that
 went NaN is worst). ``lr >= 4x best``: too high (the doctor should say lower); ``lr <= best/10``: too low (raise);
-``best/2 <= lr <= 2x best``: good (keep); the runs in between are left out (ambiguous by construction)."""
+``best/2 <= lr <= 2x best``: good (keep); the runs in between are left out (ambiguous by construction).
+
+A task where no lr of the grid learned (the best lr's final loss is less than MIN_LEARNED = 20% below the untrained
+loss, the first 10 losses at the grid's smallest lr) has no meaningful best lr: its runs are left out (``UNLEARNED``
+lists them). On the sets so far the best lrs learned either 2-13% or 26% and more: any cut in between gives the
+same tasks."""
 
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ from make_curves import FITTING, HELD_OUT, flag, set_paths  # noqa: E402
 from lrkit.curve import Curve  # noqa: E402
 
 MATERIAL = 0.05  # a too-high/too-low lr "costs" when it loses more than this share of the achievable descent
+MIN_LEARNED = 0.2  # a task counts when its best lr ends at least this share below the untrained loss
+UNLEARNED: dict[str, float] = {}  # the tasks left out (no lr learned), with the share their best lr learned
 EXPECTED = {"too_high": "lower", "good": "keep", "too_low": "raise"}
 
 
@@ -71,6 +78,11 @@ def _load(path: str, flag: str, unlabelled: bool = False) -> list[dict]:
         score = [np.mean([final_loss(loss[i]) for i in np.where((task == name) & (lr == g))[0]]) for g in grid]
         ib = int(np.argmin(score))
         best = float(grid[ib])
+        untrained = np.mean([np.median(loss[i][:10]) for i in np.where((task == name) & (lr == grid[0]))[0]])
+        learned = (untrained - score[ib]) / max(abs(untrained), 1e-12)
+        if not learned >= MIN_LEARNED:
+            UNLEARNED[name] = float(learned)
+            continue
         start = np.mean([np.median(loss[i][:10]) for i in np.where((task == name) & (lr == grid[ib]))[0]])
         # the share of the achievable descent (start -> best final) this lr lost, averaged over the seeds
         excess = {g: (s - score[ib]) / max(start - score[ib], 1e-12) for g, s in zip(grid, score)}
