@@ -278,6 +278,18 @@ def test_update_ratio_measures_the_gradient_alignment():
         probe.before()
         probe.after()
         assert probe.alignment is None
+        # a step a GradScaler skipped (an inf gradient, the weights left alone): no alignment, a ratio of 0, and the
+        # step after it has no previous update to compare with
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        params[0].grad[0, 0] = float("inf")
+        probe.before()
+        assert probe.after() == 0.0 and probe.alignment is None
+        for p in params:
+            p.grad = torch.ones_like(p)
+        probe.before()
+        probe.after()
+        assert probe.alignment is None
     assert not UpdateRatio(params).track_alignment  # off by default (it keeps a second copy of the weights)
 
 
