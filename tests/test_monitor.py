@@ -293,6 +293,28 @@ def test_update_ratio_measures_the_gradient_alignment():
     assert not UpdateRatio(params).track_alignment  # off by default (it keeps a second copy of the weights)
 
 
+@pytest.mark.parametrize("act", [True, False])
+def test_guard_forgets_the_previous_update_only_when_it_restores(act):
+    from lrkit.integrations.torch_monitor import MonitorGuard
+
+    x, y, model, _ = _setup(6)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = MonitorGuard(model, opt, act=act, snapshot_every=1, update_ratio=True)
+    for step in range(8):
+        idx = torch.arange(step * 32, step * 32 + 32) % len(x)
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            guard.update(step, float("nan") if step == 5 else loss.item())
+    al = guard.monitor.curve().extra["grad_alignment"]
+    assert np.isfinite(al[1:6]).all()
+    # a restore at step 5 (act=True): the update before it no longer led to the weights, so step 6 has no alignment
+    assert np.isnan(al[6]) == act and np.isfinite(al[7])
+
+
 def test_guard_measures_each_steps_update_to_weight_ratio():
     from lrkit.integrations.torch_monitor import MonitorGuard
 

@@ -17,8 +17,7 @@ anything (the FINAL..FINAL5 and FINAL_SCHED sets were each scored once, then fol
 of the grid learned (``labelled.MIN_LEARNED``) are left out, and named.
 Side by side, on the same curves: the threshold rules alone (the doctor before the shape model) and the eyeballing
 rule users apply by hand (NaN or ended above the start: lower; fell < 30%: raise; else keep), since no library offers
-an lr doctor to compare with. Targets: >= 90% on too-high and
-good, >= 80% on too-low.
+an lr doctor to compare with. Targets: >= 90% on too-high and good, >= 80% on too-low.
 """
 
 from __future__ import annotations

@@ -63,6 +63,11 @@ def load_set(name: str, unlabelled: bool = False) -> list[dict]:
     return [r for path in set_paths(name) for r in _load(path, flag(name), unlabelled)]
 
 
+def _start(runs: np.ndarray) -> float:
+    """The loss over the first 10 steps (median), averaged over ``runs`` (the seeds of one lr)."""
+    return float(np.mean([np.median(y[:10]) for y in runs]))
+
+
 def _load(path: str, flag: str, unlabelled: bool = False) -> list[dict]:
     if not os.path.exists(path):
         raise SystemExit(f"no cached curves at {path}: run python benchmarks/doctor/make_curves.py {flag} first")
@@ -70,22 +75,22 @@ def _load(path: str, flag: str, unlabelled: bool = False) -> list[dict]:
     task, lr, seed = d["task"], d["lr"], d["seed"]
     loss, gn = d["loss"].astype(np.float64), d["grad_norm"].astype(np.float64)
     sched = d["lrs"].astype(np.float64) if "lrs" in d.files else None  # the lr at every step, where logged
-    ur = d["update_ratio"].astype(np.float64) if "update_ratio" in d.files else None  # ||dw|| / ||w||, where logged
-    al = d["grad_alignment"].astype(np.float64) if "grad_alignment" in d.files else None  # cos(-g_t, dw_t-1)
+    # where logged: ||dw|| / ||w|| and cos(-g_t, dw_t-1)
+    side = {k: d[k].astype(np.float64) for k in ("update_ratio", "grad_alignment") if k in d.files}
     out = []
     for name in sorted(set(task.tolist())):
         grid = sorted(set(lr[task == name].tolist()))
         score = [np.mean([final_loss(loss[i]) for i in np.where((task == name) & (lr == g))[0]]) for g in grid]
         ib = int(np.argmin(score))
         best = float(grid[ib])
-        untrained = np.mean([np.median(loss[i][:10]) for i in np.where((task == name) & (lr == grid[0]))[0]])
+        untrained = _start(loss[(task == name) & (lr == grid[0])])
         learned = (untrained - score[ib]) / max(abs(untrained), 1e-12)
         if not learned >= MIN_LEARNED:
             UNLEARNED[name] = float(learned)
             continue
-        start = np.mean([np.median(loss[i][:10]) for i in np.where((task == name) & (lr == grid[ib]))[0]])
+        top = _start(loss[(task == name) & (lr == best)])
         # the share of the achievable descent (start -> best final) this lr lost, averaged over the seeds
-        excess = {g: (s - score[ib]) / max(start - score[ib], 1e-12) for g, s in zip(grid, score)}
+        excess = {g: (s - score[ib]) / max(top - score[ib], 1e-12) for g, s in zip(grid, score)}
         for i in np.where(task == name)[0]:
             key = (name, int(seed[i]))
             lab = label(float(lr[i]), best)
@@ -94,8 +99,7 @@ def _load(path: str, flag: str, unlabelled: bool = False) -> list[dict]:
             y = loss[i]
             n = int(np.argmax(~np.isfinite(y))) + 1 if not np.isfinite(y).all() else len(y)  # a log ends at NaN
             lrs = sched[i][:n] if sched is not None else np.full(n, lr[i])
-            extra = ({"grad_norm": gn[i][:n]} | ({"update_ratio": ur[i][:n]} if ur is not None else {})
-                     | ({"grad_alignment": al[i][:n]} if al is not None else {}))
+            extra = {"grad_norm": gn[i][:n], **{k: v[i][:n] for k, v in side.items()}}
             c = Curve(np.arange(n), y[:n], lrs, name="loss", extra=extra,
                       meta={"source": f"{key[0]} seed={key[1]} lr={lr[i]:.3g}"})
             out.append({"curve": c, "label": lab, "task": key[0], "seed": key[1], "lr": float(lr[i]),

@@ -51,6 +51,12 @@ def report(ev: Event, acted: str = "", stacklevel: int = 4) -> None:
     warnings.warn(msg, RuntimeWarning, stacklevel=stacklevel)
 
 
+def _finite_mean(values: Iterable[float]) -> float:
+    """The mean of the finite values (NaN when there are none)."""
+    ok = [v for v in values if math.isfinite(v)]
+    return sum(ok) / len(ok) if ok else math.nan
+
+
 @dataclass
 class Event:
     """One thing the Monitor saw at ``step``: ``kind`` (spike, divergence, nan, plateau, too_slow), a message, the
@@ -269,11 +275,8 @@ class Monitor:
         vals = [x[1] for x in p]
         finite = [v for v in vals if math.isfinite(v)]
         loss_v = sum(finite) / len(finite) if len(finite) == len(vals) else math.nan
-        urs = [x[4] for x in p if math.isfinite(x[4])]
-        als = [x[5] for x in p if math.isfinite(x[5])]
         for h, v in zip(self._hist, (p[0][0], loss_v, p[-1][2], max((x[3] for x in p), default=math.nan),
-                                     sum(urs) / len(urs) if urs else math.nan,
-                                     sum(als) / len(als) if als else math.nan)):
+                                     _finite_mean(x[4] for x in p), _finite_mean(x[5] for x in p))):
             h.append(v)
         if len(self._hist[0]) >= 2 * MAX_POINTS:
             self._halve()

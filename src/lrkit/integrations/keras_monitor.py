@@ -40,11 +40,16 @@ def _value(v: Any) -> float:
 class _OpsUpdateRatio:
     """:class:`~lrkit.integrations.torch_monitor.UpdateRatio` in ``keras.ops``, for backends other than torch. It asks
     ``variables()`` afresh at each call: under JAX, fit frees the arrays it updates, and a callback's ``self.model``
-    syncs the variables' values first."""
+    syncs the variables' values first. No gradient alignment: these backends do not hand callbacks the gradients."""
+
+    alignment: float | None = None
 
     def __init__(self, variables: Callable[[], list[Any]]) -> None:
         self.variables = variables
         self._before: list[Any] | None = None
+
+    def forget(self) -> None:
+        """Nothing to drop: no previous update is kept."""
 
     def before(self) -> None:
         ops = keras.ops  # detached copies: no autograd graph on backends that record one
@@ -91,8 +96,7 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
         self._snap_step = -1
         self._loss_metric: Any = None
         self.track_update_ratio = bool(update_ratio)
-        self._probe: Any = None  # the update ratio's measure of the batch under way
-        self._torch_probe: Any = None  # on the torch backend, one UpdateRatio kept across batches (for the alignment)
+        self._probe: Any = None  # the update ratio's measure, made at a fit's first batch and kept across its batches
         self.ratios: list[float] = []  # each batch's update-to-weight ratio, when measured
 
     def _tracker(self) -> tuple[float, float] | None:
@@ -108,24 +112,21 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._loss_metric = None  # found again on the first batch (compile may have rebuilt the metrics)
+        self._probe = None  # and the variables the update ratio reads
         if self.acts:
             self._snap, self._snap_step = snapshot_model(self.model), self._step
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         if not self.track_update_ratio:
             return
-        if keras.backend.backend() == "torch":  # the PyTorch helper's measure (keras.ops dispatch costs ~5x more)
-            from lrkit.integrations.torch_monitor import UpdateRatio
+        if self._probe is None:
+            if keras.backend.backend() == "torch":  # the PyTorch helper's measure (keras.ops dispatch costs ~5x more)
+                from lrkit.integrations.torch_monitor import UpdateRatio
 
-            # torch updates these tensors in place, and leaves the batch's gradients in .grad: the alignment too
-            values = [v.value for v in self.model.trainable_variables]
-            probe = self._torch_probe
-            if probe is None or len(probe.params) != len(values) or any(
-                    a is not b for a, b in zip(probe.params, values)):
-                self._torch_probe = probe = UpdateRatio(values, alignment=True)
-            self._probe = probe
-        else:
-            self._probe = _OpsUpdateRatio(lambda: self.model.trainable_variables)
+                # torch updates these tensors in place (a restore too), and leaves the batch's gradients in .grad
+                self._probe = UpdateRatio([v.value for v in self.model.trainable_variables], alignment=True)
+            else:
+                self._probe = _OpsUpdateRatio(lambda: self.model.trainable_variables)
         self._probe.before()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -133,9 +134,9 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         logs = logs or {}
-        probe, self._probe = self._probe, None
+        probe = self._probe
         ratio = probe.after() if probe is not None else None
-        align = getattr(probe, "alignment", None)
+        align = probe.alignment if probe is not None else None
         sums = self._tracker()
         if sums is not None and sums[1] > self._prev[1]:
             loss = (sums[0] - self._prev[0]) / (sums[1] - self._prev[1])
@@ -155,8 +156,6 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
                 self._snap, self._snap_step = snapshot_model(self.model), step
             return
         self.events += events
-        if self._torch_probe is not None:
-            self._torch_probe.forget()
         self._handle(events, step)
 
     def _lr(self) -> float | None:
@@ -175,6 +174,8 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
                 if action == "rollback":
                     if self._snap is not None:
                         restore_model(self.model, self._snap)
+                        if self._probe is not None:  # the previous update no longer led to the weights
+                            self._probe.forget()
                         self._prev = self._tracker() or (0.0, 0.0)  # the tracker came back with the snapshot
                         self.monitor.reset_after_rollback(step)
                         acted = f"restored the snapshot of batch {self._snap_step}"

@@ -85,13 +85,11 @@ class LrMonitorCallback(pl.Callback):
         self._gn = None
         if events:
             self.events += events
-            if self._ratio is not None:
-                self._ratio.forget()
             sched = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
             if self._snaps is None:
                 self._snaps = Snapshots(pl_module, opt)
             self._skip = max(self._skip, handle(events, self.acts, self._snaps, self.monitor, opt, step, sched,
-                                                self.skip_batches))
+                                                self.skip_batches, self._ratio))
         elif self.acts and step % self.snapshot_every == 0 and self.monitor.healthy:
             self._snaps.take(step)
 

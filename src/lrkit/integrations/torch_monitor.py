@@ -140,8 +140,9 @@ class Snapshots:
 
 
 def handle(events: list[Event], acts: frozenset[str], snaps: Snapshots | None, monitor: Monitor, optimizer: Any,
-           step: int, scheduler: Any = None, skip_batches: int = 0) -> int:
-    """Warn about each event and carry out the allowed actions; returns how many batches to skip from now."""
+           step: int, scheduler: Any = None, skip_batches: int = 0, ratio: UpdateRatio | None = None) -> int:
+    """Warn about each event and carry out the allowed actions; returns how many batches to skip from now. A restore
+    makes ``ratio`` forget the previous update (it no longer led to the weights)."""
     skip = 0
     for ev in events:
         acted = ""
@@ -150,6 +151,8 @@ def handle(events: list[Event], acts: frozenset[str], snaps: Snapshots | None, m
                 if snaps is not None and snaps.restore():
                     acted = f"restored the snapshot of step {snaps.step}"
                     monitor.reset_after_rollback(step)
+                    if ratio is not None:
+                        ratio.forget()
                 else:
                     acted = "no snapshot yet to restore"
                 if ev.action == "skip_batches":
@@ -200,10 +203,8 @@ class MonitorGuard:
                                      grad_alignment=align)
         if events:
             self.events += events
-            if self._ratio is not None:
-                self._ratio.forget()
             self._skip = max(self._skip, handle(events, self.acts, self.snapshots, self.monitor, self.optimizer,
-                                                step, self.scheduler, self.skip_batches))
+                                                step, self.scheduler, self.skip_batches, self._ratio))
         elif self.acts and step % self.snapshot_every == 0 and self.monitor.healthy:
             self.snapshots.take(step)
         if self._ratio is not None:

@@ -89,11 +89,9 @@ class LrMonitorTrainerCallback(TrainerCallback):
                 self._snaps.take(state.global_step)
             return
         self.events += events
-        if self._ratio is not None:
-            self._ratio.forget()
         if self._snaps is None and model is not None and optimizer is not None:
             self._snaps = Snapshots(model, optimizer)
         self._skip = max(self._skip, handle(events, self.acts, self._snaps, self.monitor, optimizer,
-                                            state.global_step, lr_scheduler, self.skip_batches))
+                                            state.global_step, lr_scheduler, self.skip_batches, self._ratio))
         if self.stop_on_nan and not self.acts and any(e.kind == "nan" for e in events):
             control.should_training_stop = True
