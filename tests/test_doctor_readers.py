@@ -64,6 +64,11 @@ def test_gradient_alignment_column_is_read_and_reaches_the_shape_model(tmp_path)
     d = diagnose(write_csv(tmp_path / "no_gn.csv", ["step", "loss", "train/update_ratio", "train/grad_alignment"],
                            [(i, v, u, a) for i, v, _, u, a in rows]))
     assert d.stats["shape_model"] == 4.0  # loss, update ratio and alignment
+    # a column named like the alignment that is no cosine is not read, and the notes say why
+    bad = read_log(write_csv(tmp_path / "bad.csv", ["step", "loss", "grad_alignment"],
+                             [(i, v, repr(10.0 * float(a))) for i, v, _, _, a in rows]))
+    assert "grad_alignment" not in bad.extra and bad.meta["grad_alignment_column"] is None
+    assert any("'grad_alignment' is not a gradient alignment" in n and "reaches 2" in n for n in bad.meta["notes"])
 
 
 def test_tsv_and_no_step_column(tmp_path):

@@ -437,6 +437,12 @@ def columns_to_curve(cols: Columns, metric: str | None, source: str = "") -> Cur
     for key, nm in (("grad_norm", gn_name), ("update_ratio", ur_name), ("grad_alignment", al_name)):
         if nm:
             extra[key] = _align(cols, nm, steps)
+    al = extra.get("grad_alignment")
+    if al is not None and np.nanmax(np.abs(al), initial=0.0) > 1.0 + 1e-6:  # a cosine lies in [-1, 1]
+        del extra["grad_alignment"]
+        notes.append(f"the column {al_name!r} is not a gradient alignment (a cosine in [-1, 1]; it reaches "
+                     f"{np.nanmax(np.abs(al)):.3g}): not read; rename it if it is something else")
+        al_name = None
     for nm in names:  # eval curves at their own steps are kept for the plot
         if nm != chosen and _is_eval(nm) and "loss" in nm.lower():
             es, ev = cols[nm]
