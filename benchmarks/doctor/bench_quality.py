@@ -1,20 +1,21 @@
 """Quality of the doctor's direction (raise / lower / keep) on real curves over lr grids.
 
-Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about 8
-minutes on 2 cores after that). ``--final`` also scores the FINAL6 held-out tasks with the shipped model, ``--long``
+Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about 20
+minutes on 2 cores after that). ``--final`` also scores the FINAL7 held-out tasks with the shipped model, ``--long``
 the 1500-step runs (``make_curves.py --long``); ``--dump FILE`` writes every run's calls as JSON lines;
 ``--live`` adds the live Monitor's divergence alarms on the fitting runs (the held-out ones come with ``--final``);
 ``--no-loto`` skips the leave-one-task-out tables (only --final / --long, with the shipped model);
 ``--forest`` scores leave-one-task-out with the random-forest classifiers of rounds 1-5 instead of the boosted trees.
 
 The doctor = threshold rules (NaN, blow-up, climb-back, spikes) + a small fitted shape model
-(:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 78 tasks
-(13 of them warmup+cosine; ``fit_direction.py``), so its accuracy on those is reported **leave-one-task-out**: each
+(:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 79 tasks
+(13 of them warmup+cosine; ``fit_direction.py``), four seeds each, so its accuracy on those is reported **leave-one-task-out**: each
 task's curves are diagnosed by models fitted without that task. Every run logs the loss, the gradient norm, the
 update-to-weight ratio and the gradient alignment; the doctor is scored with all four and as if the log had only the
-first three, only the loss and gradient norm, or only the loss. The FINAL6 tasks were never used to fit or choose
-anything (the FINAL..FINAL5 and FINAL_SCHED sets were each scored once, then folded into fitting). Tasks where no lr
-of the grid learned (``labelled.MIN_LEARNED``) are left out, and named.
+first three, only the loss and gradient norm, or only the loss. The FINAL7 tasks were never used to fit or choose
+anything (the FINAL..FINAL6 and FINAL_SCHED sets were each scored once, then folded into fitting). Tasks where no lr
+of the grid learned (``labelled.MIN_LEARNED``) are left out, and named. It also prints how reproducible the labels
+are: the share of labels that the best lr of two other seeds repeats.
 Side by side, on the same curves: the threshold rules alone (the doctor before the shape model) and the eyeballing
 rule users apply by hand (NaN or ended above the start: lower; fell < 30%: raise; else keep), since no library offers
 an lr doctor to compare with. Targets: >= 90% on too-high and good, >= 80% on too-low.
@@ -33,7 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 import make_curves  # noqa: E402
 from fit_direction import dataset, fit, fit_forest, fit_ratio, ratio_dataset  # noqa: E402
-from labelled import EXPECTED, MATERIAL, MIN_LEARNED, UNLEARNED, load, load_set  # noqa: E402
+from labelled import EXPECTED, MATERIAL, MIN_LEARNED, UNLEARNED, label_agreement, load, load_set  # noqa: E402
 
 from lrkit.curve import Curve  # noqa: E402
 from lrkit.doctor import diagnose, direction  # noqa: E402
@@ -117,6 +118,11 @@ def score(runs: list[dict]) -> None:
 def tables(runs: list[dict], where: str) -> None:
     """The accuracy tables of every method on ``runs``."""
     table(runs, "doctor", f"lrkit doctor (loss, grad norm, update/weight ratio, gradient alignment), {where}")
+    nan = [r for r in runs if r["label"] == "good" and not np.isfinite(r["curve"].values).all()]
+    fine = [r for r in runs if r["label"] == "good" and np.isfinite(r["curve"].values).all()]
+    if nan and fine:  # a seed that blew up at 2x the best lr is labelled good, but its own run needed a lower lr
+        print(f"good runs that went NaN: {len(nan)} (the doctor said lower on {sum(r['doctor'] == 'lower' for r in nan)});"
+              f" good accuracy on the {len(fine)} finite ones: {np.mean([r['doctor'] == 'keep' for r in fine]):.1%}")
     table([r for r in runs if r["material"]], "doctor", f"lrkit doctor, {where}, material labels")
     table(runs, "doctor_ur", f"lrkit doctor, loss, grad norm and update ratio (no alignment logged), {where}")
     table(runs, "doctor_gn", f"lrkit doctor, loss and grad norm (no update ratio logged), {where}")
@@ -224,6 +230,9 @@ def loto_tables() -> None:
     tasks = sorted({r["task"] for r in runs})
     print(f"{len(runs)} labelled curves from {len(tasks)} fitting tasks, 300 steps each")
     left_out("fitting")
+    agree = label_agreement(make_curves.FITTING)
+    print("label reproducibility (the labels from two seeds' best lr that the other two seeds' best lr repeats): "
+          + "  ".join(f"{c} {v:.1%}" for c, v in agree.items()))
     fitting = {}  # model name -> (X, target, task of each row, feature names, fitter)
     for name, fs in direction.VARIANTS.items():
         fitting[name] = (*dataset(runs, fs)[:3], fs, fit_forest if "--forest" in sys.argv else fit)
@@ -250,14 +259,14 @@ def main() -> None:
     if "--live" in sys.argv:  # the live Monitor's divergence alarms on every fitting run (no fitted model involved)
         live_alarms(load(fresh=True), "all fitting tasks")
     if "--final" in sys.argv:  # the round's held-out tasks, scored with the shipped models
-        make_curves.ensure("final6")
-        final = load_set("final6")
-        left_out("FINAL6", {"|".join(map(str, t)) for t in make_curves.FINAL6_TASKS})
+        make_curves.ensure("final7")
+        final = load_set("final7")
+        left_out("FINAL7", {"|".join(map(str, t)) for t in make_curves.FINAL7_TASKS})
         score(final)
-        print(f"\nFINAL6 held-out tasks (never used to fit or choose anything): {sorted({r['task'] for r in final})}")
-        tables(final, "FINAL6 held-out tasks, shipped model")
-        live_factors(final, "FINAL6 held-out tasks")
-        live_alarms(final, "FINAL6 held-out tasks")
+        print(f"\nFINAL7 held-out tasks (never used to fit or choose anything): {sorted({r['task'] for r in final})}")
+        tables(final, "FINAL7 held-out tasks, shipped model")
+        live_factors(final, "FINAL7 held-out tasks")
+        live_alarms(final, "FINAL7 held-out tasks")
     if "--long" in sys.argv:  # the same tasks trained 5x longer: does the shape model carry over to longer runs?
         make_curves.ensure("long")
         long = load_set("long")

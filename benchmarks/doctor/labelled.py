@@ -1,6 +1,7 @@
 """The labelled set of real curves: each run's label comes from where its lr sits relative to the grid's best lr
-for the same task (best = lowest training loss over the last 10% of steps, averaged over the seeds; a run that
-went NaN is worst). ``lr >= 4x best``: too high (the doctor should say lower); ``lr <= best/10``: too low (raise);
+for the same task (best = lowest training loss over the last 10% of steps, averaged over the four seeds; a run that
+went NaN is worst; with two seeds, as up to round 7, the two seeds alone put the best lr a grid step or more apart in
+43% of the tasks). ``lr >= 4x best``: too high (the doctor should say lower); ``lr <= best/10``: too low (raise);
 ``best/2 <= lr <= 2x best``: good (keep); the runs in between are left out (ambiguous by construction).
 
 A task where no lr of the grid learned (the best lr's final loss is less than MIN_LEARNED = 20% below the untrained
@@ -49,7 +50,7 @@ def load(fresh: bool = False, unlabelled: bool = False) -> list[dict]:
     ``unlabelled=True`` also returns the runs between the classes (label None; e.g. 3x the best lr).
     ``material`` says whether a too-high / too-low label costs something (excess > MATERIAL); ``fresh=True`` loads
     every set the shape model fits (``make_curves.FITTING``: group = the set's name; the earlier held-out sets each
-    joined it once it had been scored), else only the first tasks (groups "tuning" and "held_out"). Only the FINAL6
+    joined it once it had been scored), else only the first tasks (groups "tuning" and "held_out"). Only the FINAL7
     tasks are held out."""
     out = load_set("curves", unlabelled)
     if fresh:
@@ -59,8 +60,47 @@ def load(fresh: bool = False, unlabelled: bool = False) -> list[dict]:
 
 
 def load_set(name: str, unlabelled: bool = False) -> list[dict]:
-    """The labelled runs of one set of ``make_curves.SETS`` (all its cache parts)."""
-    return [r for path in set_paths(name) for r in _load(path, flag(name), unlabelled)]
+    """The labelled runs of one set of ``make_curves.SETS`` (all its cache files: parts and added seeds, read as one,
+    so a task's best lr is judged over every seed)."""
+    return _load(set_paths(name), flag(name), unlabelled)
+
+
+def _read(paths: list[str], flag: str) -> dict[str, np.ndarray]:
+    """The cached arrays of one set, its files concatenated (the same steps in each)."""
+    for path in paths:
+        if not os.path.exists(path):
+            raise SystemExit(f"no cached curves at {path}: run python benchmarks/doctor/make_curves.py {flag} first")
+    files = [np.load(p) for p in paths]
+    keys = [k for k in files[0].files if k != "steps" and all(k in f.files for f in files)]
+    return {k: np.concatenate([f[k] for f in files]) for k in keys}
+
+
+def label_agreement(names: tuple[str, ...]) -> dict[str, float]:
+    """How reproducible the labels are: per class, the share of (task, lr) labels given by the best lr of two seeds
+    that the other two seeds' best lr gives too (the three ways to halve four seeds; learned tasks of the sets
+    ``names`` with four seeds). The labels use four seeds, so they are more stable than this, but it bounds what any
+    reader of one curve can score against two-seed labels."""
+    same: dict[str, int] = dict.fromkeys(EXPECTED, 0)
+    total: dict[str, int] = dict.fromkeys(EXPECTED, 0)
+    for name in names:
+        d = _read(set_paths(name), flag(name))
+        task, lr, seed, loss = d["task"], d["lr"], d["seed"], d["loss"].astype(np.float64)
+        for t in sorted(set(task.tolist()) - set(UNLEARNED)):
+            grid = sorted(set(lr[task == t].tolist()))
+            seeds = sorted(set(seed[task == t].tolist()))
+            if len(seeds) != 4:
+                continue
+            score = np.array([[final_loss(loss[(task == t) & (lr == g) & (seed == s)][0]) for g in grid]
+                              for s in seeds])
+            for a in ((0, 1), (0, 2), (0, 3)):
+                b = tuple(i for i in range(4) if i not in a)
+                best_a, best_b = (grid[int(np.argmin(score[list(h)].mean(axis=0)))] for h in (a, b))
+                for g in grid:
+                    lab = label(g, best_a)
+                    if lab is not None:
+                        total[lab] += 1
+                        same[lab] += lab == label(g, best_b)
+    return {c: same[c] / total[c] for c in total if total[c]}
 
 
 def _start(runs: np.ndarray) -> float:
@@ -68,15 +108,13 @@ def _start(runs: np.ndarray) -> float:
     return float(np.mean([np.median(y[:10]) for y in runs]))
 
 
-def _load(path: str, flag: str, unlabelled: bool = False) -> list[dict]:
-    if not os.path.exists(path):
-        raise SystemExit(f"no cached curves at {path}: run python benchmarks/doctor/make_curves.py {flag} first")
-    d = np.load(path)
+def _load(paths: list[str], flag: str, unlabelled: bool = False) -> list[dict]:
+    d = _read(paths, flag)
     task, lr, seed = d["task"], d["lr"], d["seed"]
     loss, gn = d["loss"].astype(np.float64), d["grad_norm"].astype(np.float64)
-    sched = d["lrs"].astype(np.float64) if "lrs" in d.files else None  # the lr at every step, where logged
+    sched = d["lrs"].astype(np.float64) if "lrs" in d else None  # the lr at every step, where logged
     # where logged: ||dw|| / ||w|| and cos(-g_t, dw_t-1)
-    side = {k: d[k].astype(np.float64) for k in ("update_ratio", "grad_alignment") if k in d.files}
+    side = {k: d[k].astype(np.float64) for k in ("update_ratio", "grad_alignment") if k in d}
     out = []
     for name in sorted(set(task.tolist())):
         grid = sorted(set(lr[task == name].tolist()))

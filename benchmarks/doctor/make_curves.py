@@ -1,9 +1,9 @@
 """Train small real models over an lr grid and cache their per-step training curves (the doctor's labelled set).
 
-Run: ``python benchmarks/doctor/make_curves.py`` (about 3 minutes on one CPU thread; cached in
+Run: ``python benchmarks/doctor/make_curves.py`` (about 6 minutes on one CPU thread; cached in
 ``benchmarks/doctor/.cache/curves.npz``; rerun with ``--force`` to regenerate); one flag per other set (``--fresh``,
-``--extra``, ..., ``--final4``: see ``SETS``), ``--part K/N`` for parallel slices. Every set: about 25 minutes on one
-thread. Each task is (data, architecture, optimiser[, batch, steps, schedule]); each run records the raw minibatch
+``--extra``, ..., ``--final7``: see ``SETS``), ``--part K/N`` for parallel slices, ``--seeds 2,3`` to add seeds to a
+cached set (its own file). Every set, four seeds: about 50 minutes on one thread. Each task is (data, architecture, optimiser[, batch, steps, schedule]); each run records the raw minibatch
 loss, the gradient norm, the lr, the update-to-weight ratio ||w_t+1 - w_t|| / ||w_t|| and the gradient alignment
 cos(-g_t, w_t - w_t-1) at every optimiser step.
 """
@@ -26,7 +26,7 @@ def _cache(name: str) -> str:
 STEPS = 300
 BATCH = 32
 GRID = 2.0 ** np.arange(-17, 5)  # 7.6e-6 .. 16, factor 2 apart
-SEEDS = (0, 1)
+SEEDS = (0, 1, 2, 3)  # the first cached sets were recorded with seeds 0 and 1, then topped up (--seeds 2,3)
 
 
 def _data(name: str):
@@ -139,6 +139,18 @@ def _clean_data(name: str):
         y = np.sin(3 * x[:, 0]) + np.cos(2 * x[:, 1]) * x[:, 2] + 0.5 * x[:, 3] * x[:, 4]
         y = y + np.random.default_rng(18).normal(0, 0.3, 3000)
         return x, (y - y.mean()) / y.std(), "reg"
+    if name == "peaks":  # a sum of four Gaussian bumps of different signs and widths in 4-d, plus noise, 6 features
+        rng = np.random.default_rng(19)
+        x = rng.uniform(-2, 2, (3000, 6))
+        c = rng.uniform(-1.5, 1.5, (4, 4))
+        y = sum(s * np.exp(-((x[:, :4] - ci) ** 2).sum(axis=1) / w)
+                for ci, s, w in zip(c, (1, -1, 2, -1.5), (1, 2, 0.5, 1)))
+        y = y + rng.normal(0, 0.1, 3000)
+        return StandardScaler().fit_transform(x), (y - y.mean()) / y.std(), "reg"
+    if name == "madelon":  # 3 classes on a hypercube's vertices in 8 informative of 40 features, 16 redundant/noisy
+        x, y = datasets.make_classification(n_samples=3000, n_features=40, n_informative=8, n_redundant=8, n_classes=3,
+                                            n_clusters_per_class=2, class_sep=0.8, random_state=20)
+        return StandardScaler().fit_transform(x), y, "clf"
     if name == "friedman":
         x, y = datasets.make_friedman1(n_samples=2000, noise=0.5, random_state=0)
         return x, (y - y.mean()) / y.std(), "reg"
@@ -300,6 +312,14 @@ FINAL6_TASKS = [
     ("checker", "wide", "rmsprop", 32, 300, "cos"),
 ]
 
+# FINAL7 held-out tasks (round 8): two new data sets and new combinations, one warmup+cosine; four seeds from the
+# start; defined and generated before any round-8 change and scored once at its end
+FINAL7_TASKS = [
+    ("peaks", "mlp_bn", "adam", 32), ("madelon", "resmlp_ln", "adamw", 64), ("peaks", "wide", "momentum", 16),
+    ("madelon", "mlp_silu", "nadam", 32), ("madelon", "deep_tanh", "adamax", 32),
+    ("peaks", "resmlp_ln", "sgd", 32, 300, "cos"),
+]
+
 
 def schedule(peak: float, steps: int, kind: str | None) -> np.ndarray:
     """The lr at every step: constant, or "cos": 5% linear warmup from 10% of the peak, then cosine to 10%."""
@@ -372,11 +392,12 @@ SETS = {
     "long": (LONG_TASKS, "the 1500-step LONG runs"),
     "final4": (FINAL4_TASKS, "the FINAL4 tasks (scored in round 5, then fitted on)"),
     "final5": (FINAL5_TASKS, "the FINAL5 tasks (scored in round 6, then fitted on)"),
-    "final6": (FINAL6_TASKS, "the FINAL6 held-out tasks (round 7)"),
+    "final6": (FINAL6_TASKS, "the FINAL6 tasks (scored in round 7, then fitted on)"),
+    "final7": (FINAL7_TASKS, "the FINAL7 held-out tasks (round 8)"),
 }
-# what the shape model fits (each FINAL set joined once it had been scored; FINAL6 is the held-out set of round 7)
+# what the shape model fits (each FINAL set joined once it had been scored; FINAL7 is the held-out set of round 8)
 FITTING = ("curves", "fresh", "extra", "extra2", "extra3", "sched", "final", "final2", "final3", "final_sched",
-           "final4", "final5")
+           "final4", "final5", "final6")
 
 
 def flag(name: str) -> str:
@@ -385,9 +406,10 @@ def flag(name: str) -> str:
 
 
 def set_paths(name: str) -> list[str]:
-    """The cache file(s) of the set ``name``: its file, or the parallel parts ``make_curves.py --part`` wrote."""
+    """The cache file(s) of the set ``name``: its file, or the parallel parts ``make_curves.py --part`` wrote, and
+    the files of seeds added later (``--seeds``)."""
     path = _cache(name)
-    parts = sorted(p for p in glob.glob(path.replace(".npz", ".part*.npz")) if ".tmp." not in p)
+    parts = sorted(p for p in glob.glob(path.replace(".npz", ".*.npz")) if ".tmp." not in p)
     return parts or [path]
 
 
@@ -405,16 +427,22 @@ def main() -> None:
     for name, (_, what) in list(SETS.items())[1:]:
         ap.add_argument(flag(name), dest=name, action="store_true", help=f"generate {what} (into .cache/{name}.npz)")
     ap.add_argument("--part", default=None, help="K/N: only the K-th of N slices of the tasks (parallel runs)")
+    ap.add_argument("--seeds", default=None, help="e.g. 2,3: only these seeds, into their own file (to add seeds "
+                    f"to a cached set; default: {','.join(map(str, SEEDS))})")
     args = ap.parse_args()
     name = next((k for k in list(SETS)[1:] if getattr(args, k)), "curves")
     tasks, path = SETS[name][0], _cache(name)
+    seeds = SEEDS
+    if args.seeds:
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+        path = path.replace(".npz", ".seeds" + "-".join(map(str, seeds)) + ".npz")
     if args.part:
         k, n = map(int, args.part.split("/"))
         tasks, path = tasks[k::n], path.replace(".npz", f".part{k}.npz")
-    generate(path, tasks, args.force)
+    generate(path, tasks, args.force, seeds)
 
 
-def generate(path: str, tasks: list, force: bool = False) -> None:
+def generate(path: str, tasks: list, force: bool = False, seeds: tuple[int, ...] = SEEDS) -> None:
     """Train every (task, seed, lr) run of ``tasks`` and cache the curves at ``path`` (atomic write)."""
     if os.path.exists(path) and not force:
         print(f"cached: {path}")
@@ -423,15 +451,15 @@ def generate(path: str, tasks: list, force: bool = False) -> None:
 
     torch.set_num_threads(1)
     t0 = time.time()
-    keys, lrs, seeds, L, G, S, U, A = [], [], [], [], [], [], [], []
+    keys, lrs, seed_of, L, G, S, U, A = [], [], [], [], [], [], [], []
     for task in tasks:
         data, arch, opt, *batch = task
-        for seed in SEEDS:
+        for seed in seeds:
             for lr in GRID:
                 loss, gn, sched, ratio, align = run(data, arch, opt, float(lr), seed, *batch)
                 keys.append("|".join(map(str, task)))
                 lrs.append(lr)
-                seeds.append(seed)
+                seed_of.append(seed)
                 L.append(loss)
                 G.append(gn)
                 S.append(sched)
@@ -440,7 +468,7 @@ def generate(path: str, tasks: list, force: bool = False) -> None:
         print(f"{'|'.join(map(str, task)):28s} done, {time.time() - t0:.0f}s", flush=True)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp.npz"
-    np.savez_compressed(tmp, task=np.array(keys), lr=np.array(lrs), seed=np.array(seeds),
+    np.savez_compressed(tmp, task=np.array(keys), lr=np.array(lrs), seed=np.array(seed_of),
                         loss=np.array(L, dtype=np.float32), grad_norm=np.array(G, dtype=np.float32),
                         lrs=np.array(S, dtype=np.float32), update_ratio=np.array(U, dtype=np.float32),
                         grad_alignment=np.array(A, dtype=np.float32),
