@@ -75,10 +75,19 @@ def _read(paths: list[str], flag: str) -> dict[str, np.ndarray]:
     return {k: np.concatenate([f[k] for f in files]) for k in keys}
 
 
+def _scores(task: np.ndarray, lr: np.ndarray, seed: np.ndarray, loss: np.ndarray,
+            name: str) -> tuple[list[float], np.ndarray]:
+    """The task's lr grid and the final loss (inf after a NaN) of each (seed, lr): an array (seeds, grid)."""
+    grid = sorted(set(lr[task == name].tolist()))
+    seeds = sorted(set(seed[task == name].tolist()))
+    return grid, np.array([[final_loss(loss[(task == name) & (lr == g) & (seed == s)][0]) for g in grid]
+                           for s in seeds])
+
+
 def label_agreement(names: tuple[str, ...]) -> dict[str, float]:
     """How reproducible the labels are: per class, the share of (task, lr) labels given by the best lr of two seeds
-    that the other two seeds' best lr gives too (the three ways to halve four seeds; learned tasks of the sets
-    ``names`` with four seeds). The labels use four seeds, so they are more stable than this, but it bounds what any
+    that the other two seeds' best lr gives too (the three ways to halve four seeds; the sets ``names``, tasks with
+    four seeds, less those :func:`load` left out as unlearned). The labels use four seeds, so they are more stable than this, but it bounds what any
     reader of one curve can score against two-seed labels."""
     same: dict[str, int] = dict.fromkeys(EXPECTED, 0)
     total: dict[str, int] = dict.fromkeys(EXPECTED, 0)
@@ -86,12 +95,9 @@ def label_agreement(names: tuple[str, ...]) -> dict[str, float]:
         d = _read(set_paths(name), flag(name))
         task, lr, seed, loss = d["task"], d["lr"], d["seed"], d["loss"].astype(np.float64)
         for t in sorted(set(task.tolist()) - set(UNLEARNED)):
-            grid = sorted(set(lr[task == t].tolist()))
-            seeds = sorted(set(seed[task == t].tolist()))
-            if len(seeds) != 4:
+            grid, score = _scores(task, lr, seed, loss, t)
+            if len(score) != 4:
                 continue
-            score = np.array([[final_loss(loss[(task == t) & (lr == g) & (seed == s)][0]) for g in grid]
-                              for s in seeds])
             for a in ((0, 1), (0, 2), (0, 3)):
                 b = tuple(i for i in range(4) if i not in a)
                 best_a, best_b = (grid[int(np.argmin(score[list(h)].mean(axis=0)))] for h in (a, b))
@@ -117,8 +123,8 @@ def _load(paths: list[str], flag: str, unlabelled: bool = False) -> list[dict]:
     side = {k: d[k].astype(np.float64) for k in ("update_ratio", "grad_alignment") if k in d}
     out = []
     for name in sorted(set(task.tolist())):
-        grid = sorted(set(lr[task == name].tolist()))
-        score = [np.mean([final_loss(loss[i]) for i in np.where((task == name) & (lr == g))[0]]) for g in grid]
+        grid, per_seed = _scores(task, lr, seed, loss, name)
+        score = per_seed.mean(axis=0)
         ib = int(np.argmin(score))
         best = float(grid[ib])
         untrained = _start(loss[(task == name) & (lr == grid[0])])
