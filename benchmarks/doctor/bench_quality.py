@@ -9,10 +9,10 @@ the 1500-step runs (``make_curves.py --long``); ``--dump FILE`` writes every run
 
 The doctor = threshold rules (NaN, blow-up, climb-back, spikes) + a small fitted shape model
 (:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 79 tasks
-(13 of them warmup+cosine; ``fit_direction.py``), four seeds each, so its accuracy on those is reported **leave-one-task-out**: each
-task's curves are diagnosed by models fitted without that task. Every run logs the loss, the gradient norm, the
-update-to-weight ratio and the gradient alignment; the doctor is scored with all four and as if the log had only the
-first three, only the loss and gradient norm, or only the loss. The FINAL7 tasks were never used to fit or choose
+(13 of them warmup+cosine; ``fit_direction.py``), four seeds each, so its accuracy on those is reported
+**leave-one-task-out**: each task's curves are diagnosed by models fitted without that task. Every run logs the
+loss, the gradient norm, the update-to-weight ratio and the gradient alignment; the doctor is scored with all four
+and as if the log had only the first three, only the loss and gradient norm, or only the loss. The FINAL7 tasks were never used to fit or choose
 anything (the FINAL..FINAL6 and FINAL_SCHED sets were each scored once, then folded into fitting). Tasks where no lr
 of the grid learned (``labelled.MIN_LEARNED``) are left out, and named. It also prints how reproducible the labels
 are: the share of labels that the best lr of two other seeds repeats.
@@ -118,11 +118,12 @@ def score(runs: list[dict]) -> None:
 def tables(runs: list[dict], where: str) -> None:
     """The accuracy tables of every method on ``runs``."""
     table(runs, "doctor", f"lrkit doctor (loss, grad norm, update/weight ratio, gradient alignment), {where}")
-    nan = [r for r in runs if r["label"] == "good" and not np.isfinite(r["curve"].values).all()]
-    fine = [r for r in runs if r["label"] == "good" and np.isfinite(r["curve"].values).all()]
+    good = [(r, bool(np.isfinite(r["curve"].values).all())) for r in runs if r["label"] == "good"]
+    nan, fine = [r for r, ok in good if not ok], [r for r, ok in good if ok]
     if nan and fine:  # a seed that blew up at 2x the best lr is labelled good, but its own run needed a lower lr
-        print(f"good runs that went NaN: {len(nan)} (the doctor said lower on {sum(r['doctor'] == 'lower' for r in nan)});"
-              f" good accuracy on the {len(fine)} finite ones: {np.mean([r['doctor'] == 'keep' for r in fine]):.1%}")
+        lower = sum(r["doctor"] == "lower" for r in nan)
+        print(f"good runs that went NaN: {len(nan)} (the doctor said lower on {lower}); good accuracy on the "
+              f"{len(fine)} finite ones: {np.mean([r['doctor'] == 'keep' for r in fine]):.1%}")
     table([r for r in runs if r["material"]], "doctor", f"lrkit doctor, {where}, material labels")
     table(runs, "doctor_ur", f"lrkit doctor, loss, grad norm and update ratio (no alignment logged), {where}")
     table(runs, "doctor_gn", f"lrkit doctor, loss and grad norm (no update ratio logged), {where}")
@@ -221,8 +222,9 @@ def _parallel(fn, items: list, shared: tuple) -> list:
         return pool.map(fn, items, chunksize=1)
 
 
-def loto_tables() -> None:
-    """Leave-one-task-out over every fitting set: the accuracy tables (``--dump FILE``: every run's calls)."""
+def loto_tables() -> list[dict]:
+    """Leave-one-task-out over every fitting set: the accuracy tables (``--dump FILE``: every run's calls); returns
+    the labelled runs."""
     for name in make_curves.FITTING:
         make_curves.ensure(name)
     every = load(fresh=True, unlabelled=True)  # the ratio regressors also learn from the runs between the classes
@@ -230,7 +232,7 @@ def loto_tables() -> None:
     tasks = sorted({r["task"] for r in runs})
     print(f"{len(runs)} labelled curves from {len(tasks)} fitting tasks, 300 steps each")
     left_out("fitting")
-    agree = label_agreement(make_curves.FITTING)
+    agree = label_agreement(tasks)
     print("label reproducibility (the labels from two seeds' best lr that the other two seeds' best lr repeats): "
           + "  ".join(f"{c} {v:.1%}" for c, v in agree.items()))
     fitting = {}  # model name -> (X, target, task of each row, feature names, fitter)
@@ -254,10 +256,9 @@ def loto_tables() -> None:
 
 def main() -> None:
     t0 = time.time()
-    if "--no-loto" not in sys.argv:
-        loto_tables()
+    runs = loto_tables() if "--no-loto" not in sys.argv else None
     if "--live" in sys.argv:  # the live Monitor's divergence alarms on every fitting run (no fitted model involved)
-        live_alarms(load(fresh=True), "all fitting tasks")
+        live_alarms(runs if runs is not None else load(fresh=True), "all fitting tasks")
     if "--final" in sys.argv:  # the round's held-out tasks, scored with the shipped models
         make_curves.ensure("final7")
         final = load_set("final7")

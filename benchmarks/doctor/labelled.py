@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from lrkit.curve import Curve  # noqa: E402
 MATERIAL = 0.05  # a too-high/too-low lr "costs" when it loses more than this share of the achievable descent
 MIN_LEARNED = 0.2  # a task counts when its best lr ends at least this share below the untrained loss
 UNLEARNED: dict[str, float] = {}  # the tasks left out (no lr learned), with the share their best lr learned
+SCORES: dict[str, tuple[list[float], np.ndarray]] = {}  # each labelled task's lr grid and final losses (seeds, grid)
 EXPECTED = {"too_high": "lower", "good": "keep", "too_low": "raise"}
 
 
@@ -84,28 +86,25 @@ def _scores(task: np.ndarray, lr: np.ndarray, seed: np.ndarray, loss: np.ndarray
                            for s in seeds])
 
 
-def label_agreement(names: tuple[str, ...]) -> dict[str, float]:
+def label_agreement(tasks: Iterable[str]) -> dict[str, float]:
     """How reproducible the labels are: per class, the share of (task, lr) labels given by the best lr of two seeds
-    that the other two seeds' best lr gives too (the three ways to halve four seeds; the sets ``names``, tasks with
-    four seeds, less those :func:`load` left out as unlearned). The labels use four seeds, so they are more stable than this, but it bounds what any
-    reader of one curve can score against two-seed labels."""
+    that the other two seeds' best lr gives too (the three ways to halve four seeds), over the ``tasks`` loaded so far
+    that learned and have four seeds. The labels use four seeds, so they are more stable than this, but it bounds what
+    any reader of one curve can score against two-seed labels."""
     same: dict[str, int] = dict.fromkeys(EXPECTED, 0)
     total: dict[str, int] = dict.fromkeys(EXPECTED, 0)
-    for name in names:
-        d = _read(set_paths(name), flag(name))
-        task, lr, seed, loss = d["task"], d["lr"], d["seed"], d["loss"].astype(np.float64)
-        for t in sorted(set(task.tolist()) - set(UNLEARNED)):
-            grid, score = _scores(task, lr, seed, loss, t)
-            if len(score) != 4:
-                continue
-            for a in ((0, 1), (0, 2), (0, 3)):
-                b = tuple(i for i in range(4) if i not in a)
-                best_a, best_b = (grid[int(np.argmin(score[list(h)].mean(axis=0)))] for h in (a, b))
-                for g in grid:
-                    lab = label(g, best_a)
-                    if lab is not None:
-                        total[lab] += 1
-                        same[lab] += lab == label(g, best_b)
+    for t in tasks:
+        grid, score = SCORES.get(t, ([], np.empty((0, 0))))
+        if len(score) != 4:
+            continue
+        for a in ((0, 1), (0, 2), (0, 3)):
+            b = tuple(i for i in range(4) if i not in a)
+            best_a, best_b = (grid[int(np.argmin(score[list(h)].mean(axis=0)))] for h in (a, b))
+            for g in grid:
+                lab = label(g, best_a)
+                if lab is not None:
+                    total[lab] += 1
+                    same[lab] += lab == label(g, best_b)
     return {c: same[c] / total[c] for c in total if total[c]}
 
 
@@ -132,6 +131,7 @@ def _load(paths: list[str], flag: str, unlabelled: bool = False) -> list[dict]:
         if not learned >= MIN_LEARNED:
             UNLEARNED[name] = float(learned)
             continue
+        SCORES[name] = (grid, per_seed)
         top = _start(loss[(task == name) & (lr == best)])
         # the share of the achievable descent (start -> best final) this lr lost, averaged over the seeds
         excess = {g: (s - score[ib]) / max(top - score[ib], 1e-12) for g, s in zip(grid, score)}

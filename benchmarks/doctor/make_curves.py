@@ -3,9 +3,10 @@
 Run: ``python benchmarks/doctor/make_curves.py`` (about 6 minutes on one CPU thread; cached in
 ``benchmarks/doctor/.cache/curves.npz``; rerun with ``--force`` to regenerate); one flag per other set (``--fresh``,
 ``--extra``, ..., ``--final7``: see ``SETS``), ``--part K/N`` for parallel slices, ``--seeds 2,3`` to add seeds to a
-cached set (its own file). Every set, four seeds: about 50 minutes on one thread. Each task is (data, architecture, optimiser[, batch, steps, schedule]); each run records the raw minibatch
-loss, the gradient norm, the lr, the update-to-weight ratio ||w_t+1 - w_t|| / ||w_t|| and the gradient alignment
-cos(-g_t, w_t - w_t-1) at every optimiser step.
+cached set (its own file). Every set, four seeds: about 50 minutes on one thread. Each task is (data, architecture,
+optimiser[, batch, steps, schedule]); each run records the raw minibatch loss, the gradient norm, the lr, the
+update-to-weight ratio ||w_t+1 - w_t|| / ||w_t|| and the gradient alignment cos(-g_t, w_t - w_t-1) at every
+optimiser step.
 """
 
 from __future__ import annotations
@@ -421,20 +422,27 @@ def ensure(name: str) -> list[str]:
     return paths
 
 
+def _seed_list(text: str) -> tuple[int, ...]:
+    """``--seeds`` "2,3" -> (2, 3); argparse turns the ValueError of anything else into a usage error."""
+    seeds = tuple(int(s) for s in text.split(","))
+    if not seeds or min(seeds) < 0:
+        raise ValueError(text)
+    return seeds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--force", action="store_true")
     for name, (_, what) in list(SETS.items())[1:]:
         ap.add_argument(flag(name), dest=name, action="store_true", help=f"generate {what} (into .cache/{name}.npz)")
     ap.add_argument("--part", default=None, help="K/N: only the K-th of N slices of the tasks (parallel runs)")
-    ap.add_argument("--seeds", default=None, help="e.g. 2,3: only these seeds, into their own file (to add seeds "
-                    f"to a cached set; default: {','.join(map(str, SEEDS))})")
+    ap.add_argument("--seeds", type=_seed_list, default=None, help="e.g. 2,3: only these seeds, into their own file "
+                    f"(to add seeds to a cached set; default: {','.join(map(str, SEEDS))})")
     args = ap.parse_args()
     name = next((k for k in list(SETS)[1:] if getattr(args, k)), "curves")
     tasks, path = SETS[name][0], _cache(name)
-    seeds = SEEDS
+    seeds = args.seeds or SEEDS
     if args.seeds:
-        seeds = tuple(int(s) for s in args.seeds.split(","))
         path = path.replace(".npz", ".seeds" + "-".join(map(str, seeds)) + ".npz")
     if args.part:
         k, n = map(int, args.part.split("/"))
