@@ -115,6 +115,28 @@ def test_no_divergence_event_while_the_weights_barely_moved():
     assert divergences(update_ratio=1e-5) == []
 
 
+def test_early_blow_up_is_judged_against_the_start_level_not_one_lucky_or_bad_batch():
+    """The initial level is the median of the first 5 losses (a lucky low first batch, half the level, used to make
+    a flat run read as a 1.9x blow-up), and a blow-up must lift the median of the last 5 losses too (one bad batch
+    lifts the smoothed loss, not the median); a sustained rise fires as soon as 3 of the last 5 losses are up."""
+    rng = np.random.default_rng(11)
+    flat = 1.0 + 0.03 * rng.standard_normal(300)
+
+    def divergences(y):
+        m = Monitor()
+        return [e.step for i in range(len(y)) for e in m.update(i, y[i]) if e.kind == "divergence"]
+
+    lucky = flat.copy()
+    lucky[0] = 0.5  # min(first, median of 3) = 0.5: the smoothed loss (~0.9) passed 1.5x it at step 4
+    assert divergences(lucky) == []
+    bad = flat.copy()
+    bad[6] = 10.0  # one bad batch: the smoothed loss is ~2.3x the start at step 6, the median of 5 about 1x
+    assert divergences(bad) == []
+    up = flat.copy()
+    up[6:] = 3.0  # the loss triples from step 6 on: at step 8, 3 of the last 5 losses are up
+    assert divergences(up)[0] == 8
+
+
 def test_state_dict_resume_is_exact():
     y = curve(3)
     y[500:505] += 1.5
@@ -138,7 +160,7 @@ def test_state_dict_resume_is_exact():
     # a state saved before the update ratio and the alignment were recorded (4 history channels) still loads
     old = json.loads(json.dumps(b.state_dict()))
     old["hist"], old["pending"] = old["hist"][:4], [p[:4] for p in old["pending"]]
-    for k in ("moved", "noise"):
+    for k in ("moved", "noise", "recent"):
         del old[k]
     d = Monitor()
     d.load_state_dict(old)

@@ -1,21 +1,22 @@
 """Quality of the doctor's direction (raise / lower / keep) on real curves over lr grids.
 
-Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about 20
-minutes on 2 cores after that). ``--final`` also scores the FINAL7 held-out tasks with the shipped model, ``--long``
+Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about 50
+minutes on 2 cores after that). ``--final`` also scores the FINAL8 held-out tasks with the shipped model, ``--long``
 the 1500-step runs (``make_curves.py --long``); ``--dump FILE`` writes every run's calls as JSON lines;
 ``--live`` adds the live Monitor's divergence alarms on the fitting runs (the held-out ones come with ``--final``);
 ``--no-loto`` skips the leave-one-task-out tables (only --final / --long, with the shipped model);
 ``--forest`` scores leave-one-task-out with the random-forest classifiers of rounds 1-5 instead of the boosted trees.
 
 The doctor = threshold rules (NaN, blow-up, climb-back, spikes) + a small fitted shape model
-(:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 79 tasks
-(13 of them warmup+cosine; ``fit_direction.py``), four seeds each, so its accuracy on those is reported
+(:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 85 tasks
+(14 of them warmup+cosine; ``fit_direction.py``), four seeds each, so its accuracy on those is reported
 **leave-one-task-out**: each task's curves are diagnosed by models fitted without that task. Every run logs the
 loss, the gradient norm, the update-to-weight ratio and the gradient alignment; the doctor is scored with all four
-and as if the log had only the first three, only the loss and gradient norm, or only the loss. The FINAL7 tasks were never used to fit or choose
-anything (the FINAL..FINAL6 and FINAL_SCHED sets were each scored once, then folded into fitting). Tasks where no lr
-of the grid learned (``labelled.MIN_LEARNED``) are left out, and named. It also prints how reproducible the labels
-are: the share of labels that the best lr of two other seeds repeats.
+and as if the log had only the first three, only the loss and gradient norm, or only the loss. The FINAL8 tasks were
+never used to fit or choose anything (the FINAL..FINAL7 and FINAL_SCHED sets were each scored once, then folded into
+fitting). A run that went NaN is labelled too high (``labelled.py``). Tasks where no lr of the grid learned
+(``labelled.MIN_LEARNED``) are left out, and named. It also prints how reproducible the labels are: the share of
+labels that the best lr of two other seeds repeats.
 Side by side, on the same curves: the threshold rules alone (the doctor before the shape model) and the eyeballing
 rule users apply by hand (NaN or ended above the start: lower; fell < 30%: raise; else keep), since no library offers
 an lr doctor to compare with. Targets: >= 90% on too-high and good, >= 80% on too-low.
@@ -118,12 +119,14 @@ def score(runs: list[dict]) -> None:
 def tables(runs: list[dict], where: str) -> None:
     """The accuracy tables of every method on ``runs``."""
     table(runs, "doctor", f"lrkit doctor (loss, grad norm, update/weight ratio, gradient alignment), {where}")
-    good = [(r, bool(np.isfinite(r["curve"].values).all())) for r in runs if r["label"] == "good"]
-    nan, fine = [r for r, ok in good if not ok], [r for r, ok in good if ok]
-    if nan and fine:  # a seed that blew up at 2x the best lr is labelled good, but its own run needed a lower lr
-        lower = sum(r["doctor"] == "lower" for r in nan)
-        print(f"good runs that went NaN: {len(nan)} (the doctor said lower on {lower}); good accuracy on the "
-              f"{len(fine)} finite ones: {np.mean([r['doctor'] == 'keep' for r in fine]):.1%}")
+    moved = [r for r in runs if r["label"] != r["lr_label"]]
+    if moved:  # a run that went NaN is labelled too high; by its lr alone (as up to round 8) it was good / too low
+        by_lr = [r for r in runs if r["lr_label"] is not None]
+        acc = {c: np.mean([r["doctor"] == EXPECTED[c] for r in by_lr if r["lr_label"] == c]) for c in CLASSES}
+        print(f"{len(moved)} runs that went NaN are labelled too high (by their lr alone: "
+              + ", ".join(f"{c} {sum(r['lr_label'] == c for r in moved)}" for c in ("good", "too_low"))
+              + "); the doctor with labels by lr alone, as up to round 8: "
+              + "  ".join(f"{c} {v:.1%}" for c, v in acc.items()))
     table([r for r in runs if r["material"]], "doctor", f"lrkit doctor, {where}, material labels")
     table(runs, "doctor_ur", f"lrkit doctor, loss, grad norm and update ratio (no alignment logged), {where}")
     table(runs, "doctor_gn", f"lrkit doctor, loss and grad norm (no update ratio logged), {where}")
@@ -260,14 +263,14 @@ def main() -> None:
     if "--live" in sys.argv:  # the live Monitor's divergence alarms on every fitting run (no fitted model involved)
         live_alarms(runs if runs is not None else load(fresh=True), "all fitting tasks")
     if "--final" in sys.argv:  # the round's held-out tasks, scored with the shipped models
-        make_curves.ensure("final7")
-        final = load_set("final7")
-        left_out("FINAL7", {"|".join(map(str, t)) for t in make_curves.FINAL7_TASKS})
+        make_curves.ensure("final8")
+        final = load_set("final8")
+        left_out("FINAL8", {"|".join(map(str, t)) for t in make_curves.FINAL8_TASKS})
         score(final)
-        print(f"\nFINAL7 held-out tasks (never used to fit or choose anything): {sorted({r['task'] for r in final})}")
-        tables(final, "FINAL7 held-out tasks, shipped model")
-        live_factors(final, "FINAL7 held-out tasks")
-        live_alarms(final, "FINAL7 held-out tasks")
+        print(f"\nFINAL8 held-out tasks (never used to fit or choose anything): {sorted({r['task'] for r in final})}")
+        tables(final, "FINAL8 held-out tasks, shipped model")
+        live_factors(final, "FINAL8 held-out tasks")
+        live_alarms(final, "FINAL8 held-out tasks")
     if "--long" in sys.argv:  # the same tasks trained 5x longer: does the shape model carry over to longer runs?
         make_curves.ensure("long")
         long = load_set("long")

@@ -5,7 +5,7 @@ Run: ``python benchmarks/doctor/fit_direction.py`` (needs the cached curves of e
 model fitted without that task; ``--no-loto`` skips it), then fits on every fitting task and, with ``--write``,
 writes ``src/lrkit/doctor/direction_model.npz`` (a classifier and a ratio regressor per ``direction.VARIANTS``:
 which of the gradient norm, the update-to-weight ratio and the gradient alignment they read besides the loss). The
-FINAL7 held-out tasks (``make_curves.py --final7``) are never read here.
+FINAL8 held-out tasks (``make_curves.py --final8``) are never read here.
 
 The classifiers are gradient-boosted trees (scikit-learn's ``HistGradientBoostingClassifier``; exported to numpy by
 ``direction.export_forest``): on the same 11 task-grouped folds they beat the random forests of rounds 1-5 on

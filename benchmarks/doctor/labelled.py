@@ -2,7 +2,9 @@
 for the same task (best = lowest training loss over the last 10% of steps, averaged over the four seeds; a run that
 went NaN is worst; with two seeds, as up to round 7, the two seeds alone put the best lr a grid step or more apart in
 43% of the tasks). ``lr >= 4x best``: too high (the doctor should say lower); ``lr <= best/10``: too low (raise);
-``best/2 <= lr <= 2x best``: good (keep); the runs in between are left out (ambiguous by construction).
+``best/2 <= lr <= 2x best``: good (keep); the runs in between are left out (ambiguous by construction). A run whose
+own loss went NaN or inf is labelled too high wherever its lr sits (from round 9; before, a seed that blew up at 2x
+the best lr was "good"): the only advice for that run is to lower its lr. ``lr_label`` keeps the label by lr alone.
 
 A task where no lr of the grid learned (the best lr's final loss is less than MIN_LEARNED = 20% below the untrained
 loss, the first 10 losses at the grid's smallest lr) has no meaningful best lr: its runs are left out (``UNLEARNED``
@@ -47,12 +49,12 @@ def label(lr: float, best: float) -> str | None:
 
 
 def load(fresh: bool = False, unlabelled: bool = False) -> list[dict]:
-    """Every labelled run: dict(curve, label, task, seed, lr, best_lr, held_out, group, excess, material);
+    """Every labelled run: dict(curve, label, lr_label, task, seed, lr, best_lr, held_out, group, excess, material);
     ``excess`` is the share of the achievable descent the run's lr lost against the best lr (mean over seeds) and
     ``unlabelled=True`` also returns the runs between the classes (label None; e.g. 3x the best lr).
     ``material`` says whether a too-high / too-low label costs something (excess > MATERIAL); ``fresh=True`` loads
     every set the shape model fits (``make_curves.FITTING``: group = the set's name; the earlier held-out sets each
-    joined it once it had been scored), else only the first tasks (groups "tuning" and "held_out"). Only the FINAL7
+    joined it once it had been scored), else only the first tasks (groups "tuning" and "held_out"). Only the FINAL8
     tasks are held out."""
     out = load_set("curves", unlabelled)
     if fresh:
@@ -137,16 +139,17 @@ def _load(paths: list[str], flag: str, unlabelled: bool = False) -> list[dict]:
         excess = {g: (s - score[ib]) / max(top - score[ib], 1e-12) for g, s in zip(grid, score)}
         for i in np.where(task == name)[0]:
             key = (name, int(seed[i]))
-            lab = label(float(lr[i]), best)
+            y = loss[i]
+            by_lr = label(float(lr[i]), best)
+            lab = by_lr if np.isfinite(y).all() else "too_high"
             if lab is None and not unlabelled:
                 continue
-            y = loss[i]
             n = int(np.argmax(~np.isfinite(y))) + 1 if not np.isfinite(y).all() else len(y)  # a log ends at NaN
             lrs = sched[i][:n] if sched is not None else np.full(n, lr[i])
             extra = {"grad_norm": gn[i][:n], **{k: v[i][:n] for k, v in side.items()}}
             c = Curve(np.arange(n), y[:n], lrs, name="loss", extra=extra,
                       meta={"source": f"{key[0]} seed={key[1]} lr={lr[i]:.3g}"})
-            out.append({"curve": c, "label": lab, "task": key[0], "seed": key[1], "lr": float(lr[i]),
+            out.append({"curve": c, "label": lab, "lr_label": by_lr, "task": key[0], "seed": key[1], "lr": float(lr[i]),
                         "best_lr": best, "held_out": key[0] in HELD_OUT, "excess": float(excess[float(lr[i])]),
                         "material": lab == "good" or excess[float(lr[i])] > MATERIAL,
                         "group": "held_out" if key[0] in HELD_OUT else "tuning"})

@@ -152,6 +152,16 @@ def _clean_data(name: str):
         x, y = datasets.make_classification(n_samples=3000, n_features=40, n_informative=8, n_redundant=8, n_classes=3,
                                             n_clusters_per_class=2, class_sep=0.8, random_state=20)
         return StandardScaler().fit_transform(x), y, "clf"
+    if name == "sinc":  # sin(2r)/(2r) of the radius in 3 of 8 uniform features, plus noise: a radial regression
+        rng = np.random.default_rng(21)
+        x = rng.uniform(-3, 3, (3000, 8))
+        r = 2 * np.sqrt((x[:, :3] ** 2).sum(axis=1)) + 1e-9
+        y = np.sin(r) / r + rng.normal(0, 0.05, 3000)
+        return StandardScaler().fit_transform(x), (y - y.mean()) / y.std(), "reg"
+    if name == "bands":  # 5 classes: the quintile of x0 + 0.5 x1^2 - x2 x3 among 10 Gaussian features
+        x = np.random.default_rng(22).standard_normal((3000, 10))
+        z = x[:, 0] + 0.5 * x[:, 1] ** 2 - x[:, 2] * x[:, 3]
+        return x, np.searchsorted(np.quantile(z, [0.2, 0.4, 0.6, 0.8]), z), "clf"
     if name == "friedman":
         x, y = datasets.make_friedman1(n_samples=2000, noise=0.5, random_state=0)
         return x, (y - y.mean()) / y.std(), "reg"
@@ -321,6 +331,14 @@ FINAL7_TASKS = [
     ("peaks", "resmlp_ln", "sgd", 32, 300, "cos"),
 ]
 
+# FINAL8 held-out tasks (round 9): two new data sets and new combinations, one warmup+cosine; four seeds; defined and
+# generated before any round-9 change (the early blow-up rule) and scored once at its end
+FINAL8_TASKS = [
+    ("sinc", "wide", "rmsprop", 16), ("bands", "mlp_bn", "momentum", 32), ("sinc", "mlp_drop", "nadam", 32),
+    ("bands", "resmlp_ln", "adam", 64), ("sinc", "deep_tanh", "adamw95", 32),
+    ("bands", "wide", "nesterov", 32, 300, "cos"),
+]
+
 
 def schedule(peak: float, steps: int, kind: str | None) -> np.ndarray:
     """The lr at every step: constant, or "cos": 5% linear warmup from 10% of the peak, then cosine to 10%."""
@@ -394,11 +412,12 @@ SETS = {
     "final4": (FINAL4_TASKS, "the FINAL4 tasks (scored in round 5, then fitted on)"),
     "final5": (FINAL5_TASKS, "the FINAL5 tasks (scored in round 6, then fitted on)"),
     "final6": (FINAL6_TASKS, "the FINAL6 tasks (scored in round 7, then fitted on)"),
-    "final7": (FINAL7_TASKS, "the FINAL7 held-out tasks (round 8)"),
+    "final7": (FINAL7_TASKS, "the FINAL7 tasks (scored in round 8, then fitted on)"),
+    "final8": (FINAL8_TASKS, "the FINAL8 held-out tasks (round 9)"),
 }
-# what the shape model fits (each FINAL set joined once it had been scored; FINAL7 is the held-out set of round 8)
+# what the shape model fits (each FINAL set joined once it had been scored; FINAL8 is the held-out set of round 9)
 FITTING = ("curves", "fresh", "extra", "extra2", "extra3", "sched", "final", "final2", "final3", "final_sched",
-           "final4", "final5", "final6")
+           "final4", "final5", "final6", "final7")
 
 
 def flag(name: str) -> str:

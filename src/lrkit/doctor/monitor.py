@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -113,6 +114,9 @@ class Monitor:
         # batch noise from first differences (an EMA of |loss_t - loss_t-1|, robust to the trend), and its value when
         # the smoothed loss last set its best: a climb back counts only after progress that stood out of that noise
         self._dev, self._prev_loss, self._noise_best = EMA(self.beta), math.nan, math.nan
+        # the last 5 losses since the start or a rollback: a blow-up must lift their median too, as the offline
+        # doctor's running median does (one bad batch lifts the smoothed loss but not the median)
+        self._recent: deque[float] = deque(maxlen=5)
         # steps, loss, lr, grad_norm, update_ratio, grad_alignment (downsampled when long)
         self._hist: list[list[float]] = [[], [], [], [], [], []]
         self._stride, self._pending = 1, []
@@ -139,14 +143,16 @@ class Monitor:
         if math.isfinite(self._prev_loss):
             self._dev.update(abs(loss - self._prev_loss))
         self._prev_loss = loss
+        self._recent.append(loss)
         sm = self._ema.update(loss)
-        if len(self._first) < 3:
-            self._first.append(loss)
-            self._init = min(self._first[0], float(np.median(self._first)))
+        if len(self._first) < 5:  # the initial level: the median of the first 5 losses, as the offline doctor's
+            self._first.append(loss)  # head median (the first loss alone if the median is over twice it: a blow-up
+            med = float(np.median(self._first))  # within the first steps); not their minimum, which batch noise
+            self._init = self._first[0] if med > 2 * abs(self._first[0]) else med  # biases low
         if sm < self._best:
             self._best, self._moved_best = sm, self._moved
             # mean |difference| of two independent batches = 2 / sqrt(pi) x their standard deviation
-            self._noise_best = self._dev.value * math.sqrt(math.pi) / 2  # NaN before the second loss
+            self._noise_best = self._dev.value * math.sqrt(math.pi) / 2  # NaN at the first loss: no progress proven
         if sm < self._ref * (1.0 - self.min_delta) if self._ref > 0 else sm < self._ref - self.min_delta:
             self._ref, self._best_step = sm, step  # a significant improvement (plateau clock restarts)
         started, _ = self._loss_spikes.update(step, loss)
@@ -161,11 +167,13 @@ class Monitor:
         init, t = self._init, self.t
         span = init - self._best
         # a rise while the weights barely moved (summed update ratio below still_weights) is batch noise, not the lr
-        if (self._n >= 5 and init > 0 and sm > t.early_blowup * init and not self._still(0.0)
+        if (len(self._recent) == 5 and init > 0 and sm > t.early_blowup * init
+                and sorted(self._recent)[2] > t.early_blowup * init and not self._still(0.0)
                 and self._ready("divergence", step)):
             self._fire(out, "divergence", step, f"the smoothed loss {sm:.4g} is {sm / init:.2f}x its initial "
-                       f"value {init:.4g}", "rollback", 0.3)
-        elif (span > 0.05 * abs(init) and not span <= 3 * self._noise_best and (sm - self._best) / span > t.rise
+                       f"value {init:.4g} (the median of the last 5 losses {sorted(self._recent)[2]:.4g})",
+                       "rollback", 0.3)
+        elif (span > 0.05 * abs(init) and span > 3 * self._noise_best and (sm - self._best) / span > t.rise
               and self._n >= 20 and not self._still(self._moved_best) and self._ready("divergence", step)):
             self._fire(out, "divergence", step, f"the smoothed loss climbed from its best {self._best:.4g} "
                        f"(step {self._best_step}) to {sm:.4g}: {(sm - self._best) / span:.0%} of the progress lost",
@@ -241,6 +249,7 @@ class Monitor:
         self._best, self._best_step, self._ref = math.inf, int(step), math.inf
         self._moved_best = self._moved
         self._prev_loss = math.nan  # the restored weights' loss is no batch-to-batch difference
+        self._recent.clear()
 
     @property
     def healthy(self) -> bool:
@@ -320,8 +329,8 @@ class Monitor:
                 "last_fired": dict(self._last_fired), "diverged": self._diverged,
                 "moved": [self._moved, self._moved_best, self._last_step],
                 "noise": [self._dev._avg, self._dev._n, self._prev_loss, self._noise_best],
-                "hist": [list(h) for h in self._hist], "stride": self._stride, "pending": [list(p) for p in
-                                                                                           self._pending],
+                "recent": list(self._recent), "hist": [list(h) for h in self._hist], "stride": self._stride,
+                "pending": [list(p) for p in self._pending],
                 "events": [asdict(e) for e in self.events]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -344,6 +353,7 @@ class Monitor:
         noise = state.get("noise", [0.0, 0, math.nan, math.nan])  # absent in a state saved before it was tracked
         self._dev._avg, self._dev._n = float(noise[0]), int(noise[1])
         self._prev_loss, self._noise_best = float(noise[2]), float(noise[3])
+        self._recent.extend(float(v) for v in state.get("recent", []))  # an older state: refilled by 5 updates
         self._hist = [list(h) for h in state["hist"]]
         while len(self._hist) < 6:  # a state saved before the update ratio or the alignment was recorded
             self._hist.append([math.nan] * len(self._hist[0]))
