@@ -137,6 +137,23 @@ def test_early_blow_up_is_judged_against_the_start_level_not_one_lucky_or_bad_ba
     assert divergences(up)[0] == 8
 
 
+def test_no_good_state_while_a_divergence_shows():
+    """While a divergence check holds, the Monitor is not healthy, so a guard takes no snapshot, even when the event
+    itself waits for the cooldown after a restore (before: a restored run that blew up again was snapshotted at steps
+    50 and 100 while still 3x its start, and the next rollback, at step 104, restored that)."""
+    m = Monitor()
+    first = [e.step for i in range(10) for e in m.update(i, 1.0 if i < 6 else 3.0) if e.kind == "divergence"]
+    assert first == [8] and not m.healthy
+    m.reset_after_rollback(8)
+    assert m.healthy
+    healthy = {}
+    for i in range(9, 100):
+        assert not [e for e in m.update(i, 3.0) if e.kind == "divergence"]  # the cooldown (100 steps) holds it
+        healthy[i] = m.healthy
+    assert all(healthy[i] for i in range(9, 13)) and not any(healthy[i] for i in range(13, 100))  # 5 fresh losses
+    assert [e.step for i in range(100, 120) for e in m.update(i, 3.0) if e.kind == "divergence"] == [108]
+
+
 def test_state_dict_resume_is_exact():
     y = curve(3)
     y[500:505] += 1.5
@@ -160,7 +177,7 @@ def test_state_dict_resume_is_exact():
     # a state saved before the update ratio and the alignment were recorded (4 history channels) still loads
     old = json.loads(json.dumps(b.state_dict()))
     old["hist"], old["pending"] = old["hist"][:4], [p[:4] for p in old["pending"]]
-    for k in ("moved", "noise", "recent"):
+    for k in ("moved", "noise", "recent", "alarming"):
         del old[k]
     d = Monitor()
     d.load_state_dict(old)

@@ -52,7 +52,7 @@ def train(task: tuple, lr: float, seed: int, guard: str) -> tuple[float, float, 
     alarms the guard raised."""
     import torch
 
-    from lrkit.integrations.torch_monitor import MonitorGuard
+    from lrkit.integrations.torch_monitor import MonitorGuard, total_norm
 
     data, arch, opt, *rest = task
     batch, steps, kind = (list(rest) + [make_curves.BATCH, make_curves.STEPS, None][len(rest):])[:3]
@@ -98,10 +98,9 @@ def train(task: tuple, lr: float, seed: int, guard: str) -> tuple[float, float, 
             loss.backward()
             if g is None and not torch.isfinite(loss):
                 break  # a plain loop that went NaN stays NaN: stop (TerminateOnNaN)
-            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))  # the norm only (no clipping)
             optim.step()
-            if g is not None:
-                g.update(t, loss.item(), grad_norm=float(gn))
+            if g is not None:  # the gradients are still those of this step: their norm (read only, no clipping)
+                g.update(t, loss.item(), grad_norm=total_norm(p.grad for p in model.parameters() if p.grad is not None))
             sched.step()
     if g is None and not np.isfinite(loss.item()):
         return first, float("inf"), 0

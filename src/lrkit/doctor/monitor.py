@@ -117,6 +117,7 @@ class Monitor:
         # the last 5 losses since the start or a rollback: a blow-up must lift their median too, as the offline
         # doctor's running median does (one bad batch lifts the smoothed loss but not the median)
         self._recent: deque[float] = deque(maxlen=5)
+        self._alarming = False  # a divergence check held at the last update
         # steps, loss, lr, grad_norm, update_ratio, grad_alignment (downsampled when long)
         self._hist: list[list[float]] = [[], [], [], [], [], []]
         self._stride, self._pending = 1, []
@@ -167,14 +168,16 @@ class Monitor:
         init, t = self._init, self.t
         span = init - self._best
         # a rise while the weights barely moved (summed update ratio below still_weights) is batch noise, not the lr
-        if (len(self._recent) == 5 and init > 0 and sm > t.early_blowup * init
-                and sorted(self._recent)[2] > t.early_blowup * init and not self._still(0.0)
-                and self._ready("divergence", step)):
+        blowup = (len(self._recent) == 5 and init > 0 and sm > t.early_blowup * init
+                  and sorted(self._recent)[2] > t.early_blowup * init and not self._still(0.0))
+        climb = (not blowup and span > 0.05 * abs(init) and span > 3 * self._noise_best
+                 and (sm - self._best) / span > t.rise and self._n >= 20 and not self._still(self._moved_best))
+        self._alarming = blowup or climb  # while it holds, no snapshot is a good state (even if no event may fire)
+        if blowup and self._ready("divergence", step):
             self._fire(out, "divergence", step, f"the smoothed loss {sm:.4g} is {sm / init:.2f}x its initial "
                        f"value {init:.4g} (the median of the last 5 losses {sorted(self._recent)[2]:.4g})",
                        "rollback", 0.3)
-        elif (span > 0.05 * abs(init) and span > 3 * self._noise_best and (sm - self._best) / span > t.rise
-              and self._n >= 20 and not self._still(self._moved_best) and self._ready("divergence", step)):
+        elif climb and self._ready("divergence", step):
             self._fire(out, "divergence", step, f"the smoothed loss climbed from its best {self._best:.4g} "
                        f"(step {self._best_step}) to {sm:.4g}: {(sm - self._best) / span:.0%} of the progress lost",
                        "rollback", 0.5)
@@ -250,11 +253,14 @@ class Monitor:
         self._moved_best = self._moved
         self._prev_loss = math.nan  # the restored weights' loss is no batch-to-batch difference
         self._recent.clear()
+        self._alarming = False
 
     @property
     def healthy(self) -> bool:
-        """No spike in progress and no divergence since the last reset: a good moment for a snapshot."""
-        return not self._diverged and self._loss_spikes._open is None and not self._loss_spikes._run
+        """No spike in progress, no divergence since the last reset and none showing now (a divergence check that
+        holds while its event waits for the cooldown): a good moment for a snapshot."""
+        return (not self._diverged and not self._alarming and self._loss_spikes._open is None
+                and not self._loss_spikes._run)
 
     # ------------------------------------------------------------------------------------------------- history
     def _record(self, step: int, loss: float, lr: float | None, gn: float | None, ur: float | None,
@@ -329,8 +335,8 @@ class Monitor:
                 "last_fired": dict(self._last_fired), "diverged": self._diverged,
                 "moved": [self._moved, self._moved_best, self._last_step],
                 "noise": [self._dev._avg, self._dev._n, self._prev_loss, self._noise_best],
-                "recent": list(self._recent), "hist": [list(h) for h in self._hist], "stride": self._stride,
-                "pending": [list(p) for p in self._pending],
+                "recent": list(self._recent), "alarming": self._alarming, "hist": [list(h) for h in self._hist],
+                "stride": self._stride, "pending": [list(p) for p in self._pending],
                 "events": [asdict(e) for e in self.events]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -354,6 +360,7 @@ class Monitor:
         self._dev._avg, self._dev._n = float(noise[0]), int(noise[1])
         self._prev_loss, self._noise_best = float(noise[2]), float(noise[3])
         self._recent.extend(float(v) for v in state.get("recent", []))  # an older state: refilled by 5 updates
+        self._alarming = bool(state.get("alarming", False))
         self._hist = [list(h) for h in state["hist"]]
         while len(self._hist) < 6:  # a state saved before the update ratio or the alignment was recorded
             self._hist.append([math.nan] * len(self._hist[0]))
