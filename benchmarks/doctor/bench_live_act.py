@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing as mp
 import os
 import sys
 import time
@@ -44,34 +45,24 @@ GUARDS = ("none", "nan_rollback", "lrkit")
 NAN_ONLY = {"early_blowup": float("inf"), "rise": float("inf"), "spike_z": float("inf")}  # every check off but NaN
 
 
-OVERRIDES: dict[str, float] = {}  # --threshold KEY=VALUE: Monitor thresholds of the lrkit guard (default: its own)
-
-
-def train(task: tuple, lr: float, seed: int, guard: str) -> tuple[float, float, int]:
-    """Train one run of ``task`` at peak lr ``lr`` under ``guard``: (initial, final) full-data loss and the number of
-    alarms the guard raised."""
+def train(task: tuple, lr: float, seed: int, guard: str, overrides: dict[str, float] | None = None
+          ) -> tuple[float, float, int]:
+    """Train one run of ``task`` at peak lr ``lr`` under ``guard`` (``overrides``: Monitor thresholds of the lrkit
+    guard): (initial, final) full-data loss and the number of alarms the guard raised."""
     import torch
 
     from lrkit.integrations.torch_monitor import MonitorGuard, total_norm
 
     data, arch, opt, *rest = task
     batch, steps, kind = (list(rest) + [make_curves.BATCH, make_curves.STEPS, None][len(rest):])[:3]
-    x, y, what = make_curves._data(data)
-    x = torch.tensor(x, dtype=torch.float32)
-    n_out = int(y.max()) + 1 if what == "clf" else 1
-    y = torch.tensor(y, dtype=torch.long if what == "clf" else torch.float32)
-    torch.manual_seed(seed)
-    model = make_curves._model(arch, x.shape[-1], n_out, torch)
-    optim = make_curves._optim(opt, model.parameters(), lr, torch)
+    x, y, model, optim, loss_of = make_curves.setup(data, arch, opt, lr, seed)
     shape = make_curves.schedule(1.0, steps, kind)  # the schedule's multiplier at each step, as a scheduler
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda t: float(shape[min(t, steps - 1)]))
-    crit = torch.nn.CrossEntropyLoss() if what == "clf" else torch.nn.MSELoss()
 
     def full_loss() -> float:
         model.eval()
         with torch.no_grad():
-            out = model(x)
-            value = float(crit(out.squeeze(-1) if what == "reg" else out, y))
+            value = float(loss_of(model(x), y))
         model.train()
         return value if np.isfinite(value) else float("inf")
 
@@ -79,21 +70,14 @@ def train(task: tuple, lr: float, seed: int, guard: str) -> tuple[float, float, 
     g = None
     if guard != "none":
         g = MonitorGuard(model, optim, act=True, scheduler=sched, update_ratio=guard == "lrkit",
-                         **(NAN_ONLY if guard == "nan_rollback" else OVERRIDES))
-    gen = torch.Generator().manual_seed(seed)
-    perm, pos = torch.randperm(len(x), generator=gen), 0
+                         **(NAN_ONLY if guard == "nan_rollback" else overrides or {}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the guard warns on every alarm: counted below instead
-        for t in range(steps):
-            if pos + batch > len(x):
-                perm, pos = torch.randperm(len(x), generator=gen), 0
-            idx = perm[pos:pos + batch]
-            pos += batch
+        for t, idx in zip(range(steps), make_curves.batches(len(x), batch, seed)):
             if g is not None and g.should_skip():
                 sched.step()
                 continue
-            out = model(x[idx])
-            loss = crit(out.squeeze(-1) if what == "reg" else out, y[idx])
+            loss = loss_of(model(x[idx]), y[idx])
             optim.zero_grad()
             loss.backward()
             if g is None and not torch.isfinite(loss):
@@ -119,8 +103,8 @@ def _override(text: str) -> tuple[str, float]:
 
 
 def _job(args: tuple) -> tuple:
-    task, best, m, seed = args
-    return args, {gd: train(task, best * m, seed, gd) for gd in GUARDS}
+    task, best, m, seed, overrides = args
+    return args, {gd: train(task, best * m, seed, gd, overrides) for gd in GUARDS}
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -141,7 +125,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse()
-    OVERRIDES.update(dict(args.threshold))
+    overrides = dict(args.threshold)
     logging.getLogger("lrkit.monitor").setLevel(logging.ERROR)  # every alarm is counted below instead
     t0 = time.time()
     jobs = []
@@ -149,17 +133,15 @@ def main() -> None:
         make_curves.ensure(name)
         best = {r["task"]: r["best_lr"] for r in load_set(name)}  # tasks where no lr learned have none: left out
         tasks = [t for t in make_curves.SETS[name][0] if "|".join(map(str, t)) in best][: args.tasks]
-        jobs += [(t, best["|".join(map(str, t))], m, s) for t in tasks for s in args.seeds for m in MULTIPLES]
-    import multiprocessing as mp
-
+        jobs += [(t, best["|".join(map(str, t))], m, s, overrides) for t in tasks for s in args.seeds for m in MULTIPLES]
     with mp.get_context("fork").Pool(os.cpu_count() or 1) as pool:
         results = pool.map(_job, jobs, chunksize=1)
     ref = {}  # (task, seed) -> the lowest final loss of the unguarded good runs
-    for (task, _, m, seed), res in results:
+    for (task, _, m, seed, _), res in results:
         if m <= 2:
             ref[(task, seed)] = min(ref.get((task, seed), np.inf), res["none"][1])
     rows = []
-    for (task, _, m, seed), res in results:
+    for (task, _, m, seed, _), res in results:
         lo = ref[(task, seed)]
         for gd, (first, final, alarms) in res.items():
             ex = min((final - lo) / max(first - lo, 1e-12), 1.0) if np.isfinite(final) else 1.0

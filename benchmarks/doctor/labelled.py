@@ -140,11 +140,12 @@ def _load(paths: list[str], flag: str, unlabelled: bool = False) -> list[dict]:
         for i in np.where(task == name)[0]:
             key = (name, int(seed[i]))
             y = loss[i]
+            finite = np.isfinite(y)
             by_lr = label(float(lr[i]), best)
-            lab = by_lr if np.isfinite(y).all() else "too_high"
+            lab = by_lr if finite.all() else "too_high"
             if lab is None and not unlabelled:
                 continue
-            n = int(np.argmax(~np.isfinite(y))) + 1 if not np.isfinite(y).all() else len(y)  # a log ends at NaN
+            n = len(y) if finite.all() else int(np.argmax(~finite)) + 1  # a log ends at its first NaN
             lrs = sched[i][:n] if sched is not None else np.full(n, lr[i])
             extra = {"grad_norm": gn[i][:n], **{k: v[i][:n] for k, v in side.items()}}
             c = Curve(np.arange(n), y[:n], lrs, name="loss", extra=extra,

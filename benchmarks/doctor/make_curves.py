@@ -352,36 +352,50 @@ def schedule(peak: float, steps: int, kind: str | None) -> np.ndarray:
     return peak * np.where(t < warm, 0.1 + 0.9 * t / warm, 0.1 + 0.45 * (1 + np.cos(np.pi * frac)))
 
 
+def setup(data: str, arch: str, opt: str, lr: float, seed: int):
+    """A task's training ingredients: the data set (x, y tensors), the model (initialised from ``seed``), its optimiser
+    at ``lr``, and ``loss_of(model output, targets)``."""
+    import torch
+
+    x, y, kind = _data(data)
+    x = torch.tensor(x, dtype=torch.float32)
+    n_out = int(y.max()) + 1 if kind == "clf" else 1
+    y = torch.tensor(y, dtype=torch.long if kind == "clf" else torch.float32)
+    torch.manual_seed(seed)
+    model = _model(arch, x.shape[-1], n_out, torch)
+    optim = _optim(opt, model.parameters(), lr, torch)
+    crit = torch.nn.CrossEntropyLoss() if kind == "clf" else torch.nn.MSELoss()
+    return x, y, model, optim, lambda out, target: crit(out.squeeze(-1) if kind == "reg" else out, target)
+
+
+def batches(n: int, batch: int, seed: int):
+    """The minibatch indices, forever: a fresh permutation of ``n`` rows (from ``seed``) whenever one runs out."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    perm, pos = torch.randperm(n, generator=g), 0
+    while True:
+        if pos + batch > n:
+            perm, pos = torch.randperm(n, generator=g), 0
+        yield perm[pos:pos + batch]
+        pos += batch
+
+
 def run(data: str, arch: str, opt: str, lr: float, seed: int, batch: int = BATCH, steps: int = STEPS,
         sched: str | None = None):
     import torch
 
     from lrkit.integrations.torch_monitor import UpdateRatio
 
-    x, y, kind = _data(data)
-    x = torch.tensor(x, dtype=torch.float32)
-    n_in = x.shape[-1]
-    n_out = int(y.max()) + 1 if kind == "clf" else 1
-    y = torch.tensor(y, dtype=torch.long if kind == "clf" else torch.float32)
-    torch.manual_seed(seed)
-    model = _model(arch, n_in, n_out, torch)
-    optim = _optim(opt, model.parameters(), lr, torch)
-    crit = torch.nn.CrossEntropyLoss() if kind == "clf" else torch.nn.MSELoss()
-    g = torch.Generator().manual_seed(seed)
+    x, y, model, optim, loss_of = setup(data, arch, opt, lr, seed)
     losses, gnorms, ratios, aligns = (np.full(steps, np.nan) for _ in range(4))
     # ||w_new - w_old|| / ||w_old|| over all parameters, and cos(-g_t, w_t - w_t-1), as the live helpers measure them
     ratio = UpdateRatio(model.parameters(), alignment=True)
-    perm, pos = torch.randperm(len(x), generator=g), 0
     lrs = schedule(lr, steps, sched)
-    for t in range(steps):
+    for t, idx in zip(range(steps), batches(len(x), batch, seed)):
         for group in optim.param_groups:
             group["lr"] = float(lrs[t])
-        if pos + batch > len(x):
-            perm, pos = torch.randperm(len(x), generator=g), 0
-        idx = perm[pos:pos + batch]
-        pos += batch
-        out = model(x[idx])
-        loss = crit(out.squeeze(-1) if kind == "reg" else out, y[idx])
+        loss = loss_of(model(x[idx]), y[idx])
         optim.zero_grad()
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))

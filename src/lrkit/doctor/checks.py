@@ -184,6 +184,13 @@ def prepare(curve: Curve) -> tuple[Curve, list[str]]:
 
 
 # ------------------------------------------------------------------------------------------------------ features
+def initial_level(head: Any) -> float:
+    """A run's starting loss from its first values: their median (robust to one lucky or bad batch), or the first value
+    alone when the median is over twice it (the loss blew up within them)."""
+    med = float(np.median(head))
+    return float(head[0]) if med > 2 * abs(head[0]) else med
+
+
 def features(curve: Curve) -> dict[str, float]:
     """The robust statistics the checks read (all dimensionless where possible)."""
     y = curve.values
@@ -196,8 +203,7 @@ def features(curve: Curve) -> dict[str, float]:
         return f
     m = len(yf)
     k = max(3, m // 50)
-    head_med = float(np.median(yf[:k]))
-    init = float(yf[0]) if head_med > 2 * abs(yf[0]) else head_med  # it blew up within the first k points
+    init = initial_level(yf[:k])
     window = max(5.0, m / 30)
     sm = ema(yf, 1.0 - 1.0 / window)
     tail = yf[-max(3, m // 10):]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from lrkit.curve import EMA, Curve, SpikeDetector
-from lrkit.doctor.checks import MAX_POINTS, Diagnosis, Thresholds, _factor, diagnose
+from lrkit.doctor.checks import MAX_POINTS, Diagnosis, Thresholds, _factor, diagnose, initial_level
 from lrkit.errors import LrkitError
 
 ACTIONS = ("warn", "rollback", "lower_lr", "raise_lr", "skip_batches")
@@ -146,10 +146,9 @@ class Monitor:
         self._prev_loss = loss
         self._recent.append(loss)
         sm = self._ema.update(loss)
-        if len(self._first) < 5:  # the initial level: the median of the first 5 losses, as the offline doctor's
-            self._first.append(loss)  # head median (the first loss alone if the median is over twice it: a blow-up
-            med = float(np.median(self._first))  # within the first steps); not their minimum, which batch noise
-            self._init = self._first[0] if med > 2 * abs(self._first[0]) else med  # biases low
+        if len(self._first) < 5:  # the initial level from the first 5 losses, as the offline doctor reads it (not
+            self._first.append(loss)  # their minimum, which one lucky batch biases low)
+            self._init = initial_level(self._first)
         if sm < self._best:
             self._best, self._moved_best = sm, self._moved
             # mean |difference| of two independent batches = 2 / sqrt(pi) x their standard deviation
