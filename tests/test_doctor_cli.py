@@ -56,10 +56,11 @@ def test_header_names_the_side_columns_it_read(tmp_path, capsys, alignment):
     assert "lr column 'lr', grad norm column 'gradnorm', update ratio column 'param_update_ratio'" in out
     if alignment:
         assert "update ratio column 'param_update_ratio', gradient alignment column 'grad_alignment'" in out
-        assert "shape model (loss, gradient norm, update/weight ratio and gradient alignment)" in out
+        assert ("shape model (boosted trees and a sequence model on the loss, gradient norm, update/weight ratio and "
+                "gradient alignment)") in out
     else:
         assert "gradient alignment column" not in out
-        assert "shape model (loss, gradient norm and update/weight ratio)" in out
+        assert "shape model (boosted trees and a sequence model on the loss, gradient norm and update/weight ratio)" in out
 
 
 def test_json_for_ci(tmp_path, capsys):

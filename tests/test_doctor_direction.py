@@ -240,3 +240,96 @@ def test_a_recovered_early_blowup_is_overruled_only_by_a_sure_vote_against_too_h
     assert (d.verdict != "diverging") == overruled
     assert any("recovered" in n for n in d.notes) == overruled
     assert any("warmup" in a for a in d.recommendation.advice)  # either way: the first steps want a warmup
+
+
+def test_profile_channels_in_closed_form():
+    n = 301
+    t = np.arange(n, dtype=np.float64)
+    y = 2.0 * np.exp(-t / 100)
+    g, u = np.full(n, 3.0), np.full(n, 1e-2)
+    al = np.where(t < 150, 0.5, -0.25)
+    lrs = np.minimum(1.0, (t + 1) / 30) * 0.1
+    p = direction.profile(y, g, lrs, u, al)
+    idx = np.linspace(0, n - 1, direction.SEQ_POINTS).round().astype(int)
+    assert p.shape == (len(direction.SEQ_CHANNELS), direction.SEQ_POINTS)
+    start = np.median(y[:6])
+    np.testing.assert_allclose(p[0], np.log(y[idx] / start))  # the loss over its start, log
+    np.testing.assert_allclose(p[1], 0.0)  # a constant gradient norm: its start
+    np.testing.assert_allclose(p[2], (np.log10(1e-2) + 3) / 2)  # 10x the usual 1e-3 update ratio: 0.5
+    np.testing.assert_allclose(p[3], al[idx])
+    np.testing.assert_allclose(p[4], lrs[idx] / 0.1)
+    # scale-free in the loss and the gradient norm; missing side signals are zeros, a missing lr constant
+    np.testing.assert_allclose(direction.profile(7.0 * y, 0.1 * g, lrs, u, al), p, atol=1e-12)
+    bare = direction.profile(y)
+    np.testing.assert_allclose(bare[0], p[0])
+    assert (bare[1:4] == 0).all() and (bare[4] == 1).all()
+    # a loss of 0 (saturated float32 cross-entropy) is floored at e^-8 of the start; NaN, negative or short: none
+    z = y.copy()
+    z[200:] = 0.0
+    assert direction.profile(z)[0].min() == -8.0
+    for bad in (np.r_[y[:100], np.nan, y[:100]], y - 1.0, y[:20]):
+        assert direction.profile(bad) is None
+
+
+def _seq_reference(model, prof):
+    """The sequence model's forward pass written with torch's own conv1d, GELU (tanh) and linear layers."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    z = torch.tensor(prof * model["channels"][:, None])[None]
+    for i, stride in enumerate(model["strides"]):
+        w = torch.tensor(model[f"conv{i}_w"])
+        z = F.gelu(F.conv1d(z, w, torch.tensor(model[f"conv{i}_b"]), stride=int(stride), padding=w.shape[2] // 2),
+                   approximate="tanh")
+    h = torch.cat([z.mean(-1), z.amax(-1)], 1)
+    h = F.gelu(F.linear(h, torch.tensor(model["fc0_w"]), torch.tensor(model["fc0_b"])), approximate="tanh")
+    return torch.softmax(F.linear(h, torch.tensor(model["fc1_w"]), torch.tensor(model["fc1_b"])), 1)[0].numpy()
+
+
+def test_numpy_sequence_model_matches_torch():
+    rng = np.random.default_rng(7)
+    widths, model = (5, 6, 8, 8), {"channels": np.array([1.0, 1.0, 0.0, 1.0, 1.0]), "strides": np.array([1, 2, 2])}
+    for i in range(3):
+        model[f"conv{i}_w"] = rng.standard_normal((widths[i + 1], widths[i], 5)) * 0.5
+        model[f"conv{i}_b"] = rng.standard_normal(widths[i + 1]) * 0.1
+    model.update(fc0_w=rng.standard_normal((10, 16)), fc0_b=rng.standard_normal(10), fc1_w=rng.standard_normal((3, 10)),
+                 fc1_b=rng.standard_normal(3))
+    for n in (100, 99):  # an even and an odd length: the strided windows line up with torch's
+        prof = rng.standard_normal((5, n))
+        np.testing.assert_allclose(direction.seq_proba(model, prof), _seq_reference(model, prof), atol=1e-12)
+
+
+def test_shipped_sequence_models_read_their_channels_and_share_the_vote():
+    models = direction.load_models()
+    for name in direction.SEQ_VARIANTS:
+        np.testing.assert_array_equal(models["seq_" + name]["channels"], direction.seq_channels(name))
+    assert direction.seq_channels("with_ur").tolist() == [True, True, True, False, True]
+    rng = np.random.default_rng(3)
+    y = 0.5 + 2.0 * np.exp(-np.arange(300) / 40) + 0.02 * rng.standard_normal(300)
+    g, u, al = np.exp(-np.arange(300) / 100), np.full(300, 1e-3), 0.05 + 0.3 * rng.standard_normal(300)
+    f, prof = direction.shape_features(y, g, None, u, al), direction.profile(y, g, None, u, al)
+    trees, name = direction.predict(f)
+    both, _ = direction.predict(f, prof)
+    seq = direction.seq_proba(models["seq_" + name], prof)
+    w = direction.SEQ_WEIGHT
+    assert name == "with_al" and both == pytest.approx({c: (1 - w) * trees[c] + w * s for c, s in zip(direction.CLASSES, seq)})
+    # the loss alone has no sequence model: the trees decide
+    assert direction.predict(direction.shape_features(y), direction.profile(y)) == direction.predict(
+        direction.shape_features(y))
+
+
+def test_fit_seq_learns_and_exports_what_numpy_evaluates():
+    pytest.importorskip("torch")
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks", "doctor"))
+    import fit_direction
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 240)
+    P = 0.3 * rng.standard_normal((240, 5, direction.SEQ_POINTS))
+    P[:, 2] += (y - 1.0)[:, None]  # the class is the update ratio's level, a channel the loss-only mask would drop
+    model = fit_direction.fit_seq(P, y, "with_ur", epochs=8, batch=32, lr=1e-2)
+    pred = np.array([direction.seq_proba(model, p).argmax() for p in P])
+    assert (pred == y).mean() > 0.9
+    np.testing.assert_allclose(direction.seq_proba(model, P[0]), _seq_reference(model, P[0]), atol=1e-10)

@@ -1,7 +1,7 @@
 """What acting on the live doctor's alarms does to a training run: real runs trained at multiples of their grid's best
 lr with no guard, with a guard that acts on a NaN loss only, and with lrkit's ``MonitorGuard(act=True)``.
 
-Run: ``python benchmarks/doctor/bench_live_act.py [SET ...]`` (sets of ``make_curves.SETS``; default ``final8``, the
+Run: ``python benchmarks/doctor/bench_live_act.py [SET ...]`` (sets of ``make_curves.SETS``; default ``final9``, the
 round's held-out tasks; their cached curves give each task's best lr, ``make_curves.py`` makes them). About 1 minute
 per six tasks on 2 cores (30 tasks: 4 minutes). ``--seeds 0,1`` (default) picks the seeds, ``--tasks N`` the first N
 tasks of each set, ``--threshold KEY=VALUE`` a Monitor threshold of the lrkit guard.
@@ -108,9 +108,9 @@ def _job(args: tuple) -> tuple:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line (``sets`` defaults to the round's held-out set, ``final8``)."""
+    """The command line (``sets`` defaults to the round's held-out set, ``make_curves.HELD_OUT_SET``)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("sets", nargs="*", metavar="SET", help=f"default final8; one of {', '.join(make_curves.SETS)}")
+    ap.add_argument("sets", nargs="*", metavar="SET", help=f"default {make_curves.HELD_OUT_SET}; one of {', '.join(make_curves.SETS)}")
     ap.add_argument("--seeds", type=make_curves._seed_list, default=(0, 1))
     ap.add_argument("--tasks", type=int, default=None, help="only the first N tasks of each set")
     ap.add_argument("--threshold", type=_override, action="append", default=[], metavar="KEY=VALUE",
@@ -119,7 +119,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [name for name in args.sets if name not in make_curves.SETS]  # (argparse rejects "*" with choices)
     if bad:
         ap.error(f"unknown set(s) {bad}: choose from {', '.join(make_curves.SETS)}")
-    args.sets = args.sets or ["final8"]
+    args.sets = args.sets or [make_curves.HELD_OUT_SET]
     return args
 
 

@@ -1,19 +1,19 @@
 """Quality of the doctor's direction (raise / lower / keep) on real curves over lr grids.
 
 Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about 50
-minutes on 2 cores after that). ``--final`` also scores the FINAL8 held-out tasks with the shipped model, ``--long``
+minutes on 2 cores after that). ``--final`` also scores the round's held-out tasks (FINAL9) with the shipped model, ``--long``
 the 1500-step runs (``make_curves.py --long``); ``--dump FILE`` writes every run's calls as JSON lines;
 ``--live`` adds the live Monitor's divergence alarms on the fitting runs (the held-out ones come with ``--final``);
 ``--no-loto`` skips the leave-one-task-out tables (only --final / --long, with the shipped model);
 ``--forest`` scores leave-one-task-out with the random-forest classifiers of rounds 1-5 instead of the boosted trees.
 
 The doctor = threshold rules (NaN, blow-up, climb-back, spikes) + a small fitted shape model
-(:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 85 tasks
-(14 of them warmup+cosine; ``fit_direction.py``), four seeds each, so its accuracy on those is reported
+(:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 88 tasks
+(15 of them warmup+cosine; ``fit_direction.py``), four seeds each, so its accuracy on those is reported
 **leave-one-task-out**: each task's curves are diagnosed by models fitted without that task. Every run logs the
 loss, the gradient norm, the update-to-weight ratio and the gradient alignment; the doctor is scored with all four
-and as if the log had only the first three, only the loss and gradient norm, or only the loss. The FINAL8 tasks were
-never used to fit or choose anything (the FINAL..FINAL7 and FINAL_SCHED sets were each scored once, then folded into
+and as if the log had only the first three, only the loss and gradient norm, or only the loss. The FINAL9 tasks were
+never used to fit or choose anything (the FINAL..FINAL8 and FINAL_SCHED sets were each scored once, then folded into
 fitting). A run that went NaN is labelled too high (``labelled.py``). Tasks where no lr of the grid learned
 (``labelled.MIN_LEARNED``) are left out, and named. It also prints how reproducible the labels are: the share of
 labels that the best lr of two other seeds repeats.
@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import make_curves  # noqa: E402
-from fit_direction import dataset, fit, fit_forest, fit_ratio, ratio_dataset  # noqa: E402
+from fit_direction import dataset, fit, fit_forest, fit_ratio, fit_seq, profiles, ratio_dataset  # noqa: E402
 from labelled import EXPECTED, MATERIAL, MIN_LEARNED, UNLEARNED, label_agreement, load, load_set  # noqa: E402
 
 from lrkit.curve import Curve  # noqa: E402
@@ -103,6 +103,11 @@ def score(runs: list[dict]) -> None:
         d = diagnose(c)
         rec = d.recommendation
         r["doctor"], r["doctor_factor"] = rec.action, rec.factor
+        weight, direction.SEQ_WEIGHT = direction.SEQ_WEIGHT, 0.0  # the boosted trees alone (as up to round 9)
+        try:
+            r["doctor_trees"] = diagnose(c).recommendation.action
+        finally:
+            direction.SEQ_WEIGHT = weight
         r["doctor_kinds"] = [x.kind for x in d.findings]
         r["p"] = [d.stats.get(f"p_{k}", float("nan")) for k in CLASSES]
         rule = diagnose(c, use_shape=False).recommendation
@@ -127,6 +132,7 @@ def tables(runs: list[dict], where: str) -> None:
               + ", ".join(f"{c} {sum(r['lr_label'] == c for r in moved)}" for c in ("good", "too_low"))
               + "); the doctor with labels by lr alone, as up to round 8: "
               + "  ".join(f"{c} {v:.1%}" for c, v in acc.items()))
+    table(runs, "doctor_trees", f"lrkit doctor, boosted trees alone (no sequence model, as up to round 9), {where}")
     table([r for r in runs if r["material"]], "doctor", f"lrkit doctor, {where}, material labels")
     table(runs, "doctor_ur", f"lrkit doctor, loss, grad norm and update ratio (no alignment logged), {where}")
     table(runs, "doctor_gn", f"lrkit doctor, loss and grad norm (no update ratio logged), {where}")
@@ -196,7 +202,7 @@ def live_alarms(runs: list[dict], title: str) -> None:
             f"{c} {np.mean([f for lab, f in got if lab == c]):6.1%}" for c in CLASSES))
 
 
-KEYS = ("doctor", "doctor_factor", "doctor_kinds", "p", "rules", "rules_factor", "doctor_ur", "doctor_gn", "rules_gn",
+KEYS = ("doctor", "doctor_trees", "doctor_factor", "doctor_kinds", "p", "rules", "rules_factor", "doctor_ur", "doctor_gn", "rules_gn",
         "doctor_loss_only", "eyeball")
 _SHARED: tuple = ()
 
@@ -204,7 +210,8 @@ _SHARED: tuple = ()
 def _loto_task(task: str) -> list[dict]:
     """Leave-one-task-out: forests fitted without ``task`` diagnose its curves; returns their calls."""
     fitting, runs = _SHARED
-    models = {name: direction.export_forest(fitter(X[groups != task], y[groups != task]), fs)
+    models = {name: fitter(X[groups != task], y[groups != task], name[4:]) if name.startswith("seq_")
+              else direction.export_forest(fitter(X[groups != task], y[groups != task]), fs)
               for name, (X, y, groups, fs, fitter) in fitting.items()}
     direction.set_models(models)
     try:
@@ -242,6 +249,9 @@ def loto_tables() -> list[dict]:
     for name, fs in direction.VARIANTS.items():
         fitting[name] = (*dataset(runs, fs)[:3], fs, fit_forest if "--forest" in sys.argv else fit)
         fitting[f"ratio_{name}"] = (*ratio_dataset(every, fs), fs, fit_ratio)
+        if name in direction.SEQ_VARIANTS:
+            X, y, groups, kept = dataset(runs, fs)
+            fitting[f"seq_{name}"] = (profiles(kept), y, groups, fs, fit_seq)
     calls = _parallel(_loto_task, tasks, (fitting, runs))
     for task, scored in zip(tasks, calls):
         for r, c in zip([r for r in runs if r["task"] == task], scored):
@@ -263,14 +273,15 @@ def main() -> None:
     if "--live" in sys.argv:  # the live Monitor's divergence alarms on every fitting run (no fitted model involved)
         live_alarms(runs if runs is not None else load(fresh=True), "all fitting tasks")
     if "--final" in sys.argv:  # the round's held-out tasks, scored with the shipped models
-        make_curves.ensure("final8")
-        final = load_set("final8")
-        left_out("FINAL8", {"|".join(map(str, t)) for t in make_curves.FINAL8_TASKS})
+        name = make_curves.HELD_OUT_SET
+        make_curves.ensure(name)
+        final = load_set(name)
+        left_out(name.upper(), {"|".join(map(str, t)) for t in make_curves.SETS[name][0]})
         score(final)
-        print(f"\nFINAL8 held-out tasks (never used to fit or choose anything): {sorted({r['task'] for r in final})}")
-        tables(final, "FINAL8 held-out tasks, shipped model")
-        live_factors(final, "FINAL8 held-out tasks")
-        live_alarms(final, "FINAL8 held-out tasks")
+        print(f"\n{name.upper()} held-out tasks (never used to fit or choose anything): {sorted({r['task'] for r in final})}")
+        tables(final, f"{name.upper()} held-out tasks, shipped model")
+        live_factors(final, f"{name.upper()} held-out tasks")
+        live_alarms(final, f"{name.upper()} held-out tasks")
     if "--long" in sys.argv:  # the same tasks trained 5x longer: does the shape model carry over to longer runs?
         make_curves.ensure("long")
         long = load_set("long")

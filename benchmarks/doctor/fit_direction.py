@@ -4,8 +4,11 @@ Run: ``python benchmarks/doctor/fit_direction.py`` (needs the cached curves of e
 ``bench_quality.py`` generates what is missing). Reports leave-one-task-out accuracy (each task's curves scored by a
 model fitted without that task; ``--no-loto`` skips it), then fits on every fitting task and, with ``--write``,
 writes ``src/lrkit/doctor/direction_model.npz`` (a classifier and a ratio regressor per ``direction.VARIANTS``:
-which of the gradient norm, the update-to-weight ratio and the gradient alignment they read besides the loss). The
-FINAL8 held-out tasks (``make_curves.py --final8``) are never read here.
+which of the gradient norm, the update-to-weight ratio and the gradient alignment they read besides the loss, and a
+sequence model per ``direction.SEQ_VARIANTS``: a small 1-d convolutional net over the run's ``direction.profile``,
+fitted with torch, whose vote is averaged with the classifier's; its leave-one-task-out accuracy is in
+``bench_quality.py``). The
+FINAL9 held-out tasks (``make_curves.py --final9``) are never read here.
 
 The classifiers are gradient-boosted trees (scikit-learn's ``HistGradientBoostingClassifier``; exported to numpy by
 ``direction.export_forest``): on the same 11 task-grouped folds they beat the random forests of rounds 1-5 on
@@ -25,9 +28,13 @@ from labelled import load  # noqa: E402
 
 from lrkit.doctor.direction import (  # noqa: E402
     CLASSES,
+    SEQ_VARIANTS,
     VARIANTS,
     export_forest,
     forest_proba,
+    profile,
+    seq_channels,
+    seq_proba,
     shape_features,
 )
 
@@ -73,6 +80,74 @@ def fit_forest(X: np.ndarray, y: np.ndarray):
     from sklearn.ensemble import RandomForestClassifier
 
     return RandomForestClassifier(**FOREST, class_weight="balanced").fit(X, y)
+
+
+SEQ = {"width": (24, 32, 32), "strides": (1, 2, 2), "kernel": 5, "hidden": 64, "epochs": 20, "batch": 64,
+       "lr": 3e-3, "weight_decay": 1e-3, "dropout": 0.2, "seed": 0}  # the sequence model and its training
+
+
+def profiles(runs: list[dict]) -> np.ndarray:
+    """:func:`direction.profile` of each run (every run has one where it has shape features: finite, positive loss)."""
+    out = []
+    for r in runs:
+        if "profile" not in r:
+            c = r["curve"]
+            r["profile"] = profile(c.values, c.extra.get("grad_norm"), c.lrs, c.extra.get("update_ratio"),
+                                   c.extra.get("grad_alignment"))
+        out.append(r["profile"])
+    return np.stack(out)
+
+
+def fit_seq(P: np.ndarray, y: np.ndarray, variant: str, **params) -> dict[str, np.ndarray]:
+    """The sequence model of ``variant`` (its :func:`direction.seq_channels`) fitted on profiles ``P`` (n, 5, points)
+    with torch (one-cycle AdamW, classes weighted as :func:`fit`), exported for :func:`direction.seq_proba`."""
+    import torch
+
+    cfg = {**SEQ, **params}
+    nn = torch.nn
+    torch.manual_seed(cfg["seed"])
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    chans = seq_channels(variant)
+    layers, c_in = [], P.shape[1]
+    for width, stride in zip(cfg["width"], cfg["strides"]):
+        layers += [nn.Conv1d(c_in, width, cfg["kernel"], stride=stride, padding=cfg["kernel"] // 2),
+                   nn.GELU(approximate="tanh")]
+        c_in = width
+    conv = nn.Sequential(*layers)
+    head = nn.Sequential(nn.Linear(2 * c_in, cfg["hidden"]), nn.GELU(approximate="tanh"), nn.Dropout(cfg["dropout"]),
+                         nn.Linear(cfg["hidden"], len(CLASSES)))
+
+    def forward(x):
+        z = conv(x)
+        return head(torch.cat([z.mean(-1), z.amax(-1)], 1))
+
+    count = np.bincount(y, minlength=len(CLASSES))
+    w = len(y) / (len(CLASSES) * np.maximum(count, 1)) * np.array([GOOD_WEIGHT if c == "good" else 1.0 for c in CLASSES])
+    lossf = nn.CrossEntropyLoss(weight=torch.tensor(w, dtype=torch.float32))
+    params_ = [*conv.parameters(), *head.parameters()]
+    opt = torch.optim.AdamW(params_, cfg["lr"], weight_decay=cfg["weight_decay"])
+    X = torch.tensor(P * chans[None, :, None], dtype=torch.float32)
+    t = torch.tensor(y)
+    per_epoch = max(len(t) // cfg["batch"], 1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg["lr"], total_steps=cfg["epochs"] * per_epoch)
+    conv.train()
+    head.train()
+    for _ in range(cfg["epochs"]):
+        perm = torch.randperm(len(t), generator=gen)
+        for i in range(per_epoch):
+            b = perm[i * cfg["batch"]:(i + 1) * cfg["batch"]]
+            opt.zero_grad()
+            lossf(forward(X[b]), t[b]).backward()
+            opt.step()
+            sched.step()
+    out = {"channels": chans.astype(np.float64), "strides": np.array(cfg["strides"], dtype=np.int64),
+           "classes": np.array(CLASSES)}
+    convs = [m for m in conv if isinstance(m, nn.Conv1d)]
+    for i, m in enumerate(convs):
+        out[f"conv{i}_w"], out[f"conv{i}_b"] = (m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
+    for i, m in enumerate(m for m in head if isinstance(m, nn.Linear)):
+        out[f"fc{i}_w"], out[f"fc{i}_b"] = m.weight.detach().double().numpy(), m.bias.detach().double().numpy()
+    return out
 
 
 RATIO_CLIP = 7.0  # log2(lr / best lr) is learnt within +-7 (128x): beyond, the shape says no more
@@ -125,6 +200,13 @@ def main() -> None:
         # the numpy evaluator must agree with scikit-learn on the training rows
         assert np.allclose(forest_proba(model, X), clf.predict_proba(X), atol=1e-9)
         arrays.update({f"{name}/{k}": v for k, v in model.items()})
+    # the sequence models (the variants reading the update ratio), fitted on the same runs as the classifiers
+    for name in SEQ_VARIANTS:
+        X, y, _, kept = dataset(runs, VARIANTS[name])
+        P = profiles(kept)
+        model = fit_seq(P, y, name)
+        assert np.allclose([seq_proba(model, p).sum() for p in P[:5]], 1.0)
+        arrays.update({f"seq_{name}/{k}": v for k, v in model.items()})
     # regressors of log2(lr / best lr) on every finite run, the ones between the classes included: "by how much"
     for name, feats in (("ratio_" + k, v) for k, v in VARIANTS.items()):
         X, t, groups = ratio_dataset(every, feats)

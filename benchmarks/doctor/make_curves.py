@@ -162,6 +162,17 @@ def _clean_data(name: str):
         x = np.random.default_rng(22).standard_normal((3000, 10))
         z = x[:, 0] + 0.5 * x[:, 1] ** 2 - x[:, 2] * x[:, 3]
         return x, np.searchsorted(np.quantile(z, [0.2, 0.4, 0.6, 0.8]), z), "clf"
+    if name == "poly":  # a polynomial regression: x0 x1 + x2^2 - x3 + 0.5 sin(2 x4) among 12 Gaussian features
+        x = np.random.default_rng(23).standard_normal((3000, 12))
+        y = x[:, 0] * x[:, 1] + x[:, 2] ** 2 - x[:, 3] + 0.5 * np.sin(2 * x[:, 4]) + 0.1 * x[:, 5] * x[:, 6]
+        return x, (y - y.mean()) / y.std(), "reg"
+    if name == "argmax6":  # 6 classes: the largest of 6 random projections plus a product term; 10% of labels flipped
+        rng = np.random.default_rng(24)
+        x = rng.standard_normal((3000, 12))
+        y = np.argmax(x @ rng.standard_normal((12, 6)) + 0.5 * (x[:, :1] * x[:, 1:2]), axis=1)
+        flip = rng.random(3000) < 0.1
+        y[flip] = rng.integers(0, 6, int(flip.sum()))
+        return x, y, "clf"
     if name == "friedman":
         x, y = datasets.make_friedman1(n_samples=2000, noise=0.5, random_state=0)
         return x, (y - y.mean()) / y.std(), "reg"
@@ -339,6 +350,15 @@ FINAL8_TASKS = [
     ("bands", "wide", "nesterov", 32, 300, "cos"),
 ]
 
+# FINAL9 held-out tasks (round 10): two new data sets (checked to learn at some lr of the grid before they were fixed:
+# all three sinc tasks of FINAL8 had not) and new combinations, one warmup+cosine; four seeds; defined and generated
+# before any round-10 change and scored once at its end
+FINAL9_TASKS = [
+    ("poly", "mlp_bn", "adamw", 32), ("poly", "resmlp_ln", "momentum", 16), ("poly", "wide", "adagrad", 64),
+    ("poly", "mlp_silu", "radam", 32, 300, "cos"), ("argmax6", "mlp", "nadam", 32), ("argmax6", "deep_tanh", "sgd_wd", 32),
+    ("argmax6", "mlp_drop", "adamax", 16), ("argmax6", "mlp_bn", "rmsprop", 64),
+]
+
 
 def schedule(peak: float, steps: int, kind: str | None) -> np.ndarray:
     """The lr at every step: constant, or "cos": 5% linear warmup from 10% of the peak, then cosine to 10%."""
@@ -427,11 +447,13 @@ SETS = {
     "final5": (FINAL5_TASKS, "the FINAL5 tasks (scored in round 6, then fitted on)"),
     "final6": (FINAL6_TASKS, "the FINAL6 tasks (scored in round 7, then fitted on)"),
     "final7": (FINAL7_TASKS, "the FINAL7 tasks (scored in round 8, then fitted on)"),
-    "final8": (FINAL8_TASKS, "the FINAL8 held-out tasks (round 9)"),
+    "final8": (FINAL8_TASKS, "the FINAL8 tasks (scored in round 9, then fitted on)"),
+    "final9": (FINAL9_TASKS, "the FINAL9 held-out tasks (round 10)"),
 }
-# what the shape model fits (each FINAL set joined once it had been scored; FINAL8 is the held-out set of round 9)
+HELD_OUT_SET = "final9"  # the round's held-out set: never fitted on, scored once at the end of the round
+# what the shape model fits (each FINAL set joined once it had been scored; FINAL9 is the held-out set of round 10)
 FITTING = ("curves", "fresh", "extra", "extra2", "extra3", "sched", "final", "final2", "final3", "final_sched",
-           "final4", "final5", "final6", "final7")
+           "final4", "final5", "final6", "final7", "final8")
 
 
 def flag(name: str) -> str:

@@ -423,7 +423,15 @@ def _shape_call(c: Curve, ys: np.ndarray, ss: np.ndarray, valid: int, f: dict[st
 
     Applies to finite runs; a logged lr schedule enters by its shape (warmup and decay; the model was fitted on
     constant and warmup+cosine runs)."""
-    from lrkit.doctor.direction import SIGNALS, predict, predict_ratio, sample_index, shape_features
+    from lrkit.doctor.direction import (
+        SIGNALS,
+        load_models,
+        predict,
+        predict_ratio,
+        profile,
+        sample_index,
+        shape_features,
+    )
 
     # an early blow-up the run recovered from (it ended below its start) is also the shape of RMSprop/Adam's first
     # steps at a good lr: the model, which reads the early peak, may overrule it when very sure the lr is not too high
@@ -434,11 +442,14 @@ def _shape_call(c: Curve, ys: np.ndarray, ss: np.ndarray, valid: int, f: dict[st
     idx = sample_index(valid, t.shape_points)  # a long run is read like the runs the model was fitted on
     side = {k: (v[idx] if v is not None and v.shape == c.values.shape else None)
             for k in ("grad_norm", "update_ratio", "grad_alignment") for v in [c.extra.get(k)]}
-    sf = shape_features(ys[idx], side["grad_norm"], c.lrs[idx] if c.lrs is not None else None, side["update_ratio"],
-                        side["grad_alignment"])
+    lrs = c.lrs[idx] if c.lrs is not None else None
+    sf = shape_features(ys[idx], side["grad_norm"], lrs, side["update_ratio"], side["grad_alignment"])
     if sf is None:
         return
-    probs, model = predict(sf)
+    prof = profile(ys[idx], side["grad_norm"], lrs, side["update_ratio"], side["grad_alignment"])
+    probs, model = predict(sf, prof)
+    voters = "boosted trees and a sequence model" if prof is not None and load_models().get("seq_" + model) else \
+        "boosted trees"
     f["lr_over_best"] = predict_ratio(sf)  # how far off runs of this shape were: the factor to recommend
     call = max(probs, key=probs.__getitem__)
     f.update({f"p_{k}": v for k, v in probs.items()})
@@ -451,7 +462,7 @@ def _shape_call(c: Curve, ys: np.ndarray, ss: np.ndarray, valid: int, f: dict[st
         notes.append(f"gradient alignment (cos of each step's gradient against the previous update; > 0: the last "
                      f"step still descends, < 0: it overshot) over the last third: mean {sf['al_late']:+.3f}, "
                      f"{sf['al_late_pos']:.0%} of the steps > 0")
-    notes.append(f"shape model ({SIGNALS[model]}): lr too high "
+    notes.append(f"shape model ({voters} on the {SIGNALS[model]}): lr too high "
                  f"{probs['too_high']:.0%}, good {probs['good']:.0%}, too low {probs['too_low']:.0%}"
                  + ("" if probs[call] >= level else f" (below {level:.0%}: the trend rules decide)"))
     if probs[call] < level:

@@ -212,6 +212,79 @@ def shape_features(loss: np.ndarray, grad_norm: np.ndarray | None = None, lrs: n
     return f
 
 
+SEQ_POINTS = 100  # the sequence model reads a run at this many evenly spaced points
+SEQ_CHANNELS = ("loss", "grad_norm", "update_ratio", "grad_alignment", "lr")
+SEQ_WEIGHT = 0.5  # the sequence model's share of the direction vote; the boosted trees have the rest
+# the variants with a sequence model: those reading the update ratio (task-grouped cross-validation on the labelled
+# runs: it helped there, and cost too-low accuracy on the loss alone and on the loss and gradient norm)
+SEQ_VARIANTS = ("with_al", "with_ur")
+
+
+def seq_channels(variant: str) -> np.ndarray:
+    """Which :data:`SEQ_CHANNELS` the sequence model of ``variant`` reads (the others are zero): the loss and the lr
+    always, the side signals its feature set reads."""
+    feats = VARIANTS[variant]
+    return np.array([True, GN_FEATURES[0] in feats, UR_FEATURES[0] in feats, AL_FEATURES[0] in feats, True])
+
+
+def profile(loss: np.ndarray, grad_norm: np.ndarray | None = None, lrs: np.ndarray | None = None,
+            update_ratio: np.ndarray | None = None, grad_alignment: np.ndarray | None = None) -> np.ndarray | None:
+    """A run as the sequence model reads it: (5 channels, SEQ_POINTS) at evenly spaced points of a finite, positive
+    loss curve of 24 points or more, none negative (else None). Channels: log of the loss over its start (median of the first 6, or their mean if that is 0),
+    log of the gradient norm over its start, (log10 of the update-to-weight ratio + 3) / 2, the gradient alignment,
+    the lr over its peak; each clipped, a missing or unusable side signal all zeros (a missing lr: constant, ones)."""
+    y = np.asarray(loss, dtype=np.float64)
+    n = len(y)
+    if n < 24 or not np.isfinite(y).all() or y.min() < 0 or not y[:6].max() > 0:
+        return None
+    idx = np.linspace(0, n - 1, SEQ_POINTS).round().astype(np.int64)
+    out = np.zeros((len(SEQ_CHANNELS), SEQ_POINTS))
+    start = float(np.median(y[:6])) or float(np.mean(y[:6]))
+    out[0] = np.clip(np.log(np.maximum(y[idx], start * math.exp(-8.0)) / start), -8.0, 3.0)  # a loss of 0: -8
+    out[4] = 1.0
+    for ch, a in ((1, grad_norm), (2, update_ratio), (3, grad_alignment), (4, lrs)):
+        if a is None or np.shape(a) != y.shape:
+            continue
+        v = np.asarray(a, dtype=np.float64)
+        ok = np.isfinite(v) & (v > 0) if ch != 3 else np.isfinite(v)
+        if ok.sum() < 24:
+            continue
+        v = np.where(ok, v, np.median(v[ok]) if ch != 3 else 0.0)[idx]  # a gap (e.g. the first step's) takes the median
+        if ch == 1:
+            out[1] = np.clip(np.log(v / np.median(np.asarray(a)[ok][:6])), -8.0, 8.0)
+        elif ch == 2:
+            out[2] = np.clip((np.log10(v) + 3.0) / 2.0, -3.0, 3.0)
+        elif ch == 3:
+            out[3] = np.clip(v, -1.0, 1.0)
+        else:
+            out[4] = v / v.max()
+    return out
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3)))
+
+
+def _conv1d(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int) -> np.ndarray:
+    """A 1-d convolution as torch computes it (cross-correlation; kernel k, padding k // 2): (C, L) -> (O, L')."""
+    k = w.shape[2]
+    xp = np.pad(x, ((0, 0), (k // 2, k // 2)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, k, axis=1)[:, ::stride]  # (C, L', k)
+    return np.einsum("clk,ock->ol", win, w) + b[:, None]
+
+
+def seq_proba(model: dict[str, np.ndarray], prof: np.ndarray) -> np.ndarray:
+    """Class probabilities (too_high, good, too_low) of the sequence model (three 1-d convolutions with GELU, the
+    mean and max over time, two dense layers; fitted by ``fit_direction.py``) for one :func:`profile`."""
+    z = prof * model["channels"][:, None]
+    for i, stride in enumerate(model["strides"]):
+        z = _gelu(_conv1d(z, model[f"conv{i}_w"], model[f"conv{i}_b"], int(stride)))
+    h = _gelu(model["fc0_w"] @ np.concatenate([z.mean(axis=1), z.max(axis=1)]) + model["fc0_b"])
+    raw = model["fc1_w"] @ h + model["fc1_b"]
+    e = np.exp(raw - raw.max())
+    return e / e.sum()
+
+
 def export_forest(model, features: tuple[str, ...] | list[str]) -> dict[str, np.ndarray]:
     """The arrays of a fitted scikit-learn tree ensemble, for :func:`forest_proba` (no sklearn needed to predict):
     every tree's nodes stacked, children as global indices (-1 at leaves). A random forest (classifier or regressor)
@@ -310,14 +383,14 @@ _MODELS: dict[str, dict[str, np.ndarray]] = {}
 
 def load_models() -> dict[str, dict[str, np.ndarray]]:
     """The shipped models: a direction classifier per :data:`VARIANTS` name (``with_al``, ``loss_ur_al``, ``with_ur``,
-    ``loss_ur``, ``with_gn``, ``loss_only``: which signals it reads) and a regressor of log2(lr / best lr) per variant
-    (``ratio_`` + name)."""
+    ``loss_ur``, ``with_gn``, ``loss_only``: which signals it reads), a regressor of log2(lr / best lr) per variant
+    (``ratio_`` + name) and a sequence model per :data:`SEQ_VARIANTS` name (``seq_`` + name)."""
     if not _MODELS:
         if not os.path.exists(MODEL_PATH):
             raise LrkitError(f"the doctor's shape model {MODEL_PATH} is missing from this install: reinstall lrkit "
                              "(pip install --force-reinstall lrkit), or pass use_shape=False to use the rules alone")
         with np.load(MODEL_PATH) as d:
-            for name in [*VARIANTS, *("ratio_" + v for v in VARIANTS)]:
+            for name in [*VARIANTS, *("ratio_" + v for v in VARIANTS), *("seq_" + v for v in SEQ_VARIANTS)]:
                 _MODELS[name] = {k.split("/", 1)[1]: d[k] for k in d.files if k.startswith(name + "/")}
     return _MODELS
 
@@ -341,11 +414,18 @@ def _evaluate(f: dict[str, float], prefix: str) -> tuple[np.ndarray, str]:
     raise LrkitError("no shape model fits these features: reinstall lrkit, or pass use_shape=False")
 
 
-def predict(f: dict[str, float]) -> tuple[dict[str, float], str]:
+def predict(f: dict[str, float], prof: np.ndarray | None = None) -> tuple[dict[str, float], str]:
     """Probabilities of (too_high, good, too_low) for :func:`shape_features` ``f``, and which variant gave them (the
-    one that reads the most of the logged signals: see :data:`VARIANTS`)."""
+    one that reads the most of the logged signals: see :data:`VARIANTS`); with the run's :func:`profile` ``prof``,
+    the boosted trees' vote is averaged with the sequence model's (``SEQ_WEIGHT`` of it)."""
     p, name = _evaluate(f, "")
-    return {str(c): float(pi) for c, pi in zip(load_models()[name]["classes"], p)}, name
+    models = load_models()
+    classes = [str(c) for c in models[name]["classes"]]
+    seq = models.get("seq_" + name)
+    if prof is not None and seq:
+        q = dict(zip((str(c) for c in seq["classes"]), seq_proba(seq, prof)))
+        p = (1.0 - SEQ_WEIGHT) * p + SEQ_WEIGHT * np.array([q[c] for c in classes])
+    return {c: float(pi) for c, pi in zip(classes, p)}, name
 
 
 def predict_ratio(f: dict[str, float]) -> float:
