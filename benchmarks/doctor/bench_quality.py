@@ -202,13 +202,14 @@ def live_alarms(runs: list[dict], title: str) -> None:
             f"{c} {np.mean([f for lab, f in got if lab == c]):6.1%}" for c in CLASSES))
 
 
-KEYS = ("doctor", "doctor_trees", "doctor_factor", "doctor_kinds", "p", "rules", "rules_factor", "doctor_ur", "doctor_gn", "rules_gn",
-        "doctor_loss_only", "eyeball")
+KEYS = ("doctor", "doctor_trees", "doctor_factor", "doctor_kinds", "p", "rules", "rules_factor", "doctor_ur",
+        "doctor_gn", "rules_gn", "doctor_loss_only", "eyeball")
 _SHARED: tuple = ()
 
 
 def _loto_task(task: str) -> list[dict]:
-    """Leave-one-task-out: forests fitted without ``task`` diagnose its curves; returns their calls."""
+    """Leave-one-task-out: models (trees, forests, sequence models) fitted without ``task`` diagnose its curves;
+    returns their calls."""
     fitting, runs = _SHARED
     models = {name: fitter(X[groups != task], y[groups != task], name[4:]) if name.startswith("seq_")
               else direction.export_forest(fitter(X[groups != task], y[groups != task]), fs)

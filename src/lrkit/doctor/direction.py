@@ -229,10 +229,11 @@ def seq_channels(variant: str) -> np.ndarray:
 
 def profile(loss: np.ndarray, grad_norm: np.ndarray | None = None, lrs: np.ndarray | None = None,
             update_ratio: np.ndarray | None = None, grad_alignment: np.ndarray | None = None) -> np.ndarray | None:
-    """A run as the sequence model reads it: (5 channels, SEQ_POINTS) at evenly spaced points of a finite, positive
-    loss curve of 24 points or more, none negative (else None). Channels: log of the loss over its start (median of the first 6, or their mean if that is 0),
-    log of the gradient norm over its start, (log10 of the update-to-weight ratio + 3) / 2, the gradient alignment,
-    the lr over its peak; each clipped, a missing or unusable side signal all zeros (a missing lr: constant, ones)."""
+    """A run as the sequence model reads it: (5 channels, SEQ_POINTS) at evenly spaced points of a finite loss curve
+    of 24 points or more, none negative (else None). Channels: log of the loss over its start (the median of the
+    first 6, or their mean if that is 0), log of the gradient norm over its start, (log10 of the update-to-weight
+    ratio + 3) / 2, the gradient alignment, the lr over its peak; each clipped, a missing or unusable side signal all
+    zeros (a missing lr: constant, ones)."""
     y = np.asarray(loss, dtype=np.float64)
     n = len(y)
     if n < 24 or not np.isfinite(y).all() or y.min() < 0 or not y[:6].max() > 0:
