@@ -1,11 +1,11 @@
 """Quality of the doctor's direction (raise / lower / keep) on real curves over lr grids.
 
-Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about 50
-minutes on 2 cores after that). ``--final`` also scores the round's held-out tasks (FINAL9) with the shipped model, ``--long``
-the 1500-step runs (``make_curves.py --long``); ``--dump FILE`` writes every run's calls as JSON lines;
-``--live`` adds the live Monitor's divergence alarms on the fitting runs (the held-out ones come with ``--final``);
-``--no-loto`` skips the leave-one-task-out tables (only --final / --long, with the shipped model);
-``--forest`` scores leave-one-task-out with the random-forest classifiers of rounds 1-5 instead of the boosted trees.
+Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about 75
+minutes on 2 cores after that, with ``--live --final --long``). ``--final`` also scores the round's held-out tasks
+(FINAL9) with the shipped model, ``--long`` the 1500-step runs (``make_curves.py --long``); ``--dump FILE`` writes
+every run's calls as JSON lines; ``--live`` adds the live Monitor's divergence alarms on the fitting runs (the
+held-out ones come with ``--final``); ``--no-loto`` skips the leave-one-task-out tables (only --final / --long, with
+the shipped model); ``--forest`` scores leave-one-task-out with the random-forest classifiers of rounds 1-5 instead of the boosted trees.
 
 The doctor = threshold rules (NaN, blow-up, climb-back, spikes) + a small fitted shape model
 (:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 88 tasks
