@@ -5,10 +5,12 @@ minutes on 2 cores after that, with ``--live --final --long``). ``--final`` also
 (FINAL9) with the shipped model, ``--long`` the 1500-step runs (``make_curves.py --long``); ``--dump FILE`` writes
 every run's calls as JSON lines; ``--live`` adds the live Monitor's divergence alarms on the fitting runs (the
 held-out ones come with ``--final``); ``--no-loto`` skips the leave-one-task-out tables (only --final / --long, with
-the shipped model); ``--forest`` scores leave-one-task-out with the random-forest classifiers of rounds 1-5 instead of the boosted trees.
+the shipped model); ``--forest`` scores leave-one-task-out with the random-forest classifiers of rounds 1-5 instead
+of the boosted trees.
 
 The doctor = threshold rules (NaN, blow-up, climb-back, spikes) + a small fitted shape model
-(:mod:`lrkit.doctor.direction`) for runs that neither diverged nor spiked. The shape model is fitted on 88 tasks
+(:mod:`lrkit.doctor.direction`: boosted trees, averaged with a sequence model where the update ratio is logged; the
+trees alone are scored beside it) for runs that neither diverged nor spiked. The shape model is fitted on 88 tasks
 (15 of them warmup+cosine; ``fit_direction.py``), four seeds each, so its accuracy on those is reported
 **leave-one-task-out**: each task's curves are diagnosed by models fitted without that task. Every run logs the
 loss, the gradient norm, the update-to-weight ratio and the gradient alignment; the doctor is scored with all four
