@@ -250,10 +250,10 @@ def loto_tables() -> list[dict]:
           + "  ".join(f"{c} {v:.1%}" for c, v in agree.items()))
     fitting = {}  # model name -> (X, target, task of each row, feature names, fitter)
     for name, fs in direction.VARIANTS.items():
-        fitting[name] = (*dataset(runs, fs)[:3], fs, fit_forest if "--forest" in sys.argv else fit)
+        X, y, groups, kept = dataset(runs, fs)
+        fitting[name] = (X, y, groups, fs, fit_forest if "--forest" in sys.argv else fit)
         fitting[f"ratio_{name}"] = (*ratio_dataset(every, fs), fs, fit_ratio)
         if name in direction.SEQ_VARIANTS:
-            X, y, groups, kept = dataset(runs, fs)
             fitting[f"seq_{name}"] = (profiles(kept), y, groups, fs, fit_seq)
     calls = _parallel(_loto_task, tasks, (fitting, runs))
     for task, scored in zip(tasks, calls):
@@ -268,6 +268,7 @@ def loto_tables() -> list[dict]:
         with open(sys.argv[sys.argv.index("--dump") + 1], "w") as fh:
             for r in runs:
                 fh.write(json.dumps({k: r[k] for k in ("task", "seed", "lr", "best_lr", "label", "group", *KEYS)}) + "\n")
+    return runs
 
 
 def main() -> None:

@@ -188,7 +188,7 @@ def main() -> None:
     runs = [r for r in every if r["label"] is not None]
     arrays = {}
     for name, feats in VARIANTS.items():
-        X, y, groups, _ = dataset(runs, feats)
+        X, y, groups, kept = dataset(runs, feats)
         print(f"{name}: {len(y)} finite curves from {len(np.unique(groups))} tasks, {len(feats)} features", end="")
         if not args.no_loto:
             acc = per_class(y, loto(X, y, groups))
@@ -200,13 +200,11 @@ def main() -> None:
         # the numpy evaluator must agree with scikit-learn on the training rows
         assert np.allclose(forest_proba(model, X), clf.predict_proba(X), atol=1e-9)
         arrays.update({f"{name}/{k}": v for k, v in model.items()})
-    # the sequence models (the variants reading the update ratio), fitted on the same runs as the classifiers
-    for name in SEQ_VARIANTS:
-        X, y, _, kept = dataset(runs, VARIANTS[name])
-        P = profiles(kept)
-        model = fit_seq(P, y, name)
-        assert np.allclose([seq_proba(model, p).sum() for p in P[:5]], 1.0)
-        arrays.update({f"seq_{name}/{k}": v for k, v in model.items()})
+        if name in SEQ_VARIANTS:  # the sequence model (variants reading the update ratio), on the same runs
+            P = profiles(kept)
+            model = fit_seq(P, y, name)
+            assert np.allclose([seq_proba(model, p).sum() for p in P[:5]], 1.0)
+            arrays.update({f"seq_{name}/{k}": v for k, v in model.items()})
     # regressors of log2(lr / best lr) on every finite run, the ones between the classes included: "by how much"
     for name, feats in (("ratio_" + k, v) for k, v in VARIANTS.items()):
         X, t, groups = ratio_dataset(every, feats)

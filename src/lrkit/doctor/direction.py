@@ -243,23 +243,29 @@ def profile(loss: np.ndarray, grad_norm: np.ndarray | None = None, lrs: np.ndarr
     start = float(np.median(y[:6])) or float(np.mean(y[:6]))
     out[0] = np.clip(np.log(np.maximum(y[idx], start * math.exp(-8.0)) / start), -8.0, 3.0)  # a loss of 0: -8
     out[4] = 1.0
-    for ch, a in ((1, grad_norm), (2, update_ratio), (3, grad_alignment), (4, lrs)):
-        if a is None or np.shape(a) != y.shape:
-            continue
-        v = np.asarray(a, dtype=np.float64)
-        ok = np.isfinite(v) & (v > 0) if ch != 3 else np.isfinite(v)
-        if ok.sum() < 24:
-            continue
-        v = np.where(ok, v, np.median(v[ok]) if ch != 3 else 0.0)[idx]  # a gap (e.g. the first step's) takes the median
-        if ch == 1:
-            out[1] = np.clip(np.log(v / np.median(np.asarray(a)[ok][:6])), -8.0, 8.0)
-        elif ch == 2:
-            out[2] = np.clip((np.log10(v) + 3.0) / 2.0, -3.0, 3.0)
-        elif ch == 3:
-            out[3] = np.clip(v, -1.0, 1.0)
-        else:
-            out[4] = v / v.max()
+    if (gn := _sampled(grad_norm, y.shape, idx)) is not None:
+        out[1] = np.clip(np.log(gn[0] / np.median(gn[1][:6])), -8.0, 8.0)
+    if (ur := _sampled(update_ratio, y.shape, idx)) is not None:
+        out[2] = np.clip((np.log10(ur[0]) + 3.0) / 2.0, -3.0, 3.0)
+    if (al := _sampled(grad_alignment, y.shape, idx, positive=False)) is not None:
+        out[3] = np.clip(al[0], -1.0, 1.0)
+    if (lr := _sampled(lrs, y.shape, idx)) is not None:
+        out[4] = lr[0] / lr[0].max()
     return out
+
+
+def _sampled(a: np.ndarray | None, shape: tuple[int, ...], idx: np.ndarray,
+             positive: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
+    """A side signal at ``idx``, its gaps (not finite, or <= 0 for a ``positive`` one such as the first step's) filled
+    by the median of its valid values (0 for a signed one), and those valid values; None when it is missing, not
+    aligned with the loss, or has fewer than 24 valid values (:func:`_log_series` keeps the valid values only)."""
+    if a is None or np.shape(a) != shape:
+        return None
+    v = np.asarray(a, dtype=np.float64)
+    ok = np.isfinite(v) & (v > 0) if positive else np.isfinite(v)
+    if ok.sum() < 24:
+        return None
+    return np.where(ok, v, np.median(v[ok]) if positive else 0.0)[idx], v[ok]
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
