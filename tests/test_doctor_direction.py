@@ -287,15 +287,17 @@ def _seq_reference(model, prof):
 
 def test_numpy_sequence_model_matches_torch():
     rng = np.random.default_rng(7)
-    widths, model = (5, 6, 8, 8), {"channels": np.array([1.0, 1.0, 0.0, 1.0, 1.0]), "strides": np.array([1, 2, 2])}
+    widths, model = (5, 6, 8, 8), {"channels": np.array([1.0, 1.0, 0.0, 1.0, 1.0])}
     for i in range(3):
         model[f"conv{i}_w"] = rng.standard_normal((widths[i + 1], widths[i], 5)) * 0.5
         model[f"conv{i}_b"] = rng.standard_normal(widths[i + 1]) * 0.1
     model.update(fc0_w=rng.standard_normal((10, 16)), fc0_b=rng.standard_normal(10), fc1_w=rng.standard_normal((3, 10)),
                  fc1_b=rng.standard_normal(3))
-    for n in (100, 99):  # an even and an odd length: the strided windows line up with torch's
-        prof = rng.standard_normal((5, n))
-        np.testing.assert_allclose(direction.seq_proba(model, prof), _seq_reference(model, prof), atol=1e-12)
+    for strides in ((1, 2, 2), (2, 2, 2)):
+        model["strides"] = np.array(strides)
+        for n in (300, 299, 100, 99):  # even and odd lengths: the strided windows line up with torch's
+            prof = rng.standard_normal((5, n))
+            np.testing.assert_allclose(direction.seq_proba(model, prof), _seq_reference(model, prof), atol=1e-12)
 
 
 def test_shipped_sequence_models_read_their_channels_and_share_the_vote():

@@ -82,7 +82,7 @@ def fit_forest(X: np.ndarray, y: np.ndarray):
     return RandomForestClassifier(**FOREST, class_weight="balanced").fit(X, y)
 
 
-SEQ = {"width": (24, 32, 32), "strides": (1, 2, 2), "kernel": 5, "hidden": 64, "epochs": 20, "batch": 64,
+SEQ = {"width": (24, 32, 32), "strides": (2, 2, 2), "kernel": 5, "hidden": 64, "epochs": 20, "batch": 64,
        "lr": 3e-3, "weight_decay": 1e-3, "dropout": 0.2, "seed": 0}  # the sequence model and its training
 
 

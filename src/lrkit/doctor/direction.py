@@ -212,7 +212,7 @@ def shape_features(loss: np.ndarray, grad_norm: np.ndarray | None = None, lrs: n
     return f
 
 
-SEQ_POINTS = 100  # the sequence model reads a run at this many evenly spaced points
+SEQ_POINTS = 300  # the sequence model reads a run at this many evenly spaced points
 SEQ_CHANNELS = ("loss", "grad_norm", "update_ratio", "grad_alignment", "lr")
 SEQ_WEIGHT = 0.5  # the sequence model's share of the direction vote; the boosted trees have the rest
 # the variants with a sequence model: those reading the update ratio (task-grouped cross-validation on the labelled
