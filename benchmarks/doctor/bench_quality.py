@@ -1,6 +1,6 @@
 """Quality of the doctor's direction (raise / lower / keep) on real curves over lr grids.
 
-Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about 75
+Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about 90
 minutes on 2 cores after that, with ``--live --final --long``). ``--final`` also scores the round's held-out tasks
 (FINAL9) with the shipped model, ``--long`` the 1500-step runs (``make_curves.py --long``); ``--dump FILE`` writes
 every run's calls as JSON lines; ``--live`` adds the live Monitor's divergence alarms on the fitting runs (the
