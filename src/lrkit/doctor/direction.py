@@ -54,15 +54,22 @@ def _level(y: np.ndarray, i0: int, i1: int) -> float:
     return float(np.median(y[max(i0, 0): max(i1, i0 + 1)]))
 
 
-def _log_series(a: np.ndarray | None, shape: tuple[int, ...], log) -> tuple[np.ndarray, np.ndarray] | None:
-    """``log`` of a side signal's finite positive values, and where they are; None when it is missing, not aligned
-    with the loss, or has fewer than 24 such values."""
-    if a is None:
+def _valid(a: np.ndarray | None, shape: tuple[int, ...],
+           positive: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
+    """A side signal as floats and where it is usable (finite, and > 0 for a ``positive`` one); None when it is
+    missing, not aligned with the loss, or has fewer than 24 usable values."""
+    if a is None or np.shape(a) != shape:
         return None
     v = np.asarray(a, dtype=np.float64)
-    ok = np.isfinite(v) & (v > 0)
-    if v.shape != shape or ok.sum() < 24:
+    ok = np.isfinite(v) & (v > 0) if positive else np.isfinite(v)
+    return (v, ok) if ok.sum() >= 24 else None
+
+
+def _log_series(a: np.ndarray | None, shape: tuple[int, ...], log) -> tuple[np.ndarray, np.ndarray] | None:
+    """``log`` of a side signal's finite positive values, and where they are (None as :func:`_valid`)."""
+    if (valid := _valid(a, shape)) is None:
         return None
+    v, ok = valid
     return log(v[ok]), ok
 
 
@@ -256,15 +263,11 @@ def profile(loss: np.ndarray, grad_norm: np.ndarray | None = None, lrs: np.ndarr
 
 def _sampled(a: np.ndarray | None, shape: tuple[int, ...], idx: np.ndarray,
              positive: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
-    """A side signal at ``idx``, its gaps (not finite, or <= 0 for a ``positive`` one such as the first step's) filled
-    by the median of its valid values (0 for a signed one), and those valid values; None when it is missing, not
-    aligned with the loss, or has fewer than 24 valid values (:func:`_log_series` keeps the valid values only)."""
-    if a is None or np.shape(a) != shape:
+    """A side signal at ``idx``, its gaps (not usable as :func:`_valid` says, such as the first step's) filled by the
+    median of its usable values (0 for a signed one), and those usable values; None as :func:`_valid`."""
+    if (valid := _valid(a, shape, positive)) is None:
         return None
-    v = np.asarray(a, dtype=np.float64)
-    ok = np.isfinite(v) & (v > 0) if positive else np.isfinite(v)
-    if ok.sum() < 24:
-        return None
+    v, ok = valid
     return np.where(ok, v, np.median(v[ok]) if positive else 0.0)[idx], v[ok]
 
 
