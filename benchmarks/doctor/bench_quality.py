@@ -1,24 +1,27 @@
 """Quality of the doctor's direction (raise / lower / keep) on real curves over lr grids.
 
-Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about 90
+Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about 15
 minutes on 2 cores after that, with ``--live --final --long``). ``--final`` also scores the round's held-out tasks
-(FINAL9) with the shipped model, ``--long`` the 1500-step runs (``make_curves.py --long``); ``--dump FILE`` writes
+(FINAL10) with the shipped model, ``--long`` the 1500-step runs (``make_curves.py --long``); ``--dump FILE`` writes
 every run's calls as JSON lines; ``--live`` adds the live Monitor's divergence alarms on the fitting runs (the
-held-out ones come with ``--final``); ``--no-loto`` skips the leave-one-task-out tables (only --final / --long, with
-the shipped model); ``--forest`` scores leave-one-task-out with the random-forest classifiers of rounds 1-5 instead
-of the boosted trees.
+held-out ones come with ``--final``); ``--no-cv`` skips the cross-validated tables (only --final / --long, with
+the shipped model); ``--forest`` scores the CV with the random-forest classifiers of rounds 1-5 instead of the
+boosted trees.
 
 The doctor = threshold rules (NaN, blow-up, climb-back, spikes) + a small fitted shape model
 (:mod:`lrkit.doctor.direction`: boosted trees, averaged with a sequence model where the update ratio is logged; the
 trees alone are scored beside it) for runs that neither diverged nor spiked. The shape model is fitted on 88 tasks
-(15 of them warmup+cosine; ``fit_direction.py``), four seeds each, so its accuracy on those is reported
-**leave-one-task-out**: each task's curves are diagnosed by models fitted without that task. Every run logs the
-loss, the gradient norm, the update-to-weight ratio and the gradient alignment; the doctor is scored with all four
-and as if the log had only the first three, only the loss and gradient norm, or only the loss. The FINAL9 tasks were
-never used to fit or choose anything (the FINAL..FINAL8 and FINAL_SCHED sets were each scored once, then folded into
-fitting). A run that went NaN is labelled too high (``labelled.py``). Tasks where no lr of the grid learned
-(``labelled.MIN_LEARNED``) are left out, and named. It also prints how reproducible the labels are: the share of
-labels that the best lr of two other seeds repeats.
+(15 of them warmup+cosine; ``fit_direction.py``), four seeds each, so its accuracy on those is reported by
+**task-grouped 12-fold cross-validation**: the tasks are dealt into 12 folds, and each task's curves are diagnosed by
+models fitted without its fold (up to round 11 it was leave-one-task-out: 88 fits instead of 12, 90 minutes instead
+of 15, each fit on all tasks but one instead of 11/12 of them). Every run logs the loss, the gradient
+norm, the update-to-weight ratio and the gradient alignment; the doctor is scored with all four and as if the log had
+only the first three, only the loss and gradient norm, or only the loss. The FINAL10 tasks were never used to fit
+anything (the FINAL..FINAL8 and FINAL_SCHED sets were each scored, then folded into fitting; FINAL9 was scored in
+rounds 10 and 11 and is not fitted on). A run that went
+NaN is labelled too high (``labelled.py``). Tasks where no lr of the grid learned (``labelled.MIN_LEARNED``) are left
+out, and named. It also prints how reproducible the labels are: the share of labels that the best lr of two other
+seeds repeats.
 Side by side, on the same curves: the threshold rules alone (the doctor before the shape model) and the eyeballing
 rule users apply by hand (NaN or ended above the start: lower; fell < 30%: raise; else keep), since no library offers
 an lr doctor to compare with. Targets: >= 90% on too-high and good, >= 80% on too-low.
@@ -140,10 +143,27 @@ def tables(runs: list[dict], where: str) -> None:
     table(runs, "doctor_gn", f"lrkit doctor, loss and grad norm (no update ratio logged), {where}")
     table(runs, "doctor_loss_only", f"lrkit doctor, loss only, {where}")
     print()
+    by_distance(runs, where)
     factors(runs, where)
     table(runs, "rules", f"threshold rules alone, all signals, {where}")
     table(runs, "rules_gn", f"threshold rules alone, loss and grad norm (the doctor before the shape model), {where}")
     table(runs, "eyeball", f"eyeballing rule, {where}")
+
+
+def by_distance(runs: list[dict], title: str) -> None:
+    """The doctor's accuracy on the too-high and too-low runs by how far their lr sits from the best lr (x 2^k)."""
+    cells = []
+    for c in ("too_low", "too_high"):
+        ks = np.array([round(np.log2(r["lr"] / r["best_lr"])) for r in runs if r["label"] == c])
+        ok = np.array([r["doctor"] == EXPECTED[c] for r in runs if r["label"] == c])
+        far = np.abs(ks) > 5  # the far ends pooled
+        mine = [f"{2 ** k if k >= 0 else f'1/{2 ** -k}'}x {ok[ks == k].mean():.0%} ({(ks == k).sum()})"
+                for k in np.unique(ks[~far])]
+        if far.any():
+            end = f"{'< 1/32' if c == 'too_low' else '> 32'}x {ok[far].mean():.0%} ({far.sum()})"
+            mine = [end, *mine] if c == "too_low" else [*mine, end]
+        cells += mine
+    print(f"doctor by lr / best lr, {title}: " + "  ".join(cells))
 
 
 def left_out(where: str, tasks: set[str] | None = None) -> None:
@@ -209,16 +229,27 @@ KEYS = ("doctor", "doctor_trees", "doctor_factor", "doctor_kinds", "p", "rules",
 _SHARED: tuple = ()
 
 
-def _loto_task(task: str) -> list[dict]:
-    """Leave-one-task-out: models (trees, forests, sequence models) fitted without ``task`` diagnose its curves;
-    returns their calls."""
+FOLDS = 12  # task-grouped folds of the fitting tasks (each task's curves are scored by models fitted without its fold)
+
+
+def folds(tasks: list[str]) -> list[list[str]]:
+    """The fitting tasks dealt into ``FOLDS`` folds in a fixed random order (numpy seed 0): every task in one fold."""
+    order = np.random.default_rng(0).permutation(len(tasks))
+    return [sorted(tasks[i] for i in order[k::FOLDS]) for k in range(FOLDS)]
+
+
+def _cv_fold(held: list[str]) -> list[dict]:
+    """One fold of the task-grouped CV: models (trees, forests, sequence models) fitted without the ``held`` tasks
+    diagnose their curves; returns their calls, in the order of ``runs``."""
     fitting, runs = _SHARED
-    models = {name: fitter(X[groups != task], y[groups != task], name[4:]) if name.startswith("seq_")
-              else direction.export_forest(fitter(X[groups != task], y[groups != task]), fs)
-              for name, (X, y, groups, fs, fitter) in fitting.items()}
+    models = {}
+    for name, (X, y, groups, fs, fitter) in fitting.items():
+        keep = ~np.isin(groups, held)
+        models[name] = (fitter(X[keep], y[keep], name[4:]) if name.startswith("seq_")
+                        else direction.export_forest(fitter(X[keep], y[keep]), fs))
     direction.set_models(models)
     try:
-        mine = [r for r in runs if r["task"] == task]
+        mine = [r for r in runs if r["task"] in held]
         score(mine)
         return [{k: r[k] for k in KEYS} for r in mine]
     finally:
@@ -235,9 +266,9 @@ def _parallel(fn, items: list, shared: tuple) -> list:
         return pool.map(fn, items, chunksize=1)
 
 
-def loto_tables() -> list[dict]:
-    """Leave-one-task-out over every fitting set: the accuracy tables (``--dump FILE``: every run's calls); returns
-    the labelled runs."""
+def cv_tables() -> list[dict]:
+    """Task-grouped ``FOLDS``-fold CV over every fitting set: the accuracy tables (``--dump FILE``: every run's calls);
+    returns the labelled runs."""
     for name in make_curves.FITTING:
         make_curves.ensure(name)
     every = load(fresh=True, unlabelled=True)  # the ratio regressors also learn from the runs between the classes
@@ -255,13 +286,14 @@ def loto_tables() -> list[dict]:
         fitting[f"ratio_{name}"] = (*ratio_dataset(every, fs), fs, fit_ratio)
         if name in direction.SEQ_VARIANTS:
             fitting[f"seq_{name}"] = (profiles(kept), y, groups, fs, fit_seq)
-    calls = _parallel(_loto_task, tasks, (fitting, runs))
-    for task, scored in zip(tasks, calls):
-        for r, c in zip([r for r in runs if r["task"] == task], scored):
+    parts = folds(tasks)
+    calls = _parallel(_cv_fold, parts, (fitting, runs))
+    for held, scored in zip(parts, calls):
+        for r, c in zip([r for r in runs if r["task"] in held], scored):
             r.update(c)
     print(f"({sum(not r['material'] for r in runs)} too-high/too-low curves lost < {MATERIAL:.0%} of the achievable "
           "descent: 'material' tables leave them out)")
-    tables(runs, "leave-one-task-out, all fitting tasks")
+    tables(runs, f"task-grouped {FOLDS}-fold CV, all fitting tasks")
     if "--dump" in sys.argv:  # every run's calls, for a look at the misses
         import json
 
@@ -273,7 +305,7 @@ def loto_tables() -> list[dict]:
 
 def main() -> None:
     t0 = time.time()
-    runs = loto_tables() if "--no-loto" not in sys.argv else None
+    runs = cv_tables() if "--no-cv" not in sys.argv else None
     if "--live" in sys.argv:  # the live Monitor's divergence alarms on every fitting run (no fitted model involved)
         live_alarms(runs if runs is not None else load(fresh=True), "all fitting tasks")
     if "--final" in sys.argv:  # the round's held-out tasks, scored with the shipped models
@@ -282,7 +314,7 @@ def main() -> None:
         final = load_set(name)
         left_out(name.upper(), {"|".join(map(str, t)) for t in make_curves.SETS[name][0]})
         score(final)
-        print(f"\n{name.upper()} held-out tasks (never used to fit or choose anything): {sorted({r['task'] for r in final})}")
+        print(f"\n{name.upper()} held-out tasks (never fitted on): {sorted({r['task'] for r in final})}")
         tables(final, f"{name.upper()} held-out tasks, shipped model")
         live_factors(final, f"{name.upper()} held-out tasks")
         live_alarms(final, f"{name.upper()} held-out tasks")
