@@ -154,15 +154,16 @@ def by_distance(runs: list[dict], title: str) -> None:
     """The doctor's accuracy on the too-high and too-low runs by how far their lr sits from the best lr (x 2^k)."""
     cells = []
     for c in ("too_low", "too_high"):
-        ks = np.array([round(np.log2(r["lr"] / r["best_lr"])) for r in runs if r["label"] == c])
-        ok = np.array([r["doctor"] == EXPECTED[c] for r in runs if r["label"] == c])
+        of_class = [r for r in runs if r["label"] == c]
+        ks = np.array([round(np.log2(r["lr"] / r["best_lr"])) for r in of_class])
+        ok = np.array([r["doctor"] == EXPECTED[c] for r in of_class])
         far = np.abs(ks) > 5  # the far ends pooled
-        mine = [f"{2 ** k if k >= 0 else f'1/{2 ** -k}'}x {ok[ks == k].mean():.0%} ({(ks == k).sum()})"
-                for k in np.unique(ks[~far])]
+        row = [f"{2 ** k if k >= 0 else f'1/{2 ** -k}'}x {ok[ks == k].mean():.0%} ({(ks == k).sum()})"
+               for k in np.unique(ks[~far])]
         if far.any():
             end = f"{'< 1/32' if c == 'too_low' else '> 32'}x {ok[far].mean():.0%} ({far.sum()})"
-            mine = [end, *mine] if c == "too_low" else [*mine, end]
-        cells += mine
+            row = [end, *row] if c == "too_low" else [*row, end]
+        cells += row
     print(f"doctor by lr / best lr, {title}: " + "  ".join(cells))
 
 
