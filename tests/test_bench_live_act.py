@@ -21,5 +21,5 @@ def test_bad_arguments_are_a_usage_error(argv, monkeypatch, capsys):
 
 def test_threshold_parses_a_monitor_threshold_and_sets_default_to_the_held_out_set():
     assert bench_live_act._override("early_blowup=3") == ("early_blowup", 3.0)
-    assert bench_live_act.parse([]).sets == ["final10"]
+    assert bench_live_act.parse([]).sets == ["final11"]
     assert bench_live_act.parse(["extra", "final7"]).sets == ["extra", "final7"]

@@ -1,7 +1,7 @@
 """What acting on the live doctor's alarms does to a training run: real runs trained at multiples of their grid's best
 lr with no guard, with a guard that acts on a NaN loss only, and with lrkit's ``MonitorGuard(act=True)``.
 
-Run: ``python benchmarks/doctor/bench_live_act.py [SET ...]`` (sets of ``make_curves.SETS``; default ``final10``, the
+Run: ``python benchmarks/doctor/bench_live_act.py [SET ...]`` (sets of ``make_curves.SETS``; default ``final11``, the
 round's held-out tasks; their cached curves give each task's best lr, ``make_curves.py`` makes them). About 1 minute
 per six tasks on 2 cores (30 tasks: 4 minutes). ``--seeds 0,1`` (default) picks the seeds, ``--tasks N`` the first N
 tasks of each set, ``--threshold KEY=VALUE`` a Monitor threshold of the lrkit guard.

@@ -2,7 +2,7 @@
 
 Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about 15
 minutes on 2 cores after that, with ``--live --final --long``). ``--final`` also scores the round's held-out tasks
-(FINAL10) with the shipped model, ``--long`` the 1500-step runs (``make_curves.py --long``); ``--dump FILE`` writes
+(FINAL11) with the shipped model, ``--long`` the 1500-step runs (``make_curves.py --long``); ``--dump FILE`` writes
 every run's calls as JSON lines; ``--live`` adds the live Monitor's divergence alarms on the fitting runs (the
 held-out ones come with ``--final``); ``--no-cv`` skips the cross-validated tables (only --final / --long, with
 the shipped model); ``--forest`` scores the CV with the random-forest classifiers of rounds 1-5 instead of the
@@ -16,9 +16,9 @@ trees alone are scored beside it) for runs that neither diverged nor spiked. The
 models fitted without its fold (up to round 11 it was leave-one-task-out: 88 fits instead of 12, 90 minutes instead
 of 15, each fit on all tasks but one instead of 11/12 of them). Every run logs the loss, the gradient
 norm, the update-to-weight ratio and the gradient alignment; the doctor is scored with all four and as if the log had
-only the first three, only the loss and gradient norm, or only the loss. The FINAL10 tasks were never used to fit
+only the first three, only the loss and gradient norm, or only the loss. The FINAL11 tasks were never used to fit
 anything (the FINAL..FINAL8 and FINAL_SCHED sets were each scored, then folded into fitting; FINAL9 was scored in
-rounds 10 and 11 and is not fitted on). A run that went
+rounds 10 and 11, FINAL10 in round 12, and neither is fitted on). A run that went
 NaN is labelled too high (``labelled.py``). Tasks where no lr of the grid learned (``labelled.MIN_LEARNED``) are left
 out, and named. It also prints how reproducible the labels are: the share of labels that the best lr of two other
 seeds repeats.

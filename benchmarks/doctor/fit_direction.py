@@ -7,7 +7,7 @@ writes ``src/lrkit/doctor/direction_model.npz`` (a classifier and a ratio regres
 which of the gradient norm, the update-to-weight ratio and the gradient alignment they read besides the loss, and a
 sequence model per ``direction.SEQ_VARIANTS``: a small 1-d convolutional net over the run's ``direction.profile``,
 fitted with torch, whose vote is averaged with the classifier's; its cross-validated accuracy is in
-``bench_quality.py``). The FINAL10 held-out tasks (``make_curves.py --final10``) are never read here.
+``bench_quality.py``). The FINAL11 held-out tasks (``make_curves.py --final11``) are never read here.
 
 The classifiers are gradient-boosted trees (scikit-learn's ``HistGradientBoostingClassifier``; exported to numpy by
 ``direction.export_forest``): on the same 11 task-grouped folds they beat the random forests of rounds 1-5 on

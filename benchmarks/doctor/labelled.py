@@ -54,8 +54,8 @@ def load(fresh: bool = False, unlabelled: bool = False) -> list[dict]:
     ``unlabelled=True`` also returns the runs between the classes (label None; e.g. 3x the best lr).
     ``material`` says whether a too-high / too-low label costs something (excess > MATERIAL); ``fresh=True`` loads
     every set the shape model fits (``make_curves.FITTING``: group = the set's name; the earlier held-out sets each
-    joined it once it had been scored), else only the first tasks (groups "tuning" and "held_out"). Only the FINAL10
-    tasks are held out."""
+    joined it once it had been scored), else only the first tasks (groups "tuning" and "held_out"). FINAL9, EXTRA4,
+    FINAL10 and the round's held-out FINAL11 tasks are not among them."""
     out = load_set("curves", unlabelled)
     if fresh:
         for name in FITTING[1:]:
