@@ -2,11 +2,11 @@
 
 Run: ``python benchmarks/doctor/bench_quality.py`` (generates the curves first if they are not cached; about 15
 minutes on 2 cores after that, with ``--live --final --long``). ``--final`` also scores the round's held-out tasks
-(FINAL11) with the shipped model, ``--long`` the 1500-step runs (``make_curves.py --long``); ``--dump FILE`` writes
-every run's calls as JSON lines; ``--live`` adds the live Monitor's divergence alarms on the fitting runs (the
-held-out ones come with ``--final``); ``--no-cv`` skips the cross-validated tables (only --final / --long, with
-the shipped model); ``--forest`` scores the CV with the random-forest classifiers of rounds 1-5 instead of the
-boosted trees.
+(FINAL11) with the shipped model, alone and pooled with the earlier held-out sets never fitted on (FINAL9, FINAL10);
+``--long`` the 1500-step runs (``make_curves.py --long``); ``--dump FILE`` writes every run's calls as JSON lines;
+``--live`` adds the live Monitor's divergence alarms on the fitting runs (the held-out ones come with ``--final``);
+``--no-cv`` skips the cross-validated tables (only --final / --long, with the shipped model); ``--forest`` scores
+the CV with the random-forest classifiers of rounds 1-5 instead of the boosted trees.
 
 The doctor = threshold rules (NaN, blow-up, climb-back, spikes) + a small fitted shape model
 (:mod:`lrkit.doctor.direction`: boosted trees, averaged with a sequence model where the update ratio is logged; the
@@ -319,6 +319,15 @@ def main() -> None:
         tables(final, f"{name.upper()} held-out tasks, shipped model")
         live_factors(final, f"{name.upper()} held-out tasks")
         live_alarms(final, f"{name.upper()} held-out tasks")
+        # one 8-task set is a noisy measure: the earlier held-out sets (never fitted on) pooled with it
+        sets = (*make_curves.EARLIER_HELD_OUT, name)
+        earlier = []
+        for s in sets[:-1]:
+            make_curves.ensure(s)
+            earlier += load_set(s)
+        score(earlier)
+        table(final + earlier, "doctor", f"lrkit doctor, {' + '.join(s.upper() for s in sets)} held-out tasks pooled, "
+              "shipped model")
     if "--long" in sys.argv:  # the same tasks trained 5x longer: does the shape model carry over to longer runs?
         make_curves.ensure("long")
         long = load_set("long")

@@ -536,6 +536,7 @@ SETS = {
     "final11": (FINAL11_TASKS, "the FINAL11 held-out tasks (round 13)"),
 }
 HELD_OUT_SET = "final11"  # the round's held-out set: never fitted on, scored once at the end of the round
+EARLIER_HELD_OUT = ("final9", "final10")  # the earlier rounds' held-out sets, never fitted on (pooled with it)
 # what the shape model fits (each FINAL set up to FINAL8 joined once it had been scored; FINAL9 and EXTRA4 did not
 # improve it in round 12, see EXTRA4; FINAL10 was the held-out set of round 12, FINAL11 is that of round 13)
 FITTING = ("curves", "fresh", "extra", "extra2", "extra3", "sched", "final", "final2", "final3", "final_sched",
