@@ -10,7 +10,7 @@ from typing import Any
 
 from lrkit import schedules
 from lrkit.curve import Curve
-from lrkit.doctor import Diagnosis, Monitor, diagnose, read_log
+from lrkit.doctor import Diagnosis, Monitor, SweepDiagnosis, diagnose, diagnose_runs, read_log, read_runs
 from lrkit.errors import LrkitError
 from lrkit.finder import FinderResult, Trainer, range_test
 from lrkit.stepwise import StepwiseResult, stepwise, stepwise_search
@@ -30,8 +30,9 @@ _LAZY = {
 }
 
 __all__ = [
-    "Curve", "Diagnosis", "FinderResult", "LrkitError", "Monitor", "StepwiseResult", "Suggestion", "SweepResult",
-    "Trainer", "diagnose", "range_test", "read_log", "schedules", "stepwise", "stepwise_search", "suggest", "sweep",
+    "Curve", "Diagnosis", "FinderResult", "LrkitError", "Monitor", "StepwiseResult", "Suggestion", "SweepDiagnosis",
+    "SweepResult", "Trainer", "diagnose", "diagnose_runs", "range_test", "read_log", "read_runs", "schedules",
+    "stepwise", "stepwise_search", "suggest", "sweep",
     *_LAZY,
 ]
 

@@ -96,6 +96,29 @@ def robust_std(values: Sequence[float] | np.ndarray) -> float:
     return 1.4826 * float(np.median(np.abs(a - np.median(a))))
 
 
+def step_noise(values: Sequence[float] | np.ndarray) -> float:
+    """The batch-to-batch noise of a series, robust to its trend and to outliers: the :func:`robust_std` of its first
+    differences over sqrt(2) (two independent draws differ by sqrt(2) standard deviations). Non-finite values are
+    left out; 0 for fewer than 3 finite values. The doctor and the live Monitor read noise through this one rule."""
+    a = np.asarray(values, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if a.size < 3:
+        return 0.0
+    return robust_std(np.diff(a)) / math.sqrt(2.0)
+
+
+def running_median(values: Sequence[float] | np.ndarray, window: int) -> np.ndarray:
+    """The centred running median over ``window`` points (made odd), the ends padded with the first and last values:
+    a smoother that follows a fast descent without the lag of an EMA and ignores spikes shorter than half the window."""
+    a = np.asarray(values, dtype=np.float64)
+    w = max(1, int(window)) | 1
+    if w == 1 or a.size < 2:
+        return a.copy()
+    h = w // 2
+    padded = np.concatenate([np.full(h, a[0]), a, np.full(h, a[-1])])
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, w), axis=1)
+
+
 def robust_slope(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
     """Slope of ``y`` against ``x``, robust to outliers: the median of the slopes between points half the span
     apart (a fast Theil–Sen, O(n)). Non-finite points are ignored; NaN when fewer than 2 remain."""

@@ -211,56 +211,71 @@ def plot_schedule(schedule: Any, steps: int, path: str | os.PathLike | None = No
 
 
 def plot_diagnosis(diagnosis: Any, path: str | os.PathLike | None = None, ax: Any = None) -> Any:
-    """The loss against the step (raw and smoothed), each finding marked where it happens (spikes, divergence,
-    oscillation), the lr on a second axis when known; the verdict and the recommendation in the title.
+    """The run as a practitioner reads it: the raw loss (light) and its centred running median (dark, no lag on a
+    fast descent), the eval loss (orange) where logged, the lr (green, right axis) where logged, a log loss axis when
+    the loss spans a decade, and each finding marked where it happens; the verdict and the advice in the title.
     Saves to ``path`` (atomically) when given; returns the Axes."""
-    from lrkit.curve import ema
+    from lrkit.curve import running_median
 
     plt = _pyplot()
     own = ax is None
     if own:
-        fig, ax = plt.subplots(figsize=(8, 4.5))
+        fig, ax = plt.subplots(figsize=(9, 4.8))
     c = diagnosis.curve
     steps, y = np.asarray(c.steps), np.asarray(c.values, dtype=np.float64)
     finite = np.isfinite(y)
-    ax.plot(steps[finite], y[finite], "-", color="0.75", lw=0.8, label=f"{diagnosis.metric} (raw)")
+    ax.plot(steps[finite], y[finite], "-", color="#9ecae1", lw=0.7, label=f"{diagnosis.metric} (raw)")
+    shown = [y[finite]]
     if finite.sum() >= 3:
-        valid = int(np.argmax(~finite)) if not finite.all() else len(y)
-        sm = ema(y[:valid], 1.0 - 1.0 / max(5.0, valid / 30))
-        ax.plot(steps[:valid], sm, "-", color="C0", lw=2, label="smoothed")
-        lo, hi = np.nanpercentile(y[:valid], [0.5, 99.5]) if valid else (0, 1)
-        pad = 0.1 * (hi - lo + 1e-12)
-        ax.set_ylim(lo - pad, hi + 3 * pad)
-    colors = {"diverging": "C3", "spiking": "C1", "oscillating": "C4", "too_slow": "C2", "plateau": "C2"}
+        w = diagnosis.features.window if diagnosis.features is not None else max(3, int(finite.sum()) // 25)
+        sm = running_median(y[finite], w)
+        ax.plot(steps[finite], sm, "-", color="#08519c", lw=1.8, label=f"running median ({w} points)")
+        shown = [sm, np.percentile(y[finite], [1, 99])]
+    ev = next(((k[5:], v) for k, v in c.extra.items() if k.startswith("eval:") and v.ndim == 2), None)
+    if ev is not None:
+        ok = np.isfinite(ev[1][1])
+        ax.plot(ev[1][0][ok], ev[1][1][ok], "o-", color="#e6550d", ms=3, lw=1.2, label=f"{ev[0]} (eval)")
+        shown.append(ev[1][1][ok])
+    vals = np.concatenate(shown) if shown else np.empty(0)
+    if vals.size >= 2:  # the smoothed run and the eval loss in full; the raw loss's extremes (a blow-up) cut
+        lo, hi = float(np.min(vals)), float(np.max(vals))
+        if lo > 0 and hi / lo >= 10:
+            ax.set_yscale("log")
+            ax.set_ylim(lo / 1.3, hi * 1.5)
+        else:
+            pad = 0.08 * (hi - lo + 1e-12)
+            ax.set_ylim(lo - pad, hi + 3 * pad)
+    colors = {"diverging": "#cb181d", "stuck": "#cb181d", "spiking": "#fd8d3c", "oscillating": "#756bb1",
+              "overfitting": "#e6550d", "too_slow": "#31a354", "plateau": "#31a354", "numerics": "#636363"}
     for f in diagnosis.findings:
         col = colors.get(f.kind)
         if col is None or not f.steps:
             continue
-        if f.kind == "spiking":
-            for k, s in enumerate(f.data.get("spikes", [])):
-                end = s["end"] if s["end"] is not None else steps[-1]
-                ax.axvspan(s["start"], max(end, s["start"] + 1), color=col, alpha=0.25,
+        if f.kind == "spiking" and f.data.get("spikes"):
+            for k, sp in enumerate(f.data["spikes"]):
+                end = sp["end"] if sp["end"] is not None else steps[-1]
+                ax.axvspan(sp["start"], max(end, sp["start"] + 1), color=col, alpha=0.25,
                            label="spike" if k == 0 else None)
-                ax.annotate(f"spike @{s['start']}", (s["start"], ax.get_ylim()[1]), fontsize=7, color=col,
-                            rotation=90, va="top", ha="right")
-        elif f.kind == "diverging":
-            what = "loss NaN/inf at step" if "nan_step" in f.data else "diverging from step"
-            ax.axvline(f.steps[0], color=col, ls=":" if "nan_step" in f.data else "--", lw=1.5,
-                       label=f"{what} {f.steps[0]}")
+        elif f.kind in ("diverging", "numerics") or len(f.steps) == 1:
+            ax.axvline(f.steps[0], color=col, ls="--", lw=1.5, label=f"{f.kind.replace('_', ' ')} @ {f.steps[0]}")
         else:
             ax.axvspan(f.steps[0], f.steps[-1], color=col, alpha=0.08, label=f.kind.replace("_", " "))
-    ax.set_xlabel("step")
+    ax.set_xlabel("step" if c.meta.get("unit", "step") in ("step", "row") else str(c.meta.get("unit")))
     ax.set_ylabel(diagnosis.metric)
+    handles, labels = ax.get_legend_handles_labels()
     if c.lrs is not None and np.isfinite(c.lrs).any():
         ax2 = ax.twinx()
-        ax2.plot(steps, c.lrs, "-", color="C7", lw=1, alpha=0.7, label="lr")
-        ax2.set_ylabel("learning rate", color="C7")
-        ax2.tick_params(axis="y", colors="C7")
+        line = ax2.plot(steps, c.lrs, "-", color="#238b45", lw=1.2, alpha=0.8, label="lr")
+        ax2.set_ylabel("learning rate", color="#238b45")
+        ax2.tick_params(axis="y", colors="#238b45")
+        handles, labels = handles + line, labels + ["lr"]
     r = diagnosis.recommendation
     what = {"raise": f"raise lr ~{r.factor:.3g}x", "lower": f"lower lr ~{1 / r.factor:.3g}x", "keep": "keep lr"}
-    ax.set_title(f"{diagnosis.verdict}: {what.get(r.action, r.action)}"
-                 + (f" — {c.meta['source']}" if c.meta.get("source") else ""), fontsize=10)
-    ax.legend(fontsize=8, loc="upper right")
+    sure = "" if r.certainty == "direct" else f" ({r.certainty})"
+    src = c.meta.get("source", "")
+    ax.set_title(f"{diagnosis.verdict}: {what.get(r.action, r.action)}{sure}"
+                 + (f" — {os.path.basename(os.path.normpath(src))}" if src else ""), fontsize=10)
+    ax.legend(handles, labels, fontsize=8, loc="upper right")
     ax.grid(True, alpha=0.25)
     if own and path is not None:
         save_figure(fig, path)

@@ -1,7 +1,8 @@
-"""The learning-rate doctor: read any training log, say what is wrong with the lr, and watch live.
+"""The learning-rate doctor: read the training logs people have, say what is wrong with the lr, and watch live.
 
-``diagnose(curve_or_path)`` -> :class:`Diagnosis`; ``read_log(path)`` -> :class:`~lrkit.curve.Curve`;
-:class:`Monitor` runs the same checks online, O(1) per step. numpy only: no framework is imported here.
+``diagnose(curve_or_path)`` -> :class:`Diagnosis`; ``diagnose_runs([...])`` -> :class:`SweepDiagnosis` (several runs
+of one sweep, compared); ``read_log(path)`` / ``read_runs(path)`` -> :class:`~lrkit.curve.Curve` s; :class:`Monitor`
+runs the same checks online, O(1) per step. numpy only: no framework is imported here.
 """
 
 from __future__ import annotations
@@ -10,24 +11,28 @@ import os
 from typing import Any
 
 from lrkit.curve import Curve
-from lrkit.doctor.checks import Diagnosis, Finding, Recommendation, Thresholds
+from lrkit.doctor.checks import Diagnosis, Features, Finding, Recommendation, Schedule, Thresholds
 from lrkit.doctor.checks import diagnose as _diagnose_curve
+from lrkit.doctor.compare import SweepDiagnosis, diagnose_runs
 from lrkit.doctor.monitor import Event, Monitor
-from lrkit.doctor.readers import read_log
+from lrkit.doctor.readers import read_log, read_runs
 
-__all__ = ["Diagnosis", "Event", "Finding", "Monitor", "Recommendation", "Thresholds", "diagnose", "read_log"]
+__all__ = ["Diagnosis", "Event", "Features", "Finding", "Monitor", "Recommendation", "Schedule", "SweepDiagnosis",
+           "Thresholds", "diagnose", "diagnose_runs", "read_log", "read_runs"]
 
 
 def diagnose(curve_or_path: Curve | str | os.PathLike, metric: str | None = None, running_mean: bool = False,
-             **thresholds: Any) -> Diagnosis:
-    """Diagnose a loss curve or a training log file/folder (format auto-detected); ``metric`` picks the column.
+             run: str | None = None, **thresholds: Any) -> Diagnosis:
+    """Diagnose a loss curve or a training log file/folder (format detected from the content); ``metric`` picks the
+    column, ``run`` one run of a source that holds several (an MLflow experiment, a CSV with a column per run).
 
-    Returns a :class:`Diagnosis`: findings (diverging, spiking, oscillating, too_slow, plateau, healthy) with
-    their steps and evidence, and a recommendation (raise / lower / keep the lr, by about what factor).
-    ``running_mean=True`` for Keras batch-level logs (see :func:`read_log`); ``thresholds`` override
-    :class:`Thresholds` fields."""
+    Returns a :class:`Diagnosis`: findings (diverging, stuck, spiking, oscillating, overfitting, too_slow, plateau,
+    healthy, or "not a loss" / "numerics" where the lr is not the question) with their steps and evidence, and a
+    recommendation (raise / lower / keep the peak lr, by about what factor, how sure, and the check that would
+    settle it). ``running_mean=True`` for Keras batch-level logs (see :func:`read_log`); ``thresholds`` override
+    :class:`Thresholds` fields, and ``use_shape=False`` leaves out the fitted shape model."""
     if isinstance(curve_or_path, (str, os.PathLike)):
-        curve = read_log(curve_or_path, metric=metric, running_mean=running_mean)
+        curve = read_log(curve_or_path, metric=metric, running_mean=running_mean, run=run)
     else:
         curve = curve_or_path
         if metric is not None and metric != curve.name:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from lrkit.curve import EMA, Curve, SpikeDetector
-from lrkit.doctor.checks import MAX_POINTS, Diagnosis, Thresholds, _factor, diagnose, initial_level
+from lrkit.doctor.checks import MAX_POINTS, Diagnosis, Thresholds, diagnose, initial_level
 from lrkit.errors import LrkitError
 
 ACTIONS = ("warn", "rollback", "lower_lr", "raise_lr", "skip_batches")
@@ -201,29 +201,10 @@ class Monitor:
         return math.isfinite(moved) and moved < self.t.still_weights
 
     def _crawl_factor(self, default: float) -> tuple[float, str]:
-        """How much to raise the lr of a crawling run (:func:`~lrkit.doctor.checks._factor` of the shape model's lr /
-        best-lr estimate for the steps seen so far, else ``default``), with the words saying so. Asked when a crawl
-        event fires, on raw per-step losses (not windowed means or a halved history), and again only once the history
-        has doubled or the lr changed, so a long crawl costs O(log steps) estimates, not one per event."""
-        if not self.use_shape or self.window or self._stride > 1:
-            return default, ""
-        hist, n = self._hist, min(len(h) for h in self._hist)
-        lr_now = hist[2][n - 1]
-        cache = self._crawl_cache  # [history length, lr, lr / best-lr estimate] when last asked
-        same_lr = cache and (lr_now == cache[1] or math.isnan(lr_now) and math.isnan(cache[1]))
-        if not (same_lr and n < 2 * cache[0]):
-            from lrkit.doctor.direction import predict_ratio, sample_index, shape_features
-
-            # the history read at the shape model's points, O(points) rather than O(history)
-            _, loss, lr, gn, ur, al = (np.array([h[i] for i in sample_index(n, self.t.shape_points)],
-                                                dtype=np.float64) for h in hist)
-            sf = shape_features(loss, gn, lr, ur, al)
-            try:
-                r = predict_ratio(sf) if sf is not None else math.inf
-            except LrkitError:  # no shape model installed: the fixed factor
-                r = math.inf
-            self._crawl_cache = cache = [n, lr_now, r]
-        return _factor({"lr_over_best": cache[2]}, default, lower=False)
+        """How much to raise the lr of a crawling run: ``default`` capped at 3x (a crawl seen live is no direct
+        evidence for more), with the words saying so."""
+        factor = min(default, 3.0)
+        return factor, "" if factor == default else " (at most 3x from a crawl; a sweep would tell more)"
 
     def _ready(self, kind: str, now: int) -> bool:
         """Whether an event of this kind may fire now (cooldown, once per divergence); cheap, checked first."""
