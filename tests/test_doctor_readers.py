@@ -43,11 +43,11 @@ def test_update_ratio_column_is_read_and_reaches_the_shape_model(tmp_path):
     assert c.meta["update_ratio_column"] == "train/update_to_weight_ratio"
     np.testing.assert_array_equal(c.extra["update_ratio"], ur)
     d = diagnose(p)
-    assert d.stats["shape_model"] == 3.0  # the variant that reads loss, grad norm and update ratio
+    assert d.shape["variant"] == "with_ur"  # the variant that reads loss, grad norm and update ratio
     assert any("update/weight ratio" in n for n in d.notes)
     d = diagnose(write_csv(tmp_path / "no_ur.csv", ["step", "loss", "grad_norm"],
                            [(i, repr(float(v)), 1.0) for i, v in enumerate(LOSS)]))
-    assert d.stats["shape_model"] == 1.0 and not any("update/weight" in n for n in d.notes)
+    assert d.shape["variant"] == "with_gn" and not any("update/weight" in n for n in d.notes)
 
 
 def test_gradient_alignment_column_is_read_and_reaches_the_shape_model(tmp_path):
@@ -58,12 +58,11 @@ def test_gradient_alignment_column_is_read_and_reaches_the_shape_model(tmp_path)
     assert c.meta["grad_alignment_column"] == "grad_alignment"
     np.testing.assert_array_equal(c.extra["grad_alignment"], al)
     d = diagnose(c)
-    assert d.stats["shape_model"] == 5.0 and any("gradient alignment" in n for n in d.notes)
-    assert d.stats["alignment_late"] == pytest.approx(al[-100:].mean())  # the last third's mean, in the notes too
+    assert d.shape["variant"] == "with_al" and any("gradient alignment" in n for n in d.notes)
     assert f"mean {al[-100:].mean():+.3f}, {np.mean(al[-100:] > 0):.0%} of the steps > 0" in "\n".join(d.notes)
     d = diagnose(write_csv(tmp_path / "no_gn.csv", ["step", "loss", "train/update_ratio", "train/grad_alignment"],
                            [(i, v, u, a) for i, v, _, u, a in rows]))
-    assert d.stats["shape_model"] == 4.0  # loss, update ratio and alignment
+    assert d.shape["variant"] == "loss_ur_al"  # loss, update ratio and alignment
     # a column named like the alignment that is no cosine is not read, and the notes say why
     bad = read_log(write_csv(tmp_path / "bad.csv", ["step", "loss", "grad_alignment"],
                              [(i, v, repr(10.0 * float(a))) for i, v, _, _, a in rows]))

@@ -45,37 +45,20 @@ def test_divergence_and_rearm():
     assert ev2  # re-armed after the rollback
 
 
-def test_crawl_and_plateau(monkeypatch):
+def test_crawl_and_plateau():
     rng = np.random.default_rng(2)
     slow = 2.3 - 0.0002 * T + 0.02 * rng.standard_normal(N)
-    m = Monitor(check_after=100, use_shape=False)
+    m = Monitor(check_after=100)
     ev = [e for i in range(N) for e in m.update(i, slow[i])]
     first = ev[0]
-    assert first.kind == "too_slow" and first.step == 99 and first.action == "raise_lr" and first.factor == 10.0
-    # by default the shape model says by how much, from the 100 steps seen so far
-    from lrkit.doctor.direction import predict_ratio, shape_features
-
-    m = Monitor(check_after=100)
-    first = next(e for i in range(N) for e in m.update(i, slow[i]))
-    want = np.clip(1 / predict_ratio(shape_features(slow[:100])), 1.5, 30)
-    assert first.kind == "too_slow" and first.step == 99 and first.factor == pytest.approx(want)
-    assert f"raise the lr about {want:.2g}x" in first.message and "labelled set" in first.message
-    # a long crawl: an event every cooldown, the shape model asked again only when the history doubled (and on resume
-    # the same factors come out)
+    # a crawl seen live is no direct evidence for more than 3x (the offline doctor's rule too)
+    assert first.kind == "too_slow" and first.step == 99 and first.action == "raise_lr" and first.factor == 3.0
+    assert "raise the lr about 3x (at most 3x from a crawl" in first.message
+    # a long crawl: an event every cooldown, the same ones after a resume
     long = 2.3 - 2e-5 * np.arange(3000) + 0.02 * rng.standard_normal(3000)
-    from lrkit.doctor import direction
-
-    asked = []
-    monkeypatch.setattr(direction, "predict_ratio", lambda f: asked.append(1) or predict_ratio(f))
     a = Monitor()
     full = [e for i in range(3000) for e in a.update(i, long[i], lr=1e-3)]
     assert len(full) == 30 and all(e.kind == "too_slow" for e in full)  # one per cooldown (100 steps)
-    assert len(asked) == 5  # at 100, 200, 400, 800 and 1600 steps seen
-    asked.clear()
-    m = Monitor()
-    for i in range(1000):
-        m.update(i, long[i], lr=1e-3 if i < 450 else 3e-3)  # the lr was raised: the next event asks again
-    assert len(asked) == 5  # at 100, 200, 400, 500 (a new lr) and 1000 steps seen
     b = Monitor()
     head = [e for i in range(1000) for e in b.update(i, long[i], lr=1e-3)]
     c = Monitor()

@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import make_curves  # noqa: E402
-from fit_direction import dataset, fit, fit_forest, fit_ratio, fit_seq, profiles, ratio_dataset  # noqa: E402
+from fit_direction import dataset, fit, fit_forest, fit_seq, profiles  # noqa: E402
 from labelled import EXPECTED, MATERIAL, MIN_LEARNED, UNLEARNED, label_agreement, load, load_set  # noqa: E402
 
 from lrkit.curve import Curve  # noqa: E402
@@ -66,38 +66,24 @@ def only(c: Curve, *keep: str) -> Curve:
                  meta=c.meta)
 
 
+HARM = {"too_high": "raise", "too_low": "lower"}  # the wrong direction: the worst outcome
+
+
 def table(runs: list[dict], key: str, title: str) -> dict[str, float]:
+    """Accuracy per label, and the harmful calls apart (a raise on a too-high run, a lower on a too-low one)."""
     conf = {c: dict.fromkeys(ACTIONS, 0) for c in CLASSES}
     for r in runs:
         conf[r["label"]][r[key]] += 1
     print(f"\n{title} ({len(runs)} curves)")
-    print(f"{'label':10s} {'n':>4s}   " + "  ".join(f"{a:>6s}" for a in ACTIONS) + "   accuracy (target)")
+    print(f"{'label':10s} {'n':>4s}   " + "  ".join(f"{a:>6s}" for a in ACTIONS) + "   accuracy (target)  harmful")
     acc = {}
     for c in CLASSES:
         n = sum(conf[c].values())
         acc[c] = conf[c][EXPECTED[c]] / n if n else float("nan")
+        harm = conf[c][HARM[c]] if c in HARM else 0
         print(f"{c:10s} {n:4d}   " + "  ".join(f"{conf[c][a]:6d}" for a in ACTIONS)
-              + f"   {acc[c]:6.1%} ({0.8 if c == 'too_low' else 0.9:.0%})")
+              + f"   {acc[c]:6.1%} ({0.8 if c == 'too_low' else 0.9:.0%})  {harm:7d}")
     return acc
-
-
-def factors(runs: list[dict], title: str) -> None:
-    """How far the recommended factor is from the one that would land on the grid's best lr (|log2| error), on
-    the runs whose direction both the doctor and the rules got right, against the rules' fixed factors; all such
-    runs, and the finite ones within 30x of the best lr (those a factor can reach, where the shape model sets it)."""
-    ok = [r for r in runs if r["label"] != "good" and r["doctor"] == EXPECTED[r["label"]]
-          and r["rules"] == r["doctor"]]
-    near = [r for r in ok if np.isfinite(r["curve"].values).all() and 1 / 30 <= r["lr"] / r["best_lr"] <= 30]
-    for sub, what in ((ok, "all"), (near, "finite, within 30x")):
-        if not sub:
-            continue
-        want = np.array([np.log2(r["best_lr"] / r["lr"]) for r in sub])
-        err_doc = np.abs(np.log2([r["doctor_factor"] for r in sub]) - want)
-        err_rule = np.abs(np.log2([r["rules_factor"] for r in sub]) - want)
-        print(f"factor ('by about how much'), {title}, {what} ({len(sub)} too-high/too-low runs both directed "
-              f"right): median |log2(factor x lr / best lr)| doctor {np.median(err_doc):.2f}, rules' fixed factors "
-              f"{np.median(err_rule):.2f}; lands within 2x of the best lr: {np.mean(err_doc <= 1):.0%} vs "
-              f"{np.mean(err_rule <= 1):.0%}")
 
 
 def score(runs: list[dict]) -> None:
@@ -115,9 +101,7 @@ def score(runs: list[dict]) -> None:
             direction.SEQ_WEIGHT = weight
         r["doctor_kinds"] = [x.kind for x in d.findings]
         r["p"] = [d.stats.get(f"p_{k}", float("nan")) for k in CLASSES]
-        rule = diagnose(c, use_shape=False).recommendation
-        r["rules_factor"] = rule.factor
-        r["rules"] = rule.action
+        r["rules"] = diagnose(c, use_shape=False).recommendation.action
         r["doctor_ur"] = diagnose(only(c, "grad_norm", "update_ratio")).recommendation.action
         gn = only(c, "grad_norm")
         r["doctor_gn"] = diagnose(gn).recommendation.action
@@ -144,7 +128,6 @@ def tables(runs: list[dict], where: str) -> None:
     table(runs, "doctor_loss_only", f"lrkit doctor, loss only, {where}")
     print()
     by_distance(runs, where)
-    factors(runs, where)
     table(runs, "rules", f"threshold rules alone, all signals, {where}")
     table(runs, "rules_gn", f"threshold rules alone, loss and grad norm (the doctor before the shape model), {where}")
     table(runs, "eyeball", f"eyeballing rule, {where}")
@@ -190,24 +173,6 @@ def live_events(c: Curve, ratio: bool = True, **monitor_kwargs):
                             grad_alignment=al[i] if al is not None else None)
 
 
-def live_factors(runs: list[dict], title: str) -> None:
-    """The live Monitor's first crawl event on the too-low runs: how far its "raise by about" lands from the best
-    lr (|log2|), from the shape model on the steps seen so far vs the fixed 10x / 3x (``use_shape=False``)."""
-    err: dict[bool, list[float]] = {True: [], False: []}
-    steps = []
-    for r in (r for r in runs if r["label"] == "too_low"):
-        for use_shape in (True, False):
-            ev = next((e for e in live_events(r["curve"], use_shape=use_shape) if e.kind == "too_slow"), None)
-            if ev is not None:  # both fire at the same step: only the factor differs
-                err[use_shape].append(abs(np.log2(ev.factor) - np.log2(r["best_lr"] / r["lr"])))
-                steps += [ev.step] if use_shape else []
-    if err[True]:
-        a, b = np.array(err[True]), np.array(err[False])
-        print(f"live Monitor, {title}: first crawl event on {len(a)} too-low runs (median step {np.median(steps):.0f}); "
-              f"median |log2(factor x lr / best lr)| shape model {np.median(a):.2f} vs fixed factors {np.median(b):.2f}; "
-              f"within 2x of the best lr {np.mean(a <= 1):.0%} vs {np.mean(b <= 1):.0%}")
-
-
 def live_alarms(runs: list[dict], title: str) -> None:
     """How often the live Monitor raises a divergence (or NaN) alarm per class, with and without the update ratio,
     beside a NaN-only guard (what Keras' TerminateOnNaN or a ``torch.isfinite(loss)`` check catch). An alarm on a
@@ -225,7 +190,7 @@ def live_alarms(runs: list[dict], title: str) -> None:
             f"{c} {np.mean([f for lab, f in got if lab == c]):6.1%}" for c in CLASSES))
 
 
-KEYS = ("doctor", "doctor_trees", "doctor_factor", "doctor_kinds", "p", "rules", "rules_factor", "doctor_ur",
+KEYS = ("doctor", "doctor_trees", "doctor_factor", "doctor_kinds", "p", "rules", "doctor_ur",
         "doctor_gn", "rules_gn", "doctor_loss_only", "eyeball")
 _SHARED: tuple = ()
 
@@ -272,8 +237,7 @@ def cv_tables() -> list[dict]:
     returns the labelled runs."""
     for name in make_curves.FITTING:
         make_curves.ensure(name)
-    every = load(fresh=True, unlabelled=True)  # the ratio regressors also learn from the runs between the classes
-    runs = [r for r in every if r["label"] is not None]
+    runs = load(fresh=True)
     tasks = sorted({r["task"] for r in runs})
     print(f"{len(runs)} labelled curves from {len(tasks)} fitting tasks, 300 steps each")
     left_out("fitting")
@@ -284,7 +248,6 @@ def cv_tables() -> list[dict]:
     for name, fs in direction.VARIANTS.items():
         X, y, groups, kept = dataset(runs, fs)
         fitting[name] = (X, y, groups, fs, fit_forest if "--forest" in sys.argv else fit)
-        fitting[f"ratio_{name}"] = (*ratio_dataset(every, fs), fs, fit_ratio)
         if name in direction.SEQ_VARIANTS:
             fitting[f"seq_{name}"] = (profiles(kept), y, groups, fs, fit_seq)
     parts = folds(tasks)
@@ -317,7 +280,6 @@ def main() -> None:
         score(final)
         print(f"\n{name.upper()} held-out tasks (never fitted on): {sorted({r['task'] for r in final})}")
         tables(final, f"{name.upper()} held-out tasks, shipped model")
-        live_factors(final, f"{name.upper()} held-out tasks")
         live_alarms(final, f"{name.upper()} held-out tasks")
         # one 8-task set is a noisy measure: the earlier held-out sets (never fitted on) pooled with it
         sets = (*make_curves.EARLIER_HELD_OUT, name)

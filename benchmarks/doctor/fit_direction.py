@@ -1,22 +1,22 @@
-"""Fit the doctor's direction model (too high / good / too low from a curve's shape) on the labelled real curves.
+"""Fit the doctor's shape model (too high / good / too low from a curve's shape) on lrkit's labelled curves.
 
-Run: ``python benchmarks/doctor/fit_direction.py`` (needs the cached curves of every set in ``make_curves.FITTING``;
-``bench_quality.py`` generates what is missing). Reports leave-one-task-out accuracy (each task's curves scored by a
-model fitted without that task; ``--no-loto`` skips it), then fits on every fitting task and, with ``--write``,
-writes ``src/lrkit/doctor/direction_model.npz`` (a classifier and a ratio regressor per ``direction.VARIANTS``:
-which of the gradient norm, the update-to-weight ratio and the gradient alignment they read besides the loss, and a
-sequence model per ``direction.SEQ_VARIANTS``: a small 1-d convolutional net over the run's ``direction.profile``,
-fitted with torch, whose vote is averaged with the classifier's; its cross-validated accuracy is in
-``bench_quality.py``). The FINAL11 held-out tasks (``make_curves.py --final11``) are never read here.
+Run: ``python benchmarks/doctor/fit_direction.py --write`` rebuilds ``src/lrkit/doctor/direction_model.npz`` and its
+manifest ``direction_model.json`` (the sets, seeds, lr grid, fitting settings, library versions and a hash of every
+array); ``--check`` refits and compares every array with the shipped file (exit 1 when one differs). The curves of every
+set in ``make_curves.FITTING`` are generated first where they are not cached (about 2 hours on one thread). Without
+``--no-loto`` (and without ``--check``) it also reports leave-one-task-out accuracy of each classifier.
 
-The classifiers are gradient-boosted trees (scikit-learn's ``HistGradientBoostingClassifier``; exported to numpy by
-``direction.export_forest``): on the same 11 task-grouped folds they beat the random forests of rounds 1-5 on
-too-high and too-low at equal good-class accuracy (see the round-6 note). The regressors stay random forests.
-"""
+The model: a classifier per ``direction.VARIANTS`` (which of the gradient norm, the update-to-weight ratio and the
+gradient alignment it reads besides the loss), gradient-boosted trees (scikit-learn's
+``HistGradientBoostingClassifier``, exported to numpy by ``direction.export_forest``), and a sequence model per
+``direction.SEQ_VARIANTS`` (a small 1-d convolutional net over the run's ``direction.profile``, fitted with torch, whose
+vote is averaged with the classifier's). The held-out sets (``make_curves.HELD_OUT_SET`` and the earlier ones) are
+never read here."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -149,22 +149,6 @@ def fit_seq(P: np.ndarray, y: np.ndarray, variant: str, **params) -> dict[str, n
     return out
 
 
-RATIO_CLIP = 7.0  # log2(lr / best lr) is learnt within +-7 (128x): beyond, the shape says no more
-
-
-def ratio_dataset(runs: list[dict], names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(X, log2(lr / best lr) clipped to +-RATIO_CLIP, task) for the ratio regressor."""
-    X, groups, kept = matrix(runs, names)
-    t = np.array([np.clip(np.log2(r["lr"] / r["best_lr"]), -RATIO_CLIP, RATIO_CLIP) for r in kept])
-    return X, t, groups
-
-
-def fit_ratio(X: np.ndarray, t: np.ndarray):
-    from sklearn.ensemble import RandomForestRegressor
-
-    return RandomForestRegressor(**FOREST).fit(X, t)
-
-
 def per_class(y: np.ndarray, pred: np.ndarray) -> list[float]:
     return [float((pred[y == i] == i).mean()) if (y == i).any() else float("nan") for i in range(len(CLASSES))]
 
@@ -178,22 +162,22 @@ def loto(X: np.ndarray, y: np.ndarray, groups: np.ndarray, **params) -> np.ndarr
     return pred
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--write", action="store_true", help="write src/lrkit/doctor/direction_model.npz")
-    ap.add_argument("--no-loto", action="store_true", help="skip the leave-one-task-out report (fit and write only)")
-    args = ap.parse_args()
-    every = load(fresh=True, unlabelled=True)  # the regressors also learn from the runs between the classes
-    runs = [r for r in every if r["label"] is not None]
+MANIFEST = OUT.replace(".npz", ".json")
+
+
+def fit_models(runs: list[dict], report: bool = True) -> dict[str, np.ndarray]:
+    """Every model of the shipped file, fitted on ``runs``: a classifier per ``direction.VARIANTS`` and a sequence model
+    per ``direction.SEQ_VARIANTS``, as the arrays ``direction_model.npz`` holds (with ``report``: leave-one-task-out
+    accuracy of each classifier, which takes most of the time)."""
     arrays = {}
     for name, feats in VARIANTS.items():
         X, y, groups, kept = dataset(runs, feats)
         print(f"{name}: {len(y)} finite curves from {len(np.unique(groups))} tasks, {len(feats)} features", end="")
-        if not args.no_loto:
+        if report:
             acc = per_class(y, loto(X, y, groups))
             print(f"; leave-one-task-out accuracy: too_high {acc[0]:.1%}  good {acc[1]:.1%}  too_low {acc[2]:.1%}",
                   end="")
-        print()
+        print(flush=True)
         clf = fit(X, y)
         model = export_forest(clf, feats)
         # the numpy evaluator must agree with scikit-learn on the training rows
@@ -204,25 +188,80 @@ def main() -> None:
             model = fit_seq(P, y, name)
             assert np.allclose([seq_proba(model, p).sum() for p in P[:5]], 1.0)
             arrays.update({f"seq_{name}/{k}": v for k, v in model.items()})
-    # regressors of log2(lr / best lr) on every finite run, the ones between the classes included: "by how much"
-    for name, feats in (("ratio_" + k, v) for k, v in VARIANTS.items()):
-        X, t, groups = ratio_dataset(every, feats)
-        if not args.no_loto:
-            pred = np.empty_like(t)
-            for g in np.unique(groups):
-                te = groups == g
-                pred[te] = fit_ratio(X[~te], t[~te]).predict(X[te])
-            print(f"{name}: {len(t)} finite curves; leave-one-task-out median |log2 error| of lr/best "
-                  f"{np.median(np.abs(pred - t)):.2f} (a constant guess: {np.median(np.abs(t - np.median(t))):.2f})")
-        forest = fit_ratio(X, t)
-        model = export_forest(forest, feats)
-        assert np.allclose(forest_proba(model, X)[:, 0], forest.predict(X), atol=1e-9)
-        arrays.update({f"{name}/{k}": v for k, v in model.items()})
+    return arrays
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def array_hashes(arrays: dict[str, np.ndarray]) -> dict[str, str]:
+    """A hash of each array's dtype, shape and bytes (the npz file's own bytes also hold zip timestamps)."""
+    import hashlib
+
+    return {k: hashlib.sha256(f"{v.dtype.str}{v.shape}".encode() + np.ascontiguousarray(v).tobytes()).hexdigest()
+            for k, v in sorted(arrays.items())}
+
+
+def manifest(arrays: dict[str, np.ndarray], runs: list[dict]) -> dict:
+    """What the shipped model was fitted on and with: the data sets, seeds, lr grid, fitting settings, library
+    versions, and a hash of every array (so ``--check`` can tell a rebuild from the shipped file)."""
+    import platform
+
+    import make_curves
+    import sklearn
+    import torch
+
+    return {"file": os.path.basename(OUT), "rebuild": "python benchmarks/doctor/fit_direction.py --write",
+            "check": "python benchmarks/doctor/fit_direction.py --check",
+            "sets": list(make_curves.FITTING), "tasks": len({r["task"] for r in runs}), "curves": len(runs),
+            "seeds": list(make_curves.SEEDS), "steps": make_curves.STEPS,
+            "lr_grid": [float(make_curves.GRID[0]), float(make_curves.GRID[-1]), "x2"],
+            "boost": BOOST, "good_weight": GOOD_WEIGHT, "seq": {k: list(v) if isinstance(v, tuple) else v
+                                                                for k, v in SEQ.items()},
+            "versions": {"python": platform.python_version(), "numpy": np.__version__,
+                         "scikit-learn": sklearn.__version__, "torch": torch.__version__.split("+")[0]},
+            "arrays": array_hashes(arrays)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write", action="store_true", help="write src/lrkit/doctor/direction_model.npz and its manifest")
+    ap.add_argument("--check", action="store_true", help="refit and compare every array with the shipped file "
+                                                         "(exit 1 when one differs)")
+    ap.add_argument("--no-loto", action="store_true", help="skip the leave-one-task-out report (fit and write only)")
+    args = ap.parse_args()
+    import make_curves
+
+    for name in make_curves.FITTING:  # generates the curves a fresh clone lacks (about 2 hours on one thread)
+        make_curves.ensure(name)
+    runs = load(fresh=True)
+    arrays = fit_models(runs, report=not (args.no_loto or args.check))
+    if args.check:
+        with np.load(OUT) as d:
+            shipped = {k: d[k] for k in d.files}
+        with open(MANIFEST) as f:
+            want = json.load(f)["arrays"]
+        got, have = array_hashes(arrays), array_hashes(shipped)
+        differ = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+        if have != want:
+            print(f"the shipped {os.path.basename(OUT)} does not match its manifest")
+            sys.exit(1)
+        if differ:
+            print(f"{len(differ)} of {len(want)} arrays differ from the shipped model: {', '.join(differ[:8])}")
+            sys.exit(1)
+        print(f"rebuilt: all {len(want)} arrays identical to the shipped {os.path.basename(OUT)}")
     if args.write:
         tmp = OUT + ".tmp.npz"
         np.savez_compressed(tmp, **arrays)
         os.replace(tmp, OUT)
-        print(f"wrote {os.path.normpath(OUT)} ({os.path.getsize(OUT) / 1024:.0f} KiB)")
+        with open(MANIFEST, "w") as f:
+            json.dump(manifest(arrays, runs), f, indent=1)
+            f.write("\n")
+        print(f"wrote {os.path.normpath(OUT)} ({os.path.getsize(OUT) / 1024:.0f} KiB) and its manifest")
 
 
 if __name__ == "__main__":

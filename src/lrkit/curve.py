@@ -108,14 +108,16 @@ def step_noise(values: Sequence[float] | np.ndarray) -> float:
 
 
 def running_median(values: Sequence[float] | np.ndarray, window: int) -> np.ndarray:
-    """The centred running median over ``window`` points (made odd), the ends padded with the first and last values:
+    """The centred running median over ``window`` points (made odd), the ends padded with the median of the first and
+    last ``window // 2`` values:
     a smoother that follows a fast descent without the lag of an EMA and ignores spikes shorter than half the window."""
     a = np.asarray(values, dtype=np.float64)
     w = max(1, int(window)) | 1
     if w == 1 or a.size < 2:
         return a.copy()
     h = w // 2
-    padded = np.concatenate([np.full(h, a[0]), a, np.full(h, a[-1])])
+    # the ends padded with the median of the first / last h values: one lucky first batch does not set the start
+    padded = np.concatenate([np.full(h, np.median(a[:h])), a, np.full(h, np.median(a[-h:]))])
     return np.median(np.lib.stride_tricks.sliding_window_view(padded, w), axis=1)
 
 

@@ -12,8 +12,8 @@ finding             what the log shows                                          
                     back and stayed up, or ended above where it started                             it blew up at)
 ``stuck``           the loss sat above its starting level for most of the run, or flat at chance   lower
                     level (ln K for K classes): a too-high lr collapses a model to a constant
-``spiking``         a spike that undid a third of the progress (lower), or smaller recovered        lower x0.5 /
-                    spikes (keep, with advice)                                                      keep
+``spiking``         spikes the run recovered from (how much progress each undid), NaN rows it       keep, with
+                    went on from                                                                    advice
 ``oscillating``     the eval loss jumps between evaluations late in the run                         lower x0.5
 ``overfitting``     the eval loss rose from its best while the training loss kept falling           not the lr
 ``too_slow``        at a constant lr, still falling at an undiminished rate at the end              raise <= 3x
@@ -59,7 +59,8 @@ class Thresholds:
     diverged: float = 0.5  # the run ended this share of its descent (start - best) back above its best: diverged
     severe_spike: float = 0.25  # a spike that undid this share of the progress made so far (then recovered)
     stuck_share: float = 0.5  # the loss sat above its starting level for this share of the run: lr too high
-    chance_tol: float = 0.003  # a flat loss within this relative distance of ln K (K classes) sits at chance
+    chance_tol: float = 0.003  # a flat loss within this relative distance of ln K (K classes) sits at chance ...
+    chance_noise: float = 0.005  # ... with batch noise under this share of the level: a constant prediction
     overfit: float = 0.1  # the eval loss rose this fraction above its best while the training loss fell
     eval_jump: float = 0.25  # the eval loss jumped up by this fraction of its level between two evaluations ...
     eval_jumps: int = 2  # ... this many times in the second half of the run: erratic, lr likely too high
@@ -78,8 +79,7 @@ class Thresholds:
     # update/weight ratio bounds (the shape model reads the ratio itself when it is logged)
     update_ratio_high: float = 0.5  # the second half's median above this: lr too high
     update_ratio_low: float = 1e-4  # below this: lr too low
-    shape_confidence: float = 0.65  # the shape model's vote that it takes to advise a direction ...
-    shape_confidence_loss_only: float = 0.5  # ... or this when it reads the loss alone
+    shape_confidence: float = 0.65  # the shape model's vote it takes to advise a direction (at most 3x, "likely")
     shape_points: int = 300  # longer curves are read at this many evenly spaced points by the shape model (0: all)
     shape_max_steps: int = 5_000  # the shape model reads runs of at most this many optimiser steps (it was fitted on
     # runs of 300 and 1500)
@@ -92,9 +92,10 @@ class Thresholds:
         if not self.still_weights >= 0:
             raise LrkitError(f"still_weights is a summed update/weight ratio: give a number >= 0 (0: never read a "
                              f"rise as batch noise), got {self.still_weights!r}")
-        for name in ("shape_confidence", "shape_confidence_loss_only", "diverged", "severe_spike", "stuck_share"):
+        for name in ("shape_confidence", "diverged", "severe_spike", "stuck_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise LrkitError(f"{name} is a share: give a number in [0, 1], got {getattr(self, name)!r}")
+                raise LrkitError(f"{name} is a share of a run or of a vote: give a number in [0, 1], got "
+                                 f"{getattr(self, name)!r}")
 
 
 @dataclass
@@ -191,7 +192,7 @@ class Diagnosis:
     notes: list[str] = field(default_factory=list)
     features: Features | None = None
     schedule: Schedule | None = None
-    shape: dict[str, float] = field(default_factory=dict)  # the shape model's vote, where it was asked
+    shape: dict[str, Any] = field(default_factory=dict)  # the shape model's vote and variant, where it was asked
 
     @property
     def verdict(self) -> str:
@@ -206,7 +207,7 @@ class Diagnosis:
             out.update({k: float(v) for k, v in asdict(self.features).items()})
         if self.schedule is not None and self.schedule.known:
             out.update(peak_lr=self.schedule.peak, lr_end_ratio=self.schedule.end_ratio)
-        out.update({f"p_{k}": v for k, v in self.shape.items()})
+        out.update({f"p_{k}": v for k, v in self.shape.items() if k != "variant"})
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -364,7 +365,6 @@ def diagnose(curve: Curve, thresholds: Thresholds | None = None, use_shape: bool
     ys, ss = c.values[keep], c.steps[keep]
     if len(ys) >= 8:
         f = features(ys, ss)
-        sched = Schedule.of(c, stop)
         lr_at = _lr_lookup(c)
         x = _diverged(ys, ss, f, t, lr_at, sched) or _stuck(ys, ss, f, t, lr_at, sched)
         if x is not None:
@@ -384,11 +384,10 @@ def diagnose(curve: Curve, thresholds: Thresholds | None = None, use_shape: bool
             x = _flat(ys, ss, f, t) or _crawl(ys, ss, f, t, sched, c)
             if x is not None:
                 findings.append(x)
-        if use_shape and not any(x.action in ("lower", "raise") or x.kind in ("plateau", "not_a_loss") for x in
-                                 findings):
+        if use_shape and not any(x.action in ("lower", "raise") or x.kind == "not_a_loss" for x in findings):
             x, shape = _shape_call(c, ys, f, t, sched, notes)
-            if x is not None:
-                findings = [y for y in findings if y.kind != "too_slow"] + [x]
+            if x is not None:  # a flat run's shape may still say which way (the rules cannot)
+                findings = [y for y in findings if y.kind not in ("too_slow", "plateau")] + [x]
         x = _update_ratio_finding(c, t, findings, shape)
         if x is not None:
             findings.append(x)
@@ -507,18 +506,21 @@ def _warmup_advice(sched: Schedule, early: bool) -> list[str]:
 
 
 def _diverged(y: np.ndarray, s: np.ndarray, f: Features, t: Thresholds, lr_at, sched: Schedule) -> Finding | None:
-    """The loss climbed back from its best and stayed up, or ended above where it started."""
+    """The loss made a real descent and climbed back at least half of it, staying up to the end; or it ended clearly
+    above where it started. Margins are in batch-noise units as well as standard errors, so a flat run's wander (the
+    data's order) is no climb."""
     sm = running_median(y, f.window)
     top = max(f.start, float(sm[0]))
     descent = top - f.best
     tail_n = max(3, f.n // 10)
-    margin = max(5 * f.se(tail_n), 0.01 * abs(f.best))
-    lost = (f.final - f.best) / descent if descent > margin else math.inf
-    above = f.final - top > margin
+    margin = max(5 * f.se(tail_n), 1.5 * f.noise, 0.01 * abs(f.best))
+    ib_all = int(np.argmin(sm))
+    lost = 0.0
+    if descent > max(margin, 0.05 * abs(top)) and ib_all < f.n - tail_n:  # a real descent, its low before the end
+        lost = (f.final - f.best) / descent
+    above = f.final - top > max(margin, 3 * f.noise, 0.05 * abs(top))
     if not (above or (lost >= t.diverged and f.final - f.best > margin)):
         return None
-    if above and descent <= margin and f.final - top <= 0.25 * abs(top):
-        return None  # no descent and a small rise: a plateau's noise (judged by the flat check)
     near = np.flatnonzero(sm[: max(1, f.n - tail_n)] <= f.best + 0.1 * (f.final - f.best))
     ib = int(near[-1]) if near.size else int(np.argmin(sm))
     lr = lr_at(int(s[ib]))
@@ -535,7 +537,7 @@ def _stuck(y: np.ndarray, s: np.ndarray, f: Features, t: Thresholds, lr_at, sche
     """The loss sat above its starting level for most of the run, or stayed flat at chance level (ln K)."""
     sm = running_median(y, f.window)
     head = max(1, f.n // 20)
-    margin = max(3 * f.se(f.window), 0.002 * abs(f.start))
+    margin = max(3 * f.noise, 0.002 * abs(f.start))  # three batch-noise scales: a drift with the data's order is less
     above = sm[head:] > f.start + margin
     share = float(above.mean()) if above.size else 0.0
     if share >= t.stuck_share:
@@ -547,10 +549,14 @@ def _stuck(y: np.ndarray, s: np.ndarray, f: Features, t: Thresholds, lr_at, sche
                        "lower", 0.3, DIRECT)
     k = chance_classes(float(np.median(y[f.n // 2:])), t.chance_tol)
     flat = f.final >= f.start - max(5 * f.se(max(3, f.n // 10)), 0.01 * abs(f.start))
-    if k is not None and flat:
+    # a collapsed model predicts a constant: its loss barely varies from batch to batch, while an untrained one at a
+    # tiny lr (also near ln K) still answers each input differently
+    quiet = f.noise <= t.chance_noise * abs(f.final)
+    if k is not None and flat and quiet:
         return Finding("stuck", [int(s[0]), int(s[-1])], f"the loss sits at {float(np.median(y[f.n // 2:])):.4g} = "
-                       f"ln {k} from the start to the end: chance level for {k} classes, a model collapsed to a "
-                       "constant prediction — the mark of a far too high lr (or labels that carry no signal)",
+                       f"ln {k} from the start to the end with almost no batch noise (±{f.noise:.2g}): chance level "
+                       f"for {k} classes, a model collapsed to a constant prediction — the mark of a far too high lr "
+                       "(or labels that carry no signal)",
                        {"classes": k, "level": float(np.median(y[f.n // 2:]))}, "lower", 0.1, DIRECT)
     return None
 
@@ -569,8 +575,9 @@ def chance_classes(level: float, tol: float = 0.003) -> int | None:
 
 def _severe_spike(y: np.ndarray, s: np.ndarray, f: Features, t: Thresholds, lr_at,
                   sched: Schedule) -> Finding | None:
-    """A jump, ten times the batch noise or more, that undid a quarter or more of the progress made by then (a slow
-    bump of the data's own is smaller than that against the batch noise, however it compares with slow progress)."""
+    """A jump after the first tenth of the run, ten times the batch noise or more, that undid a quarter or more of the
+    progress made by then (a slow bump of the data's own is smaller than that against the batch noise, however it
+    compares with slow progress): advice, not a change of lr, when the run came back from it."""
     sm = running_median(y, 3)  # a spike counts when two consecutive points show it
     # the lowest level before each point: trailing 3-point medians, no look-ahead (their minimum sits below the level
     # by a few batch-noise scales at most, well inside the 10 scales a severe jump must clear)
@@ -583,7 +590,14 @@ def _severe_spike(y: np.ndarray, s: np.ndarray, f: Features, t: Thresholds, lr_a
         return None
     climb = sm - runmin
     floor = max(10 * f.noise, 0.1 * total)
-    big = (climb >= t.severe_spike * np.maximum(progress, 1e-300)) & (climb >= floor) & (progress >= 0.2 * total)
+    # after the early phase (the first tenth of the run, and with a warmup until a twentieth after its peak): an early
+    # blow-up the run recovers from, or one where warmup ends, is a warmup's business (advice, with the spikes)
+    early = len(y) // 10
+    if sched.warmup:
+        early = max(early, int(np.searchsorted(s, sched.peak_step)) + len(y) // 20)
+    late = np.arange(len(y)) >= early
+    big = late & (climb >= t.severe_spike * np.maximum(progress, 1e-300)) & (climb >= floor) & \
+        (progress >= 0.2 * total)
     if not big.any():
         return None
     i = int(np.argmax(big))
@@ -592,11 +606,13 @@ def _severe_spike(y: np.ndarray, s: np.ndarray, f: Features, t: Thresholds, lr_a
     end = f"came back down by step {s[j + int(back[0])]}" if back.size else "had not fully come back by the end"
     lr = lr_at(int(s[i]))
     lr_words = f" at lr {lr:.3g}" if lr == lr else ""
+    # a spike the run came back from is no evidence on its own that the lr is too high (at the best lr of many
+    # tasks, Adam-type and momentum runs spike early and recover): keep, with what to do if it recurs
     return Finding("spiking", [int(s[i])], f"at step {s[i]}{lr_words} the loss jumped from {runmin[j]:.4g} to "
                    f"{sm[j]:.4g} (smoothed), undoing {climb[j] / progress[j]:.0%} of the progress made by then, and "
-                   f"{end}: the lr is at the edge of stability", {"lost": float(climb[j] / progress[j]),
-                                                                 "severe": True}, "lower", 0.5, DIRECT,
-                   ["clip gradients (e.g. max norm 1.0)"] + (["lengthen the warmup"] if sched.warmup else []))
+                   f"{end}", {"lost": float(climb[j] / progress[j]), "severe": True}, "keep", 1.0, DIRECT,
+                   ["clip gradients (e.g. max norm 1.0)", "if such spikes recur, lower the lr about 0.7x"]
+                   + (["lengthen the warmup"] if sched.warmup else []))
 
 
 def _spike_finding(c: Curve, ys: np.ndarray, ss: np.ndarray, f: Features, t: Thresholds,
@@ -775,7 +791,7 @@ def _shape_call(c: Curve, ys: np.ndarray, f: Features, t: Thresholds, sched: Sch
     probs, model = predict(sf, prof)
     voters = ("boosted trees and a sequence model" if prof is not None and load_models().get("seq_" + model) else
               "boosted trees")
-    level = t.shape_confidence if model != "loss_only" else t.shape_confidence_loss_only
+    level = t.shape_confidence
     call = max(probs, key=probs.__getitem__)
     if "al_late" in sf:  # the gradient alignment, in words a user can check against the logged column
         notes.append(f"gradient alignment (cos of each step's gradient against the previous update; > 0: the last "
@@ -784,7 +800,7 @@ def _shape_call(c: Curve, ys: np.ndarray, f: Features, t: Thresholds, sched: Sch
     notes.append(f"shape model ({voters} on the {SIGNALS[model]}): lr too high {probs['too_high']:.0%}, good "
                  f"{probs['good']:.0%}, too low {probs['too_low']:.0%}"
                  + ("" if probs[call] >= level else f" (below {level:.0%}: no advice from it)"))
-    shape = {**probs, "variant": float(list(SIGNALS).index(model))}
+    shape = {**probs, "variant": model}
     if probs[call] < level or call == "good":
         return None, shape
     odds = (f"{probs[call]:.0%} of the shape model's vote (from the {SIGNALS[model]}, fitted on lrkit's labelled runs "

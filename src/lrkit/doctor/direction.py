@@ -392,15 +392,16 @@ _MODELS: dict[str, dict[str, np.ndarray]] = {}
 
 
 def load_models() -> dict[str, dict[str, np.ndarray]]:
-    """The shipped models: a direction classifier per :data:`VARIANTS` name (``with_al``, ``loss_ur_al``, ``with_ur``,
-    ``loss_ur``, ``with_gn``, ``loss_only``: which signals it reads), a regressor of log2(lr / best lr) per variant
-    (``ratio_`` + name) and a sequence model per :data:`SEQ_VARIANTS` name (``seq_`` + name)."""
+    """The shipped models (``direction_model.npz``; what they were fitted on, and how to rebuild them, is in
+    ``direction_model.json``): a direction classifier per :data:`VARIANTS` name (``with_al``, ``loss_ur_al``,
+    ``with_ur``, ``loss_ur``, ``with_gn``, ``loss_only``: which signals it reads) and a sequence model per
+    :data:`SEQ_VARIANTS` name (``seq_`` + name)."""
     if not _MODELS:
         if not os.path.exists(MODEL_PATH):
             raise LrkitError(f"the doctor's shape model {MODEL_PATH} is missing from this install: reinstall lrkit "
                              "(pip install --force-reinstall lrkit), or pass use_shape=False to use the rules alone")
         with np.load(MODEL_PATH) as d:
-            for name in [*VARIANTS, *("ratio_" + v for v in VARIANTS), *("seq_" + v for v in SEQ_VARIANTS)]:
+            for name in [*VARIANTS, *("seq_" + v for v in SEQ_VARIANTS)]:
                 _MODELS[name] = {k.split("/", 1)[1]: d[k] for k in d.files if k.startswith(name + "/")}
     return _MODELS
 
@@ -413,12 +414,11 @@ def set_models(models: dict[str, dict[str, np.ndarray]] | None) -> None:
         _MODELS.update(models)
 
 
-def _evaluate(f: dict[str, float], prefix: str) -> tuple[np.ndarray, str]:
-    """The output of the first model ``{prefix}{variant}`` (in :data:`VARIANTS` order) whose features ``f`` has,
-    and that variant's name."""
+def _evaluate(f: dict[str, float]) -> tuple[np.ndarray, str]:
+    """The output of the first classifier (in :data:`VARIANTS` order) whose features ``f`` has, and its name."""
     models = load_models()
     for variant in VARIANTS:
-        model = models.get(prefix + variant)
+        model = models.get(variant)
         if model and all(str(k) in f for k in model["features"]):
             return forest_proba(model, np.array([[f[str(k)] for k in model["features"]]]))[0], variant
     raise LrkitError("no shape model fits these features: reinstall lrkit, or pass use_shape=False")
@@ -428,7 +428,7 @@ def predict(f: dict[str, float], prof: np.ndarray | None = None) -> tuple[dict[s
     """Probabilities of (too_high, good, too_low) for :func:`shape_features` ``f``, and which variant gave them (the
     one that reads the most of the logged signals: see :data:`VARIANTS`); with the run's :func:`profile` ``prof``,
     the boosted trees' vote is averaged with the sequence model's (``SEQ_WEIGHT`` of it)."""
-    p, name = _evaluate(f, "")
+    p, name = _evaluate(f)
     models = load_models()
     classes = [str(c) for c in models[name]["classes"]]
     seq = models.get("seq_" + name)
@@ -436,8 +436,3 @@ def predict(f: dict[str, float], prof: np.ndarray | None = None) -> tuple[dict[s
         q = dict(zip((str(c) for c in seq["classes"]), seq_proba(seq, prof)))
         p = (1.0 - SEQ_WEIGHT) * p + SEQ_WEIGHT * np.array([q[c] for c in classes])
     return {c: float(pi) for c, pi in zip(classes, p)}, name
-
-
-def predict_ratio(f: dict[str, float]) -> float:
-    """The lr over the best lr that runs of this shape had (a regressor of log2 of it; clipped to 2^-7..2^7)."""
-    return float(2.0 ** _evaluate(f, "ratio_")[0][0])

@@ -260,7 +260,7 @@ def read_csv(path: str) -> list[Columns]:
         steps = data[:, step_j].copy()
         if epoch_j is not None:
             ok = np.isfinite(steps)
-            ep = textlog._fill_forward(data[:, epoch_j].copy())
+            ep = textlog.fill_forward(data[:, epoch_j].copy())
             fixed, restarted = textlog.restart_per_epoch(steps[ok], ep[ok])
             if restarted:
                 steps[ok] = fixed

@@ -333,7 +333,7 @@ def axis(log: TextLog) -> tuple[dict[str, np.ndarray], str, list[str]]:
             s = c["step"].copy()
             ok = np.isfinite(s)
             if np.isfinite(c["epoch"]).any() and ok.any():
-                fixed, r = restart_per_epoch(s[ok], _fill_forward(c["epoch"].copy())[ok])
+                fixed, r = restart_per_epoch(s[ok], fill_forward(c["epoch"].copy())[ok])
                 s[ok] = fixed
                 restarted |= r
             out[k] = s
@@ -361,7 +361,7 @@ def axis(log: TextLog) -> tuple[dict[str, np.ndarray], str, list[str]]:
     return {k: c["rec"].copy() for k, c in cols.items()}, "record", notes
 
 
-def _fill_forward(a: np.ndarray, lead: bool = True) -> np.ndarray:
+def fill_forward(a: np.ndarray, lead: bool = True) -> np.ndarray:
     """Missing (NaN) values take the last value before them; the leading ones take the first value (``lead``) or
     stay NaN."""
     ok = np.isfinite(a)
