@@ -8,7 +8,7 @@ import pytest
 
 import lrkit.doctor as doctor
 from lrkit.curve import Curve
-from lrkit.doctor import Monitor, Thresholds, diagnose
+from lrkit.doctor import Monitor, diagnose
 from lrkit.errors import LrkitError
 
 N = 1000

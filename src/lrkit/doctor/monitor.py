@@ -19,13 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from lrkit.curve import EMA, Curve, SpikeDetector
+from lrkit.curve import EMA, Curve, SpikeDetector, step_noise
 from lrkit.doctor.checks import MAX_POINTS, Diagnosis, Thresholds, diagnose, initial_level
 from lrkit.errors import LrkitError
 
 ACTIONS = ("warn", "rollback", "lower_lr", "raise_lr", "skip_batches")
 DEFAULT_ACTIONS = frozenset({"rollback", "skip_batches", "lower_lr"})  # what act=True lets the framework helpers do
 ALL_ACTIONS = frozenset({"rollback", "skip_batches", "lower_lr", "raise_lr"})
+NOISE_WINDOW = 64  # the batch noise is read over this many recent losses
 log = logging.getLogger("lrkit.monitor")
 
 
@@ -111,9 +112,11 @@ class Monitor:
         self._diverged = False
         # the weights' movement (summed update ratios; NaN until one is given), at the best step, the last step seen
         self._moved, self._moved_best, self._last_step = math.nan, math.nan, None
-        # batch noise from first differences (an EMA of |loss_t - loss_t-1|, robust to the trend), and its value when
-        # the smoothed loss last set its best: a climb back counts only after progress that stood out of that noise
-        self._dev, self._prev_loss, self._noise_best = EMA(self.beta), math.nan, math.nan
+        # batch noise (:func:`lrkit.curve.step_noise`, the offline doctor's estimator, over the last NOISE_WINDOW
+        # losses), taken when the smoothed loss last set its best: a climb back counts only after progress that stood
+        # out of that noise
+        self._window: deque[float] = deque(maxlen=NOISE_WINDOW)
+        self._noise_best = math.nan
         # the last 5 losses since the start or a rollback: a blow-up must lift their median too, as the offline
         # doctor's running median does (one bad batch lifts the smoothed loss but not the median)
         self._recent: deque[float] = deque(maxlen=5)
@@ -141,9 +144,7 @@ class Monitor:
             gap = max(step - self._last_step, 1) if self._last_step is not None else 1
             self._moved = (0.0 if math.isnan(self._moved) else self._moved) + float(update_ratio) * gap
         self._last_step = step
-        if math.isfinite(self._prev_loss):
-            self._dev.update(abs(loss - self._prev_loss))
-        self._prev_loss = loss
+        self._window.append(loss)
         self._recent.append(loss)
         sm = self._ema.update(loss)
         if len(self._first) < 5:  # the initial level from the first 5 losses, as the offline doctor reads it (not
@@ -151,8 +152,8 @@ class Monitor:
             self._init = initial_level(self._first)
         if sm < self._best:
             self._best, self._moved_best = sm, self._moved
-            # mean |difference| of two independent batches = 2 / sqrt(pi) x their standard deviation
-            self._noise_best = self._dev.value * math.sqrt(math.pi) / 2  # NaN at the first loss: no progress proven
+            # NaN until a few losses are in: no progress proven
+            self._noise_best = step_noise(self._window) if len(self._window) >= 3 else math.nan
         if sm < self._ref * (1.0 - self.min_delta) if self._ref > 0 else sm < self._ref - self.min_delta:
             self._ref, self._best_step = sm, step  # a significant improvement (plateau clock restarts)
         started, _ = self._loss_spikes.update(step, loss)
@@ -231,7 +232,7 @@ class Monitor:
         self._ema = EMA(self.beta)
         self._best, self._best_step, self._ref = math.inf, int(step), math.inf
         self._moved_best = self._moved
-        self._prev_loss = math.nan  # the restored weights' loss is no batch-to-batch difference
+        self._window.clear()  # the restored weights' losses are no batch-to-batch differences of the run before
         self._recent.clear()
         self._alarming = False
 
@@ -314,7 +315,7 @@ class Monitor:
                 "n": self._n, "init": self._init, "first": list(self._first), "best": [self._best, self._best_step],
                 "last_fired": dict(self._last_fired), "diverged": self._diverged,
                 "moved": [self._moved, self._moved_best, self._last_step],
-                "noise": [self._dev._avg, self._dev._n, self._prev_loss, self._noise_best],
+                "noise": [list(self._window), self._noise_best],
                 "recent": list(self._recent), "alarming": self._alarming, "hist": [list(h) for h in self._hist],
                 "stride": self._stride, "pending": [list(p) for p in self._pending],
                 "events": [asdict(e) for e in self.events]}
@@ -336,9 +337,11 @@ class Monitor:
         moved = state.get("moved", [math.nan, math.nan, None])  # absent in a state saved before it was tracked
         self._moved, self._moved_best = float(moved[0]), float(moved[1])
         self._last_step = None if moved[2] is None else int(moved[2])
-        noise = state.get("noise", [0.0, 0, math.nan, math.nan])  # absent in a state saved before it was tracked
-        self._dev._avg, self._dev._n = float(noise[0]), int(noise[1])
-        self._prev_loss, self._noise_best = float(noise[2]), float(noise[3])
+        noise = state.get("noise", [[], math.nan])  # absent in a state saved before it was kept
+        # a state of the earlier estimator ([ema, n, previous loss, noise at the best]) keeps its noise at the best
+        window, self._noise_best = (noise if len(noise) == 2 else ([], noise[3]))
+        self._window.extend(float(v) for v in window)
+        self._noise_best = float(self._noise_best)
         self._recent.extend(float(v) for v in state.get("recent", []))  # an older state: refilled by 5 updates
         self._alarming = bool(state.get("alarming", False))
         self._hist = [list(h) for h in state["hist"]]
