@@ -325,3 +325,26 @@ def test_json_of_per_epoch_lists(tmp_path, doc):
     assert c.meta["eval_column"] in ("test_losses", "val_loss")
     np.testing.assert_allclose(c.extra[f"eval:{c.meta['eval_column']}"][1], LOSS + 0.1)
     assert read_log(write(tmp_path / "h2.json", json.dumps(doc)), metric=c.name).name == c.name
+
+
+def test_csv_with_garbage_after_its_rows_reads_them_and_says_where_it_stopped(tmp_path):
+    rows = ["step,loss"] + [f"{i},{LOSS[i]}" for i in range(N)]
+    garbage = [f"Traceback (most recent call last): frame {k}" for k in range(150)]
+    c = read_log(write(tmp_path / "log.csv", "\n".join(rows + garbage) + "\n"))
+    check(c, np.arange(N), LOSS)
+    assert any("no numeric rows from line 62 on: read the 60 rows before it" in n for n in c.meta["notes"])
+
+
+def test_a_run_of_a_multi_run_source_from_the_cli(tmp_path, capsys):
+    from lrkit.cli import main
+
+    rows = ["Step,a - loss,b - loss"] + [f"{i},{LOSS[i]},{LOSS[i] * 2}" for i in range(N)]
+    p = write(tmp_path / "export.csv", "\n".join(rows))
+    assert main(["diagnose", p, "--run", "b", "--json", "--no-plot"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["run"] == "b" and out["metric"] == "loss"
+    assert main(["diagnose", p, "--run", "c", "--no-plot"]) == 2
+    assert "no run 'c'" in capsys.readouterr().err
+    assert main(["diagnose", p, "--json", "--no-plot"]) == 0  # both runs: compared as one sweep
+    out = json.loads(capsys.readouterr().out)
+    assert [r["run"] for r in out["runs"]] == ["a", "b"] and out["best"].endswith(":a")

@@ -425,8 +425,21 @@ def _csv_sparse(path: str, header: list[str], delim: str) -> tuple[np.ndarray, n
 
 # ------------------------------------------------------------------------------------------------ JSON (any kind)
 def read_json(path: str, head: str) -> list[Columns]:
-    """A JSON document (a list of records, or records / per-epoch lists anywhere inside an object) or JSON lines;
-    lines that are Python dicts (the Hugging Face Trainer's printout) go to the text reader."""
+    """JSON lines (a whole object on each line), a JSON document (a list of records, or records / per-epoch lists
+    anywhere inside an object), or lines that are Python dicts (the Hugging Face Trainer's printout: the text reader).
+    JSON lines are streamed; a document is read whole (up to :data:`JSON_DOC_MAX` bytes)."""
+    lines = [ln.strip() for ln in head.lstrip("\ufeff").splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+
+    def whole(line: str) -> bool:
+        try:
+            json.loads(line)
+            return True
+        except ValueError:
+            return False
+
+    if first.startswith("{") and whole(first) and len(lines) > 1 and lines[1].startswith("{"):
+        return [read_jsonl(path)]
     if os.path.getsize(path) <= JSON_DOC_MAX:
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
@@ -435,13 +448,8 @@ def read_json(path: str, head: str) -> list[Columns]:
             doc = None
         if doc is not None:
             return [read_json_doc(doc, path)]
-    text = head.lstrip("\ufeff \t\r\n")
-    first_line = text.splitlines()[0].strip() if text else ""
-    if first_line.startswith("{"):
-        try:
-            json.loads(first_line)
-        except ValueError:
-            return [read_text(path)]  # {'loss': 2.3, ...}: Python dicts, not JSON
+    if first.startswith("{") and not whole(first):
+        return [read_text(path)]  # {'loss': 2.3, ...}: Python dicts, not JSON
     return [read_jsonl(path)]
 
 
