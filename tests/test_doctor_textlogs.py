@@ -348,3 +348,46 @@ def test_a_run_of_a_multi_run_source_from_the_cli(tmp_path, capsys):
     assert main(["diagnose", p, "--json", "--no-plot"]) == 0  # both runs: compared as one sweep
     out = json.loads(capsys.readouterr().out)
     assert [r["run"] for r in out["runs"]] == ["a", "b"] and out["best"].endswith(":a")
+
+
+def test_pytorch_word_language_model_example(tmp_path):
+    lines = []
+    k = 0
+    for epoch in (1, 2, 3):
+        for b in range(200, 3000, 200):
+            lines.append(f"| epoch {epoch:3d} | {b:5d}/ 2983 batches | lr 20.00 | ms/batch 45.37 | loss {LOSS[k]:5.2f} | "
+                         f"ppl {np.exp(LOSS[k]):8.2f}")
+            k += 1
+        lines.append("-" * 89)
+        lines.append(f"| end of epoch {epoch:3d} | time: 12.34s | valid loss {5.5 - epoch / 10:5.2f} | valid ppl "
+                     f"{np.exp(5.5 - epoch / 10):8.2f}")
+        lines.append("-" * 89)
+    c = read_log(write(tmp_path / "wlm.log", "\n".join(lines)))
+    assert c.name == "loss" and c.meta["eval_column"] == "valid loss" and c.meta["lr_column"] == "lr"
+    np.testing.assert_allclose(c.values, [float(f"{v:5.2f}") for v in LOSS[:k]])
+    np.testing.assert_allclose(c.extra["eval:valid loss"][1], [5.4, 5.3, 5.2])
+
+
+def test_cs230_style_metrics_lines_under_an_epoch_line(tmp_path):
+    lines = []
+    for e in range(10):
+        lines.append(f"2019-01-01 12:00:{e:02d},123:INFO: Epoch {e + 1}/10")
+        lines.append(f"2019-01-01 12:00:{e:02d},456:INFO: - Train metrics: accuracy: 0.{50 + e:02d} ; loss: {LOSS[e]:05.3f}")
+        lines.append(f"2019-01-01 12:00:{e:02d},789:INFO: - Eval metrics : accuracy: 0.{40 + e:02d} ; loss: "
+                     f"{LOSS[e] + 0.3:05.3f}")
+    c = read_log(write(tmp_path / "train.log", "\n".join(lines)))
+    assert c.name == "loss" and c.meta["eval_column"] == "eval/loss"
+    np.testing.assert_array_equal(c.steps, np.arange(1, 11))
+    np.testing.assert_allclose(c.values, [float(f"{v:05.3f}") for v in LOSS[:10]])
+
+
+def test_loss_named_otherwise_or_only_a_perplexity(tmp_path):
+    from lrkit.doctor.readers import pick_loss_column
+
+    assert pick_loss_column(["step", "train_nll", "val_nll"]) == "train_nll"
+    assert pick_loss_column(["epoch", "xent", "accuracy"]) == "xent"
+    assert pick_loss_column(["accuracy", "lr", "precision"]) is None
+    rows = ["step,train_ppl,val_ppl"] + [f"{i},{float(np.exp(LOSS[i]))!r},{float(np.exp(LOSS[i] + 0.1))!r}" for i in range(N)]
+    c = read_log(write(tmp_path / "ppl.csv", "\n".join(rows)))
+    assert c.name == "log(train_ppl)" and any("log of the perplexity" in n for n in c.meta["notes"])
+    np.testing.assert_allclose(c.values, LOSS)

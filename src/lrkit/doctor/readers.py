@@ -50,6 +50,9 @@ GRAD_NORM_NAMES = ("grad_norm", "gradient_norm", "train/grad_norm", "grad-norm",
 NOT_A_LOSS = re.compile(r"(reward|return|surrogate|policy[_ ]?(gradient[_ ]?)?loss|pg_loss|value[_ ]?loss|entropy|"
                         r"approx_kl|clip_?frac|advantage|episode|ep_rew|accuracy|(^|[^a-z])acc($|[^a-z])|bleu|"
                         r"rouge|f1|auc|map|precision|recall|score|ppo|actor|critic|q_loss|td_error)")
+_LOSS_WORD = re.compile(r"loss")
+_OTHER_LOSS = re.compile(r"(^|[^a-z])(nll|xent|cross_?entropy|crossentropyloss|ce|cost|mse|rmse)([^a-z]|$)")
+_PPL = re.compile(r"(^|[^a-z])(ppl|perplexity)([^a-z]|$)")
 _EVAL_WORDS = re.compile(r"(^|[^a-z])(val|valid|validation|eval|evaluation|test|dev|tel|vl)([^a-z]|$)")
 _LR_TAG = re.compile(r"(?:^|[^a-z])lr[ _=:-]?((?:\d+(?:[._]\d+)?|\.\d+)(?:e[-_+]?\d+)?)(?![\d])")
 CHUNK_ROWS = 1_000_000
@@ -813,10 +816,18 @@ def pick_loss_column(names: Iterable[str]) -> str | None:
     for cand in LOSS_NAMES:
         if _norm(cand) in lower:
             return lower[_norm(cand)]
-    loss_like = [n for n in names if "loss" in n.lower() and not _is_eval(n) and not NOT_A_LOSS.search(n.lower())]
-    if loss_like:  # prefer per-step over per-epoch, 'train' over others, short names over long
-        return min(loss_like, key=lambda n: ("epoch" in n.lower(), "train" not in n.lower(), len(n)))
+    for pattern in (_LOSS_WORD, _OTHER_LOSS):
+        loss_like = [n for n in names if pattern.search(n.lower()) and not _is_eval(n) and
+                     not NOT_A_LOSS.search(n.lower())]
+        if loss_like:  # prefer per-step over per-epoch, 'train' over others, short names over long
+            return min(loss_like, key=lambda n: ("epoch" in n.lower(), "train" not in n.lower(), len(n)))
     return None
+
+
+def pick_perplexity_column(names: Iterable[str]) -> str | None:
+    """A training perplexity column (the exponential of a loss), where no loss is logged."""
+    ppl = [n for n in names if _PPL.search(n.lower()) and not _is_eval(n)]
+    return min(ppl, key=lambda n: ("train" not in n.lower(), len(n))) if ppl else None
 
 
 def pick_eval_column(names: Iterable[str], chosen: str) -> str | None:
@@ -880,6 +891,14 @@ def columns_to_curve(cols: Columns, metric: str | None, source: str = "") -> Cur
         chosen = metric
     else:
         chosen = pick_loss_column([n for n in names if _nonconstant(cols[n][1])]) or pick_loss_column(names)
+        ppl = pick_perplexity_column(names) if chosen is None else None
+        if ppl is not None:  # only a perplexity: its log is the loss
+            s_, v_ = cols[ppl]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cols[f"log({ppl})"] = (s_, np.where(v_ > 0, np.log(v_), np.nan))
+            cols.notes.append(f"no loss column: read the log of the perplexity {ppl!r} (a perplexity is exp(loss))")
+            chosen = f"log({ppl})"
+            names = list(cols)
         if chosen is None:
             header = cols.header or names
             # columns that held no numbers, e.g. "np.float64(2.3)" or "tensor(2.3)" written as text
