@@ -65,9 +65,9 @@ def test_header_names_the_side_columns_it_read(tmp_path, capsys, alignment):
 
 def test_json_for_ci(tmp_path, capsys):
     _, slow, _ = runs(tmp_path)
-    assert main(["diagnose", slow, "--json", "--no-plot"]) == 0
+    assert main(["diagnose", slow, "--json", "--no-plot", "--alone"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d == json.loads(json.dumps(diagnose(slow).to_dict()))  # the library's diagnosis, as JSON
+    assert d == json.loads(json.dumps(diagnose(slow, siblings=False).to_dict()))  # the library's diagnosis, as JSON
     assert d["recommendation"]["action"] == "raise" and 1 < d["recommendation"]["factor"] <= 3
     assert d["metric"] == "loss" and d["findings"][0]["kind"] == "too_slow"
     assert not (tmp_path / "lr_0.0001.diagnosis.png").exists()
@@ -120,3 +120,35 @@ def test_one_bad_among_several_still_reports_others(tmp_path, capsys):
     assert main(["diagnose", good, str(bad), "--no-plot"]) == 2
     cap = capsys.readouterr()
     assert str(diagnose(good)).splitlines()[0] in cap.out and "empty" in cap.err
+
+
+def test_a_log_is_compared_with_the_runs_of_its_sweep_found_beside_it(tmp_path, capsys):
+    good, slow, high = runs(tmp_path)  # lr_0.01.csv, lr_0.0001.csv, lr_1.csv: one sweep by their names
+    d = diagnose(slow)
+    assert d.recommendation.action == "raise" and d.recommendation.factor == pytest.approx(100.0)
+    assert d.recommendation.certainty == "direct" and any("compared with 2 other run(s)" in n for n in d.notes)
+    assert d.sweep is not None and d.sweep.names[d.sweep.best] == good
+    alone = diagnose(slow, siblings=False)
+    assert alone.sweep is None and alone.recommendation.factor <= 3  # one curve: at most 3x
+    assert main(["diagnose", slow, "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert "raise the lr about 100x" in out and "ranking (final training loss" in out
+    assert main(["diagnose", slow, "--no-plot", "--alone"]) == 0
+    assert "ranking" not in capsys.readouterr().out
+
+
+def test_sweep_siblings_in_folders_and_files(tmp_path):
+    from lrkit.doctor.compare import sweep_siblings
+
+    for lr in ("0.01", "0.001", "0.0001"):
+        d = tmp_path / "experiments" / "learning_rate" / f"learning_rate_{lr}"
+        d.mkdir(parents=True)
+        (d / "train.log").write_text("step 1 | loss 2.0\n")
+    (tmp_path / "experiments" / "learning_rate" / "learning_rate_0.1").mkdir()  # no train.log inside: not a run
+    (tmp_path / "experiments" / "learning_rate" / "other_0.5").mkdir()
+    got = sweep_siblings(tmp_path / "experiments" / "learning_rate" / "learning_rate_0.001" / "train.log")
+    assert [os.path.basename(os.path.dirname(g)) for g in got] == ["learning_rate_0.0001", "learning_rate_0.01"]
+    for name in ("unet_lr1e_3", "unet_lr2e_3", "deeplab_lr1e_3"):
+        (tmp_path / name).mkdir()
+    assert [os.path.basename(g) for g in sweep_siblings(tmp_path / "unet_lr1e_3")] == ["unet_lr2e_3"]
+    assert sweep_siblings(tmp_path / "experiments") == []  # no lr in its name

@@ -4,11 +4,13 @@ Run: ``python benchmarks/doctor/bench_reallogs.py`` (the development corpus ``..
 ``--corpus DIR`` (any folder in the same layout: the logs, ``labels.json`` and optionally ``groups.json``), several
 ``--corpus`` to score each apart and pooled. Every method reads the same files in the same run:
 
-- ``doctor``: ``lrkit.diagnose(path)``, as shipped (one log at a time);
+- ``doctor``: ``lrkit.diagnose(path)``, as shipped, one log at a time: a log whose name carries its lr is compared
+  with the runs of its sweep found beside it (``lrkit.doctor.compare.sweep_siblings``);
+- ``doctor, alone``: ``lrkit.diagnose(path, siblings=False)``: each log judged by itself;
 - ``doctor, sweeps``: the logs of one lr sweep diagnosed together (``lrkit.diagnose_runs``), where ``groups.json``
   (or, for the development corpus, :data:`DEV_GROUPS`) says which logs belong to one sweep; logs outside any group
   are diagnosed alone;
-- ``rules only``: ``lrkit.diagnose(path, use_shape=False)``: without the fitted shape model;
+- ``rules, alone``: ``lrkit.diagnose(path, siblings=False, use_shape=False)``: without the fitted shape model;
 - ``always keep``: the answer "keep" for every log.
 
 A label (``labels.json``) lists the actions an expert accepts (``ok``) and those that would hurt (``harm``), out of
@@ -43,7 +45,7 @@ DEV_GROUPS = {
     "algoperf_nadamp_wmt": ["algoperf_nadamp_wmt_lr1.4e-3.measurements.csv",
                             "algoperf_nadamp_wmt_lr3.7e-3.measurements.csv"],
 }
-METHODS = ("doctor", "doctor, sweeps", "rules only", "always keep")
+METHODS = ("doctor", "doctor, alone", "doctor, sweeps", "rules, alone", "always keep")
 
 
 def names(action: str, factor: float) -> set[str]:
@@ -91,7 +93,8 @@ def verdicts(corpus: str, labels: dict, groups: dict[str, list[str]]) -> dict[st
     out: dict[str, dict[str, Any]] = {m: {} for m in METHODS}
     for name in labels:
         path = os.path.join(corpus, name)
-        for method, kw in (("doctor", {}), ("rules only", {"use_shape": False})):
+        for method, kw in (("doctor", {}), ("doctor, alone", {"siblings": False}),
+                           ("rules, alone", {"siblings": False, "use_shape": False})):
             try:
                 d = lrkit.diagnose(path, **kw)
                 r = d.recommendation
@@ -103,7 +106,7 @@ def verdicts(corpus: str, labels: dict, groups: dict[str, list[str]]) -> dict[st
     grouped = {f for g in groups.values() for f in g}
     for name in labels:
         if name not in grouped:
-            out["doctor, sweeps"][name] = out["doctor"][name]
+            out["doctor, sweeps"][name] = out["doctor, alone"][name]
     for g, files in groups.items():
         files = [f for f in files if f in labels]
         try:
@@ -141,7 +144,7 @@ def details(results: dict[str, dict[str, Any]], labels: dict, points: dict[str, 
     lines = []
     for f in labels:
         row = []
-        for m in ("doctor", "doctor, sweeps", "rules only"):
+        for m in ("doctor", "doctor, alone", "rules, alone"):
             r = results[m][f]
             s = score(r["action"], r["factor"], labels[f], points[f])
             act = "unread" if r["action"] is None else (f"{r['action']} x{r['factor']:.2g}" if r["action"] != "keep"

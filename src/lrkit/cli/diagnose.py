@@ -36,6 +36,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--plot", "-o", "--output", dest="plot", metavar="PATH",
                    help="plot file (one run) or folder (several runs); default: next to each input")
     p.add_argument("--no-plot", action="store_true", help="write no plot")
+    p.add_argument("--alone", action="store_true",
+                   help="judge a single log by itself, not with the runs of its sweep found beside it (files or "
+                        "folders whose names differ only by the lr in them)")
     return p
 
 
@@ -92,6 +95,14 @@ def run(args: argparse.Namespace) -> int:
         curves += [(src, c) for c in got]
     diagnoses = []
     kept: list[tuple[str, Any]] = []
+    if len(curves) == 1 and not many_inputs and not args.alone and args.run is None and not args.running_mean:
+        from lrkit.doctor.compare import diagnose_with_siblings
+
+        d = diagnose_with_siblings(curves[0][0], metric=args.metric)
+        if d is not None:  # compared with the runs of its sweep beside it: their ranking decides
+            diagnoses.append(d)
+            kept.append(curves[0])
+            curves = []
     for src, c in curves:
         try:
             diagnoses.append(diagnose(c))
@@ -135,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
             if path:
                 print(f"  plot: {path}")
             print()
+        if sweep is None and diagnoses[0].sweep is not None:
+            print(str(diagnoses[0].sweep))
         if sweep is not None:
             print(str(sweep))
             b = sweep.best

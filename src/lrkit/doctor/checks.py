@@ -193,6 +193,7 @@ class Diagnosis:
     features: Features | None = None
     schedule: Schedule | None = None
     shape: dict[str, Any] = field(default_factory=dict)  # the shape model's vote and variant, where it was asked
+    sweep: Any = None  # the SweepDiagnosis it was compared in, where its sweep's other runs were read beside it
 
     @property
     def verdict(self) -> str:

@@ -10,6 +10,11 @@ equals the best's (another setting differs), its own diagnosis stands and the ra
 
 Each run's lr is the peak of its logged lr, else a setting found beside the metrics (a config record, MLflow params),
 else one written in its file or run name (``lr_3e-4``, ``UNet_lr1e_3``), and the diagnosis says which.
+
+:func:`sweep_siblings` finds the other runs of the sweep a log belongs to, where the sweep is laid out on disk the
+usual way: files or folders whose names differ only by the lr written in them (``train_lr1e-3.log`` beside
+``train_lr3e-4.log``; ``runs/lr_0.01/train.log`` beside ``runs/lr_0.001/train.log``). ``lrkit.diagnose(path)`` and
+``lrkit diagnose FILE`` compare a log with them (``siblings=False`` / ``--alone``: the log alone) and say so.
 """
 
 from __future__ import annotations
@@ -191,6 +196,65 @@ def compare(diagnoses: Sequence[Diagnosis], names: Sequence[str] | None = None) 
                                           f"ends better ({worse}; {rank_words})", list(d.recommendation.advice),
                                           DIRECT)
     return result
+
+
+def sweep_siblings(path: str | os.PathLike) -> list[str]:
+    """The other runs of the lr sweep that ``path`` belongs to: entries beside it (or beside the folder holding it,
+    with a file of the same name inside) whose names differ from its own only by the lr written in them, in lr
+    order; empty when its name carries no lr or nothing matches."""
+    from lrkit.doctor.readers import lr_tag
+
+    path = os.path.normpath(os.fspath(path))
+    for level in (0, 1):  # the entry's own name, then its folder's (runs/lr_0.01/train.log)
+        entry = path if level == 0 else os.path.dirname(path)
+        inner = "" if level == 0 else os.path.basename(path)
+        name, parent = os.path.basename(entry), os.path.dirname(entry) or "."
+        tag = lr_tag(name) if name else None
+        if tag is None:
+            continue
+        lr, a, b = tag
+        head, tail = name[:a].lower(), name[b:].lower()
+        found = []
+        try:
+            entries = os.listdir(parent)
+        except OSError:
+            return []
+        for other in entries:
+            t = lr_tag(other)
+            if other == name or t is None or t[0] == lr:
+                continue
+            if other[:t[1]].lower() != head or other[t[2]:].lower() != tail:
+                continue
+            full = os.path.join(parent, other, inner) if inner else os.path.join(parent, other)
+            if os.path.exists(full) and os.path.isdir(full) == os.path.isdir(path):
+                found.append((t[0], full))
+        return [f for _, f in sorted(found)]
+    return []
+
+
+def diagnose_with_siblings(path: str | os.PathLike, metric: str | None = None, **kwargs: Any) -> Diagnosis | None:
+    """The diagnosis of the log at ``path`` compared with the other runs of its sweep found beside it
+    (:func:`sweep_siblings`), or None when there are none or none can be read. Its notes name the runs compared."""
+    from lrkit.doctor.readers import read_log
+
+    others = []
+    for sib in sweep_siblings(path):
+        try:
+            others.append((sib, read_log(sib, metric=metric)))
+        except LrkitError:
+            continue  # another format, several runs, no loss: not comparable
+    if not others:
+        return None
+    own = read_log(path, metric=metric)
+    names = [os.fspath(path)] + [s for s, _ in others]
+    sweep = compare([diagnose(c, **kwargs) for c in [own] + [c for _, c in others]], names)
+    d = sweep.runs[0]
+    lrs = ", ".join(f"{lr:.3g}" for lr in sweep.lrs[1:] if lr is not None)
+    d.notes.append(f"compared with {len(others)} other run(s) of its sweep found beside it (lr {lrs}): "
+                   + "; ".join(f"{i + 1}. {os.path.basename(os.path.normpath(sweep.names[k]))}" for i, k in
+                               enumerate(sweep.ranking)) + " (ranked by " + sweep.basis + "; alone: siblings=False)")
+    d.sweep = sweep
+    return d
 
 
 def diagnose_runs(runs: Sequence[Curve | str | os.PathLike], metric: str | None = None,

@@ -54,7 +54,7 @@ _LOSS_WORD = re.compile(r"loss")
 _OTHER_LOSS = re.compile(r"(^|[^a-z])(nll|xent|cross_?entropy|crossentropyloss|ce|cost|mse|rmse)([^a-z]|$)")
 _PPL = re.compile(r"(^|[^a-z])(ppl|perplexity)([^a-z]|$)")
 _EVAL_WORDS = re.compile(r"(^|[^a-z])(val|valid|validation|eval|evaluation|test|dev|tel|vl)([^a-z]|$)")
-_LR_TAG = re.compile(r"(?:^|[^a-z])lr[ _=:-]?((?:\d+(?:[._]\d+)?|\.\d+)(?:e[-_+]?\d+)?)(?![\d])")
+_LR_TAG = re.compile(r"(?:^|[^a-z])(?:lr|learning[_-]?rate)[ _=:-]?((?:\d+(?:[._]\d+)?|\.\d+)(?:e[-_+]?\d+)?)(?![\d])")
 CHUNK_ROWS = 1_000_000
 JSON_DOC_MAX = 512 * 2**20  # larger JSON documents than this are read as JSON lines only
 
@@ -330,14 +330,25 @@ def _looks_like_setting(name: str) -> bool:
     return bool(re.fullmatch(r"(x/)?lr[_-]?\d", name.strip().lower()))
 
 
-def _lr_from_name(name: str | None) -> float | None:
-    """An lr written in a run's or file's name (``lr_0.001``, ``lr1e-3``, ``UNet_lr1e_3``), else None."""
-    if not name:
-        return None
-    m = _LR_TAG.search(os.path.basename(os.path.normpath(name)).lower())
+def lr_tag(name: str) -> tuple[float, int, int] | None:
+    """The lr written in a name (``lr_0.001``, ``lr1e-3``, ``UNet_lr1e_3``, ``learning_rate_0.01``) and where its
+    number sits in the name (start, end), else None."""
+    m = _LR_TAG.search(name.lower())
     if not m:
         return None
-    text = m.group(1)
+    v = _tag_value(m.group(1))
+    return None if v is None else (v, m.start(1), m.end(1))
+
+
+def _lr_from_name(name: str | None) -> float | None:
+    """An lr written in a run's or file's name (its last path part), else None."""
+    if not name:
+        return None
+    tag = lr_tag(os.path.basename(os.path.normpath(name)))
+    return tag[0] if tag else None
+
+
+def _tag_value(text: str) -> float | None:
     text = re.sub(r"e_(\d)", r"e-\1", text)  # 1e_3: an underscore for the minus sign
     if "e" not in text:
         text = text.replace("_", ".")
