@@ -55,6 +55,12 @@ COUNTERS = {"step": "step", "steps": "step", "global_step": "step", "global step
 EVAL_WORDS = ("test", "val", "valid", "validation", "eval", "evaluation", "dev")
 TRAIN_WORDS = ("train", "training", "train_inner", "trn")
 _WORD = re.compile(r"[A-Za-z_]+")
+# words that may stand before a counter word (train epoch, global step, validation loss at iteration, end of epoch)
+_COUNTER_WORDS = frozenset(EVAL_WORDS + TRAIN_WORDS + ("global", "optimizer", "num", "total", "current", "loss", "at",
+                                                       "of", "end", "the", "start", "after", "in"))
+# a line of source code echoed into a log (modded-nanogpt records start with the training script)
+_CODE = re.compile(r"^\s*(?:if|elif|else|for|while|def|class|return|import|from|with|try|except|assert|print|lambda|"
+                   r"raise|yield|async|await)\b|\s(?:==|!=|<=|>=|\+=|-=)\s")  # (a progress bar's [=====] is no code)
 
 
 COUNTER_FIELDS = ("rec", "step", "epoch", "progress", "total")  # what each value remembers of where it was logged
@@ -194,12 +200,13 @@ def split_pairs(line: str) -> tuple[list[tuple[str, float, float | None]], str]:
 
 
 def _counter(key: str) -> tuple[str, str] | None:
-    """``(kind of counter, eval word)`` when the key is a counter (``step``, ``test epoch``, ``train``), else None."""
+    """``(kind of counter, eval word)`` when the key is a counter (``step``, ``test epoch``, ``validation loss at
+    iteration``, a bare ``train`` / ``test``), else None; ``backend_steps`` and the like are settings, not counters."""
     if key in COUNTERS:
         return COUNTERS[key], ""
     words = key.replace("/", " ").replace("_", " ").split(" ")
     last = words[-1]
-    if last in COUNTERS and COUNTERS[last] and len(words) <= 4:
+    if last in COUNTERS and len(words) <= 4 and all(w in _COUNTER_WORDS for w in words[:-1]):
         return COUNTERS[last], _kind(words[:-1])
     if len(words) == 1 and (key in EVAL_WORDS or key in TRAIN_WORDS):  # timm: "Train: 0 [...]" = epoch 0
         return "epoch", _kind(words)
@@ -217,8 +224,9 @@ def _has_train_word(key: str) -> bool:
 
 
 def _line_record(part: str) -> tuple[tuple, dict[str, float], list[tuple[str, float]]] | None:
-    """One raw line -> (its template: the keys in order, its counters, its values), or None without numbers."""
-    if not any(ch.isdigit() for ch in part):
+    """One raw line -> (its template: the keys in order, its counters, its values), or None without numbers (or a
+    line of source code)."""
+    if not any(ch.isdigit() for ch in part) or _CODE.search(part):
         return None
     line = clean_line(part)
     dict_pairs = _dict_pairs(line)
