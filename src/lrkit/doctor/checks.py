@@ -371,14 +371,7 @@ def diagnose(curve: Curve, thresholds: Thresholds | None = None, use_shape: bool
         if x is not None:
             findings.append(x)
         findings += _eval_checks(c, ys, ss, f, t)
-        sp = _spike_finding(c, ys, ss, f, t, window)
-        severe = _severe_spike(ys, ss, f, t, lr_at, sched) if x is None else None
-        if severe is not None and sp is not None:
-            severe.steps = sorted(set(severe.steps) | set(sp.steps))
-            severe.evidence += f"; in all, {sp.evidence.split(': the run recovered')[0]}"
-            severe.data.update(sp.data)
-            severe.advice += [a for a in sp.advice if a not in severe.advice]
-        sp = severe or sp
+        sp = _spike_finding(c, ys, ss, f, t, window, lr_at, sched, big_jump=x is None)
         if sp is not None and not any(y.kind == "spiking" for y in findings):
             findings.append(sp)
         if not any(x.action in ("lower", "raise") for x in findings):
@@ -574,14 +567,15 @@ def chance_classes(level: float, tol: float = 0.003) -> int | None:
     return k if abs(level - math.log(k)) <= min(tol * math.log(k), gap) else None
 
 
-def _severe_spike(y: np.ndarray, s: np.ndarray, f: Features, t: Thresholds, lr_at,
-                  sched: Schedule) -> Finding | None:
-    """A jump after the first tenth of the run, ten times the batch noise or more, that undid a quarter or more of the
-    progress made by then (a slow bump of the data's own is smaller than that against the batch noise, however it
-    compares with slow progress): advice, not a change of lr, when the run came back from it."""
-    sm = running_median(y, 3)  # a spike counts when two consecutive points show it
+def _big_jump(y: np.ndarray, s: np.ndarray, f: Features, t: Thresholds, sched: Schedule) -> tuple[int, int, float] | None:
+    """The first jump after the early phase, ten times the batch noise or more, that undid ``severe_spike`` (a quarter)
+    or more of the progress made by then: (its index, the index of its top, the share of the progress it undid). A slow
+    bump of the data's own is smaller than that against the batch noise, however it compares with slow progress; the
+    early phase (the first tenth of the run, and with a warmup until a twentieth after its peak) is a warmup's
+    business."""
+    sm = running_median(y, 3)  # a jump counts when two consecutive points show it
     # the lowest level before each point: trailing 3-point medians, no look-ahead (their minimum sits below the level
-    # by a few batch-noise scales at most, well inside the 10 scales a severe jump must clear)
+    # by a few batch-noise scales at most, well inside the 10 scales a jump must clear)
     level = np.median(np.lib.stride_tricks.sliding_window_view(np.r_[y[0], y[0], y], 3), axis=1)
     runmin = np.minimum.accumulate(level)
     top = max(f.start, float(sm[0]))
@@ -590,75 +584,63 @@ def _severe_spike(y: np.ndarray, s: np.ndarray, f: Features, t: Thresholds, lr_a
     if total <= 0:
         return None
     climb = sm - runmin
-    floor = max(10 * f.noise, 0.1 * total)
-    # after the early phase (the first tenth of the run, and with a warmup until a twentieth after its peak): an early
-    # blow-up the run recovers from, or one where warmup ends, is a warmup's business (advice, with the spikes)
     early = len(y) // 10
     if sched.warmup:
         early = max(early, int(np.searchsorted(s, sched.peak_step)) + len(y) // 20)
-    late = np.arange(len(y)) >= early
-    big = late & (climb >= t.severe_spike * np.maximum(progress, 1e-300)) & (climb >= floor) & \
-        (progress >= 0.2 * total)
+    big = (np.arange(len(y)) >= early) & (climb >= t.severe_spike * np.maximum(progress, 1e-300)) & \
+        (climb >= max(10 * f.noise, 0.1 * total)) & (progress >= 0.2 * total)
     if not big.any():
         return None
     i = int(np.argmax(big))
-    j = i + int(np.argmax(climb[i:]))
-    back = np.flatnonzero(sm[j:] <= runmin[j] + 0.2 * progress[j])
-    end = f"came back down by step {s[j + int(back[0])]}" if back.size else "had not fully come back by the end"
-    lr = lr_at(int(s[i]))
-    lr_words = f" at lr {lr:.3g}" if lr == lr else ""
-    # a spike the run came back from is no evidence on its own that the lr is too high (at the best lr of many
-    # tasks, Adam-type and momentum runs spike early and recover): keep, with what to do if it recurs
-    return Finding("spiking", [int(s[i])], f"at step {s[i]}{lr_words} the loss jumped from {runmin[j]:.4g} to "
-                   f"{sm[j]:.4g} (smoothed), undoing {climb[j] / progress[j]:.0%} of the progress made by then, and "
-                   f"{end}", {"lost": float(climb[j] / progress[j]), "severe": True}, "keep", 1.0, DIRECT,
-                   ["clip gradients (e.g. max norm 1.0)", "if such spikes recur, lower the lr about 0.7x"]
-                   + (["lengthen the warmup"] if sched.warmup else []))
+    j = i + int(np.argmax(climb[i:i + max(3, len(y) // 20)]))
+    return i, j, float(climb[j] / progress[j])
 
 
-def _spike_finding(c: Curve, ys: np.ndarray, ss: np.ndarray, f: Features, t: Thresholds,
-                   window: int | None) -> Finding | None:
-    """Recovered spikes (persistent outliers above the recent robust baseline): advice, not a change of lr."""
-    if len(ys) < 16:
-        return None
+def _spike_finding(c: Curve, ys: np.ndarray, ss: np.ndarray, f: Features, t: Thresholds, window: int | None, lr_at,
+                   sched: Schedule, big_jump: bool = True) -> Finding | None:
+    """Spikes the run recovered from (persistent outliers above the recent robust baseline, and a jump that undid a
+    quarter of the progress): advice, not a change of lr. At the best lr of many tasks, Adam-type and momentum runs
+    spike and recover; a spike that does not come back is the divergence check's."""
     persistence = t.spike_persistence if not window else 1
-    loss_spikes = spikes(ys, ss, z=t.spike_z, persistence=persistence)
-    if not loss_spikes:
+    loss_spikes = spikes(ys, ss, z=t.spike_z, persistence=persistence) if len(ys) >= 16 else []
+    jump = _big_jump(ys, ss, f, t, sched) if big_jump else None
+    if not loss_spikes and jump is None:
         return None
-    gn = c.extra.get("grad_norm")
-    gn_spikes = []
-    if gn is not None and gn.shape == c.values.shape:
-        g = gn[np.isfinite(c.values)][: len(ys)]
-        ok = np.isfinite(g) & (g > 0)
-        if ok.sum() >= 16:
-            gn_spikes = spikes(g[ok], ss[ok], z=t.spike_z, persistence=persistence, log=True)
     parts = []
     for sp in loss_spikes[:5]:
         back = f"recovered by step {sp.end}" if sp.recovered else "did not recover"
         parts.append(f"step {sp.start} (peak {sp.peak_value:.4g}, {sp.peak_value - sp.baseline:+.3g} over the level "
                      f"{sp.baseline:.4g} at step {sp.peak}, {back})")
     more = f" and {len(loss_spikes) - 5} more" if len(loss_spikes) > 5 else ""
-    ev = f"{len(loss_spikes)} loss spike(s): " + "; ".join(parts) + more
-    gn_starts = {s.start for s in gn_spikes}
-    with_gn = [s for s in loss_spikes if any(abs(s.start - g) <= 3 for g in gn_starts)]
-    if with_gn:
-        ev += f"; the gradient norm spiked with {len(with_gn)} of them"
+    ev = [f"{len(loss_spikes)} loss spike(s): " + "; ".join(parts) + more] if loss_spikes else []
     data: dict[str, Any] = {"spikes": [{"start": s.start, "peak": s.peak, "end": s.end,
                                         "excess": s.peak_value - s.baseline} for s in loss_spikes]}
     advice = ["clip gradients (e.g. max norm 1.0) if spikes recur"]
-    lrs = c.lrs
-    if lrs is not None and np.isfinite(lrs).any():
-        peak_i = int(np.nanargmax(lrs))
-        peak_step = int(c.steps[peak_i])
-        first = loss_spikes[0].start
-        rising = peak_i > 0 and np.nanmin(lrs[:peak_i + 1]) < 0.5 * lrs[peak_i]
-        if rising and abs(first - peak_step) <= max(0.1 * (c.steps[-1] - c.steps[0]), 3):
-            ev += (f"; the first spike began at step {first}, when warmup brought the lr to its peak "
-                   f"{lrs[peak_i]:.3g} (step {peak_step})")
-            data["near_lr_peak"] = True
-            advice.insert(0, "lengthen the warmup or lower the peak lr slightly: spikes start where warmup ends")
-    return Finding("spiking", [s.start for s in loss_spikes], ev + ": the run recovered, so the lr stands", data,
-                   "keep", 1.0, DIRECT, advice)
+    steps = [s.start for s in loss_spikes]
+    if jump is not None:
+        i, j, lost = jump
+        lr = lr_at(int(ss[i]))
+        ev.insert(0, f"at step {ss[i]}{f' at lr {lr:.3g}' if lr == lr else ''} the loss jumped to "
+                     f"{float(np.median(ys[max(0, j - 1):j + 2])):.4g}, undoing {lost:.0%} of the progress made by then")
+        data.update(severe=True, lost=lost)
+        advice.append("if such jumps recur, lower the lr about 0.7x")
+        steps = sorted(set(steps) | {int(ss[i])})
+    gn = c.extra.get("grad_norm")
+    if loss_spikes and gn is not None and gn.shape == c.values.shape:
+        g = gn[np.isfinite(c.values)][: len(ys)]
+        ok = np.isfinite(g) & (g > 0)
+        gn_starts = {s.start for s in spikes(g[ok], ss[ok], z=t.spike_z, persistence=persistence, log=True)} \
+            if ok.sum() >= 16 else set()
+        with_gn = [s for s in loss_spikes if any(abs(s.start - g) <= 3 for g in gn_starts)]
+        if with_gn:
+            ev.append(f"the gradient norm spiked with {len(with_gn)} of them")
+    if sched.known and sched.warmup and abs(steps[0] - sched.peak_step) <= max(0.1 * (c.steps[-1] - c.steps[0]), 3):
+        ev.append(f"the first spike began at step {steps[0]}, when warmup brought the lr to its peak "
+                  f"{sched.peak:.3g} (step {sched.peak_step})")
+        data["near_lr_peak"] = True
+        advice.insert(0, "lengthen the warmup or lower the peak lr slightly: spikes start where warmup ends")
+    return Finding("spiking", steps, "; ".join(ev) + ": the run recovered, so the lr stands", data, "keep", 1.0,
+                   DIRECT, advice)
 
 
 def _eval_series(c: Curve) -> tuple[str, np.ndarray, np.ndarray] | None:
@@ -835,8 +817,11 @@ def _update_ratio_finding(c: Curve, t: Thresholds, findings: list[Finding], shap
 
 
 def recommend(findings: list[Finding], sched: Schedule, c: Curve) -> Recommendation:
-    """The lr recommendation: the most severe finding with an action decides; the others add their advice."""
-    decider = next((x for x in findings if x.action is not None), None)
+    """The lr recommendation: the most severe finding that changes the lr decides, else the most severe one that
+    keeps it (a recovered spike says keep, an eval loss that oscillates says lower: lower); the others add their
+    advice."""
+    decider = next((x for x in findings if x.action in ("lower", "raise")), None) or \
+        next((x for x in findings if x.action is not None), None)
     advice: list[str] = []
     for x in findings:
         for a in x.advice:
