@@ -10,7 +10,7 @@ own (the ``LRFinder`` callbacks). Imports numpy only.
 from __future__ import annotations
 
 from lrkit._files import atomic_write_text  # noqa: F401 - lrkit.sweep and lrkit.stepwise import it from here
-from lrkit.finder._engine import FinderSession, range_test
+from lrkit.finder._engine import FinderSession, SessionFront, range_test
 from lrkit.finder._options import FinderOptions, check_range
 from lrkit.finder._recipe import SCHEDULES, Recipe, recipe
 from lrkit.finder._result import FinderResult, Stop
@@ -31,7 +31,7 @@ from lrkit.finder._rules import (
 from lrkit.finder._stepper import Replay, Stepper
 
 __all__ = [
-    "DEFAULT_RULE", "SCHEDULES", "CurveFit", "FinderOptions", "FinderResult", "FinderSession", "Recipe", "Replay",
+    "DEFAULT_RULE", "SCHEDULES", "CurveFit", "FinderOptions", "FinderResult", "FinderSession", "Recipe", "Replay", "SessionFront",
     "Stepper", "Stop", "Suggestion", "check_range", "clean_curve", "divergence_factor", "fit_curve", "infer_family",
     "never_diverged", "range_test", "recipe", "register_rule", "rules", "suggest", "wants_raw",
 ]

@@ -314,3 +314,25 @@ class FinderSession:
         except BaseException:
             self.close()
             raise
+
+
+class SessionFront:
+    """What a loop helper built on a :class:`FinderSession` (held as ``.session``) shows: ``done``, ``result`` and
+    the ``lr`` of the next step. The ``LRFinder`` of the frameworks without a fit loop (torch, JAX) use it."""
+
+    session: FinderSession
+
+    @property
+    def done(self) -> bool:
+        """True once the test is over (the state restored, :attr:`result` set)."""
+        return self.session.done
+
+    @property
+    def result(self) -> FinderResult | None:
+        """The result, once :attr:`done`."""
+        return self.session.result
+
+    @property
+    def lr(self) -> float | None:
+        """The lr the next step runs at; None when done."""
+        return self.session.lr

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from lrkit.errors import LrkitError, missing_extra
-from lrkit.finder import FinderOptions, FinderResult, FinderSession, range_test
+from lrkit.finder import FinderOptions, FinderResult, FinderSession, SessionFront, range_test
 
 try:
     import jax
@@ -192,7 +192,7 @@ def find_lr(
     return range_test(JaxStepper(train_step, params, opt_state, batches, val_loader=val_loader, loss_fn=loss_fn), o)
 
 
-class LRFinder:
+class LRFinder(SessionFront):
     """The range test inside your own JAX loop: the same test as :func:`find_lr`, on the batches your loop draws.
     Run each step at :attr:`lr` and hand the step's loss and new state to :meth:`record`, which returns the state
     to continue from (the snapshot, when the test restores between its phases):
@@ -212,21 +212,6 @@ class LRFinder:
         self.params, self.opt_state, self.apply = params, opt_state, apply
         self.session = FinderSession(FinderOptions.build(options, **overrides), snapshot=self._snapshot,
                                      restore=self._restore, optimizer=hyperparams(opt_state))
-
-    @property
-    def done(self) -> bool:
-        """True once the test is over."""
-        return self.session.done
-
-    @property
-    def result(self) -> FinderResult | None:
-        """The result, once :attr:`done`."""
-        return self.session.result
-
-    @property
-    def lr(self) -> float | None:
-        """The lr of the next step (None when done)."""
-        return self.session.lr
 
     def record(self, loss: Any, params: Any, opt_state: Any) -> tuple[Any, Any]:
         """The loss of the step just run at :attr:`lr` and the state it produced; returns the state to continue

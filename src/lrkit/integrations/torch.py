@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from lrkit.errors import LrkitError, missing_extra
-from lrkit.finder import FinderOptions, FinderResult, FinderSession, range_test
+from lrkit.finder import FinderOptions, FinderResult, FinderSession, SessionFront, range_test
 
 try:
     import torch
@@ -403,7 +403,7 @@ def find_lr(
     return result
 
 
-class LRFinder:
+class LRFinder(SessionFront):
     """The range test inside your own training loop: the same test as :func:`find_lr`, on the batches your loop
     draws. After each optimiser step pass its loss to :meth:`record`; the finder sets the lr of the next step,
     snapshots and restores the model, optimiser and RNGs between its phases, and returns True when it is over:
@@ -431,21 +431,6 @@ class LRFinder:
             snapshot=lambda: snapshot_state(model, optimizer), restore=lambda s: restore_state(model, optimizer, s),
             optimizer=optimizer)
         self._set_lr()
-
-    @property
-    def done(self) -> bool:
-        """True once the test is over (the state restored, :attr:`result` set)."""
-        return self.session.done
-
-    @property
-    def result(self) -> FinderResult | None:
-        """The result, once :attr:`done`."""
-        return self.session.result
-
-    @property
-    def lr(self) -> float | None:
-        """The lr the next optimiser step runs at (already set on the optimiser); None when done."""
-        return self.session.lr
 
     def record(self, loss: float | torch.Tensor | None) -> bool:
         """The loss of the optimiser step just taken (None: it was skipped); True when the test is over."""
