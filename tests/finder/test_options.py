@@ -82,7 +82,8 @@ def test_the_options_object_and_keyword_overrides_run_the_same_test():
     a = range_test(Quadratic(), FinderOptions(start_lr=1e-5, end_lr=100.0, progress=False, val_every=None))
     b = range_test(Quadratic(), start_lr=1e-5, end_lr=100.0, progress=False, val_every=None)
     c = range_test(Quadratic(), FinderOptions(start_lr=1e-5, progress=False), end_lr=100.0, val_every=None)
-    for r in (b, c):
+    d = range_test(Quadratic(), options=FinderOptions(start_lr=1e-5, end_lr=100.0, progress=False, val_every=None))
+    for r in (b, c, d):
         np.testing.assert_array_equal(r.losses, a.losses)
         assert r.suggestion == a.suggestion and r.confirmations == a.confirmations
 

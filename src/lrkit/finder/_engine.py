@@ -204,7 +204,7 @@ def _prepare(optimizer: Any, options: FinderOptions | None, overrides: dict[str,
     return o, family, momentum
 
 
-def range_test(stepper: Stepper, options: FinderOptions | None = None, /, **overrides: Any) -> FinderResult:
+def range_test(stepper: Stepper, options: FinderOptions | None = None, **overrides: Any) -> FinderResult:
     """Run the LR range test on any :class:`~lrkit.finder.Stepper` and restore it exactly afterwards (also on an
     error or Ctrl-C): by default the adaptive test (ramp, extension, confirmation runs; see
     :class:`~lrkit.finder.FinderOptions`), one ramp with ``confirm=False`` or in validation mode.

@@ -118,7 +118,7 @@ class FinderOptions:
         return max(int(self.max_steps), int(self.num_iter))
 
     @classmethod
-    def build(cls, options: FinderOptions | None = None, /, **overrides: Any) -> FinderOptions:
+    def build(cls, options: FinderOptions | None = None, **overrides: Any) -> FinderOptions:
         """``options`` (default: the defaults) with ``overrides`` (field names) replaced; a name that is no field
         is an :class:`LrkitError` listing the fields. Every ``find_lr`` builds its options this way."""
         if options is not None and not isinstance(options, FinderOptions):
