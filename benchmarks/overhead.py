@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lrkit.integrations.torch import TorchTrainer, find_lr
+from lrkit.integrations.torch import TorchStepper, find_lr
 from lrkit.schedules import ramp
 
 START, END = 1e-7, 1e-1
@@ -127,7 +127,7 @@ def main() -> None:
         med = {k: statistics.median(v) for k, v in times.items()}
         m, o, c, ld = task(width)
         bare_loop(m, o, c, ld, 3)
-        snap = TorchTrainer(m, o, c, ld).snapshot()
+        snap = TorchStepper(m, o, c, ld).snapshot()
         state = nbytes(m.state_dict()) + nbytes(o.state_dict())
         ratio_snap = (nbytes(snap["model"]) + nbytes(snap["optimizer"])) / state
         tlf = med.get("tlf", float("nan"))

@@ -77,6 +77,8 @@ def vectorised(n: int, repeats: int) -> None:
 def per_step(steps: int, repeats: int) -> None:
     import torch
 
+    import lrkit.torch
+
     torch.set_num_threads(1)
     L = torch.optim.lr_scheduler
     try:
@@ -112,7 +114,7 @@ def per_step(steps: int, repeats: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, make_peer, ours in cases:
-            tp, tl = interleaved(run(make_peer), run(lambda o: S.torch_scheduler(o, ours)), repeats)  # noqa: B023
+            tp, tl = interleaved(run(make_peer), run(lambda o: lrkit.torch.scheduler(o, ours)), repeats)  # noqa: B023
             print(f"   {name:<30}{tp / steps * 1e6:>14.2f}{tl / steps * 1e6:>15.2f}{tl / tp:>8.2f}")
 
 

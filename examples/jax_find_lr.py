@@ -30,7 +30,7 @@ def main() -> None:
     print(result)
 
     lr = result.suggestion.lr or 1e-3
-    tx = optax.adamw(lrkit.jax.optax_schedule(f"warmup(30) >> cosine({lr:.3g}, 290)"), weight_decay=1e-4)
+    tx = optax.adamw(lrkit.jax.scheduler(f"warmup(30) >> cosine({lr:.3g}, 290)"), weight_decay=1e-4)
     opt_state = tx.init(params)
 
     @jax.jit

@@ -26,11 +26,11 @@ def main() -> None:
     model = build(1e-3)
     result = lrkit.keras.find_lr(model, x, y, batch_size=64, num_iter=100, progress=False)
     print(result)
-    finder = lrkit.keras.LRFinder(num_iter=100)  # the same test inside model.fit; weights restored at the end
+    finder = lrkit.keras.LRFinder(num_iter=100, progress=False)  # the same test inside model.fit, then the pick
     model.fit(x, y, batch_size=64, epochs=50, verbose=0, callbacks=[finder])
     print("in fit:", finder.result.suggestion.lr)
     lr = result.suggestion.lr or 1e-3
-    model = build(lrkit.keras.keras_schedule(f"warmup(8) >> cosine({lr:.3g}, 72)"))
+    model = build(lrkit.keras.scheduler(f"warmup(8) >> cosine({lr:.3g}, 72)"))
     history = model.fit(x, y, batch_size=64, epochs=5, verbose=0)
     print("final loss", round(history.history["loss"][-1], 4))
 

@@ -33,7 +33,7 @@ def main() -> None:
     trainer = pl.Trainer(max_steps=100, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_model_summary=False, enable_progress_bar=False,
                          callbacks=[lrkit.lightning.ScheduleCallback("warmup(10) >> cosine(3e-3, 90)")])
-    result = lrkit.lightning.find_lr(trainer, model, train_dataloaders=loader, num_iter=100, update_attr=True,
+    result = lrkit.lightning.find_lr(trainer, model, train_dataloaders=loader, num_iter=100, apply=True,
                                      progress=False)
     print(result)
     print("model.lr is now", model.lr)

@@ -33,7 +33,7 @@ def main() -> None:
                                               report_to=[], use_cpu=True, save_strategy="no", logging_steps=10,
                                               disable_tqdm=True)
         trainer = transformers.Trainer(model=model, args=args, train_dataset=CountingTokens())
-        result = lrkit.transformers.find_lr(trainer, num_iter=50, end_lr=1.0, update_args=True, progress=False)
+        result = lrkit.transformers.find_lr(trainer, num_iter=50, end_lr=1.0, apply=True, progress=False)
         print(result)
         lr = trainer.args.learning_rate
         lrkit.transformers.use_schedule(trainer, f"warmup(4) >> cosine({lr:.3g}, 36)")

@@ -16,7 +16,7 @@ if keras.backend.backend() != "torch":  # keras was imported earlier in this pro
     pytest.skip("these tests need KERAS_BACKEND=torch", allow_module_level=True)
 
 from lrkit.errors import LrkitError  # noqa: E402
-from lrkit.integrations.keras_monitor import LrMonitorKerasCallback  # noqa: E402
+from lrkit.integrations.keras_monitor import LrMonitor  # noqa: E402
 
 rng = np.random.default_rng(0)
 X = rng.normal(size=(72, 4)).astype("float32")  # 72 = 4 batches of 16 and a last one of 8
@@ -35,7 +35,7 @@ def batches(x, y, size=16):
 
 
 def test_each_batch_loss_not_the_running_epoch_mean():
-    cb = LrMonitorKerasCallback()
+    cb = LrMonitor()
     model = make()
     model.fit(X, Y, batch_size=16, epochs=3, shuffle=False, verbose=0, callbacks=[cb])
     twin = make()  # train_on_batch returns each batch's own loss (it resets the metrics first)
@@ -49,7 +49,7 @@ def test_each_batch_loss_not_the_running_epoch_mean():
 def test_update_to_weight_ratio_of_each_batch():
     """The measured ratio equals ||w_after - w_before|| / ||w_before|| computed in numpy from a twin's get_weights
     around each train_on_batch, and reaches the Monitor."""
-    cb = LrMonitorKerasCallback(update_ratio=True)
+    cb = LrMonitor(update_ratio=True)
     make().fit(X, Y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[cb])
     twin, want = make(), []
     for _ in range(2):
@@ -60,7 +60,7 @@ def test_update_to_weight_ratio_of_each_batch():
             want.append((moved / sum(float(np.sum(b.astype(np.float64) ** 2)) for b in w0)) ** 0.5)
     np.testing.assert_allclose(cb.ratios, want, rtol=1e-4)
     np.testing.assert_allclose(cb.monitor.curve().extra["update_ratio"], want, rtol=1e-4)
-    assert not LrMonitorKerasCallback().ratios  # off by default
+    assert not LrMonitor().ratios  # off by default
     # the gradient alignment (torch backend): plain SGD moves by -lr * gradient, so it is the cosine of consecutive
     # batches' weight changes (none at the first batch)
     twin, moves = make(), []
@@ -85,7 +85,7 @@ def test_update_ratio_on_the_jax_backend_too():
     code = """
 import numpy as np, keras
 assert keras.backend.backend() == "jax"
-from lrkit.integrations.keras_monitor import LrMonitorKerasCallback
+from lrkit.integrations.keras_monitor import LrMonitor
 rng = np.random.default_rng(0)
 X = rng.normal(size=(48, 4)).astype("float32"); Y = X[:, :1] * 2.0
 def make():
@@ -93,7 +93,7 @@ def make():
     m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])
     m.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05), loss="mse")
     return m
-cb = LrMonitorKerasCallback(update_ratio=True)
+cb = LrMonitor(update_ratio=True)
 make().fit(X, Y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
 twin, want = make(), []
 for i in range(0, 48, 16):
@@ -111,7 +111,7 @@ print("ok", len(cb.ratios))
 def test_nan_batch_rolls_back_to_the_last_good_state_and_halves_the_lr():
     x = X.copy()
     x[40] = np.inf  # batch 2 (rows 32-47) makes the loss and then every weight NaN
-    cb = LrMonitorKerasCallback(act=True, snapshot_every=1)
+    cb = LrMonitor(act=True, snapshot_every=1)
     model = make()
     with pytest.warns(RuntimeWarning, match=r"\[nan\].*restored the snapshot of batch 1.*lr x0.5"):
         model.fit(x, Y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
@@ -132,7 +132,7 @@ def test_nan_batch_rolls_back_to_the_last_good_state_and_halves_the_lr():
 def test_warns_and_stops_on_nan_by_default():
     x = X.copy()
     x[40] = np.inf
-    cb = LrMonitorKerasCallback()
+    cb = LrMonitor()
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         make().fit(x, Y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[cb])
@@ -142,6 +142,6 @@ def test_warns_and_stops_on_nan_by_default():
 
 def test_bad_arguments():
     with pytest.raises(LrkitError, match="skipping batches is not possible"):
-        LrMonitorKerasCallback(act={"skip_batches"})
+        LrMonitor(act={"skip_batches"})
     with pytest.raises(LrkitError, match="snapshot_every must be >= 1"):
-        LrMonitorKerasCallback(snapshot_every=0)
+        LrMonitor(snapshot_every=0)

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 L = pytest.importorskip("lightning.pytorch")
 
 from lrkit.doctor import read_log  # noqa: E402
-from lrkit.integrations.lightning_monitor import LrMonitorCallback  # noqa: E402
+from lrkit.integrations.lightning_monitor import LrMonitor  # noqa: E402
 
 
 class Tiny(L.LightningModule):
@@ -68,7 +68,7 @@ def test_reads_real_metrics_csv(tmp_path):
 
 def test_callback_sees_each_step_loss_with_accumulation(tmp_path):
     model = Tiny()
-    cb = LrMonitorCallback()
+    cb = LrMonitor()
     trainer(tmp_path, 20, [cb], accumulate=2).fit(model, loader())
     c = cb.monitor.curve()
     micro = np.array([v for _, v in model.seen]).reshape(-1, 2).mean(axis=1)  # one optimiser step = 2 micro-batches
@@ -80,7 +80,7 @@ def test_callback_sees_each_step_loss_with_accumulation(tmp_path):
 
 def test_callback_measures_update_to_weight_ratio(tmp_path):
     model = Tiny()
-    cb = LrMonitorCallback(update_ratio=True)
+    cb = LrMonitor(update_ratio=True)
     trainer(tmp_path, 25, [cb]).fit(model, loader())
     c = cb.monitor.curve()
     # plain SGD: each step moves the weights by lr * ||gradient||, against the weights it started from
@@ -91,12 +91,12 @@ def test_callback_measures_update_to_weight_ratio(tmp_path):
     cos = [a @ b / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(g[1:], g[:-1])]
     assert np.isnan(c.extra["grad_alignment"][0])
     np.testing.assert_allclose(c.extra["grad_alignment"][1:], cos, rtol=1e-4, atol=1e-6)
-    assert "update_ratio" not in LrMonitorCallback().monitor.curve().extra
+    assert "update_ratio" not in LrMonitor().monitor.curve().extra
 
 
 def test_callback_restores_and_lowers_lr_on_nan(tmp_path):
     model = Tiny(nan_at=30)
-    cb = LrMonitorCallback(act=True, snapshot_every=10)
+    cb = LrMonitor(act=True, snapshot_every=10)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer(tmp_path, 40, [cb]).fit(model, loader())
@@ -110,7 +110,7 @@ def test_callback_restores_and_lowers_lr_on_nan(tmp_path):
 
 def test_callback_warns_only_by_default(tmp_path):
     model = Tiny(nan_at=30)
-    cb = LrMonitorCallback()
+    cb = LrMonitor()
     with pytest.warns(RuntimeWarning, match=r"\[nan\] step 30"):
         trainer(tmp_path, 35, [cb]).fit(model, loader())
     assert model.trainer.optimizers[0].param_groups[0]["lr"] == 0.05

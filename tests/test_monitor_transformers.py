@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from lrkit.doctor import diagnose, read_log  # noqa: E402
-from lrkit.integrations.transformers_monitor import LrMonitorTrainerCallback  # noqa: E402
+from lrkit.integrations.transformers_monitor import LrMonitor  # noqa: E402
 
 
 class Tokens(torch.utils.data.Dataset):
@@ -75,7 +75,7 @@ def run(tmp_path, callbacks, steps=30, lr=1e-3):
 
 
 def test_reads_real_trainer_state_and_callback_sees_the_same_rows(tmp_path):
-    cb = LrMonitorTrainerCallback()
+    cb = LrMonitor()
     trainer = run(tmp_path, [cb])
     path = tmp_path / "trainer_state.json"
     trainer.state.save_to_json(str(path))
@@ -93,7 +93,7 @@ def test_reads_real_trainer_state_and_callback_sees_the_same_rows(tmp_path):
 
 
 def test_callback_passes_the_windows_mean_update_to_weight_ratio(tmp_path):
-    cb, ref = LrMonitorTrainerCallback(update_ratio=True), StepRatios()
+    cb, ref = LrMonitor(update_ratio=True), StepRatios()
     run(tmp_path, [ref, cb], steps=12)
     want = np.array(ref.ratios).reshape(-1, 2).mean(axis=1)  # logging_steps=2: one row per 2 steps
     np.testing.assert_allclose(cb.monitor.curve().extra["update_ratio"], want, rtol=1e-4)
@@ -103,7 +103,7 @@ def test_callback_passes_the_windows_mean_update_to_weight_ratio(tmp_path):
 
 
 def test_callback_restores_and_lowers_lr_on_nan(tmp_path):
-    cb = LrMonitorTrainerCallback(act=True, snapshot_every=4)
+    cb = LrMonitor(act=True, snapshot_every=4)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer = run(tmp_path, [Poison(at=13), cb])
@@ -116,7 +116,7 @@ def test_callback_restores_and_lowers_lr_on_nan(tmp_path):
 
 
 def test_callback_warns_and_stops_by_default(tmp_path):
-    cb = LrMonitorTrainerCallback()
+    cb = LrMonitor()
     with pytest.warns(RuntimeWarning, match=r"\[nan\]"):
         trainer = run(tmp_path, [Poison(at=13), cb])
     assert trainer.state.global_step == 14  # stopped at the first NaN row

@@ -38,18 +38,19 @@ def fixed_default(task) -> float:
 
 
 def adaptive_pick(task, seed: int, mod, **options) -> dict:
-    """lrkit.adaptive.find on a fresh model (validation loss for the confirmation runs); cached."""
+    """lrkit's default adaptive test on a fresh model: the ramp judged on the training loss, the confirmation runs
+    scored on the validation loss (``val_every=None`` with a stepper that has validation batches); cached."""
 
     def run():
-        from lrkit.adaptive import find
-        from lrkit.integrations.torch import TorchTrainer
+        from lrkit.finder import range_test
+        from lrkit.integrations.torch import TorchStepper
         model, (xtr, ytr), (xva, yva), crit = task.build(seed)
         opt = mod.make_optimizer(task, model.parameters(), 1e-3)
-        trainer = TorchTrainer(model, opt, crit, engine.Batches(xtr, ytr, task.batch_size, seed),
+        stepper = TorchStepper(model, opt, crit, engine.Batches(xtr, ytr, task.batch_size, seed),
                                val_loader=[(xva, yva)])
-        res = find(trainer, **options)
-        return {"lr": res.lr, "steps": res.total_steps, "by_phase": res.steps, "candidates": res.candidates,
-                "reason": res.suggestion.reason}
+        res = range_test(stepper, **{"val_every": None, "progress": False, **options})
+        return {"lr": res.suggestion.lr, "steps": res.total_steps, "by_phase": res.config["steps"],
+                "candidates": res.confirmations, "reason": res.suggestion.reason}
 
     version = "find-v6" + "".join(f"-{k}={v}" for k, v in sorted(options.items()))
     return engine.cached("adaptive", (task.name, engine.VERSION, version, seed), run)
@@ -57,7 +58,7 @@ def adaptive_pick(task, seed: int, mod, **options) -> dict:
 
 def method_picks(task, seed: int, mod) -> dict[str, tuple[float | None, int]]:
     """Every method's lr for this task and seed, with the optimiser steps it spent finding it."""
-    from lrkit.suggest import suggest
+    from lrkit.finder import suggest
     c = engine.lrkit_curve(task, seed, mod=mod)
     lrs, raw, sm = _arr(c["lrs"]), _arr(c["losses"]), _arr(c["smoothed"])
     n = c["steps"]

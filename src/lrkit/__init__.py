@@ -1,6 +1,10 @@
 """lrkit: the learning-rate toolkit — range test, schedules, a doctor for training logs, and sweeps.
 
-Importing lrkit imports numpy only; framework adapters load their framework when first used.
+The parts: :mod:`lrkit.finder` (the range test: :func:`range_test`, :class:`FinderOptions`, the rules),
+:mod:`lrkit.schedules`, :mod:`lrkit.doctor` (:func:`diagnose`, :func:`diagnose_runs`, :class:`Monitor`), the sweeps (:func:`sweep`,
+:func:`stepwise_search`), and one module per framework: ``lrkit.torch``, ``lrkit.lightning``,
+``lrkit.transformers``, ``lrkit.keras``, ``lrkit.jax`` (each: a stepper, ``find_lr``, ``LRFinder``, ``scheduler``,
+``LrMonitor``). Importing lrkit imports numpy only; a framework module loads its framework when imported.
 """
 
 from __future__ import annotations
@@ -8,32 +12,27 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from lrkit import schedules
+from lrkit import finder, schedules
 from lrkit.curve import Curve
 from lrkit.doctor import Diagnosis, Monitor, SweepDiagnosis, diagnose, diagnose_runs, read_log, read_runs
 from lrkit.errors import LrkitError
-from lrkit.finder import FinderResult, Trainer, range_test
+from lrkit.finder import FinderOptions, FinderResult, Stepper, Stop, Suggestion, range_test
 from lrkit.stepwise import StepwiseResult, stepwise, stepwise_search
-from lrkit.suggest import Suggestion, suggest
 
 # imported as a function on purpose: `lrkit.sweep(...)` is the API, and binding it here, after the submodule
-# has loaded, keeps the name pointing at the function rather than at the module lrkit.sweep
+# has loaded, keeps the name pointing at the function rather than at the module lrkit.sweep (until issue 24
+# moves the module to lrkit.search)
 from lrkit.sweep import SweepResult, sweep  # noqa: I001
 
 __version__ = "0.1.0"
 
-# public names that live behind an optional framework, loaded on first use
-_LAZY = {
-    "find_lr": "lrkit.integrations.torch",
-    "TorchTrainer": "lrkit.integrations.torch",
-    "torch_scheduler": "lrkit.integrations.torch_scheduler",
-}
+# lrkit.find_lr is lrkit.torch.find_lr, the most common entry; torch is loaded on first use
+_LAZY = {"find_lr": "lrkit.integrations.torch"}
 
 __all__ = [
-    "Curve", "Diagnosis", "FinderResult", "LrkitError", "Monitor", "StepwiseResult", "Suggestion", "SweepDiagnosis",
-    "SweepResult", "Trainer", "diagnose", "diagnose_runs", "range_test", "read_log", "read_runs", "schedules",
-    "stepwise", "stepwise_search", "suggest", "sweep",
-    *_LAZY,
+    "Curve", "Diagnosis", "FinderOptions", "FinderResult", "LrkitError", "Monitor", "Stepper", "StepwiseResult",
+    "Stop", "Suggestion", "SweepDiagnosis", "SweepResult", "diagnose", "diagnose_runs", "finder", "range_test",
+    "read_log", "read_runs", "schedules", "stepwise", "stepwise_search", "sweep", *_LAZY,
 ]
 
 

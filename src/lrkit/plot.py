@@ -1,5 +1,6 @@
-"""Every matplotlib figure of lrkit. matplotlib is imported when a plot is made, with the Agg backend if no
-display is set, so plotting works on headless machines."""
+"""Every matplotlib figure of lrkit. matplotlib is imported when a plot is made; lrkit never picks its backend (a
+notebook keeps its inline one; without a display matplotlib falls back to Agg; the ``lrkit`` command, which only
+writes files, asks for Agg itself)."""
 
 from __future__ import annotations
 
@@ -9,37 +10,32 @@ from typing import Any
 
 import numpy as np
 
+from lrkit._files import atomic_write
+from lrkit.schedules._base import sample_steps
+
+#: the most points a schedule's curve is drawn with: a figure shows a few thousand at most
+PLOT_POINTS = 4000
+
 
 def _pyplot():
-    import matplotlib
-
-    if not os.environ.get("DISPLAY") and matplotlib.get_backend().lower() not in ("agg", "pdf", "svg"):
-        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
 
 
 def save_figure(fig: Any, path: str | os.PathLike) -> None:
-    """Save a figure atomically: to a temporary file in the same folder, renamed into place."""
-    path = os.fspath(path)
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.lrkit-tmp{ext or '.png'}"
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Save a figure atomically (see :func:`lrkit._files.atomic_write`), in the format its extension names (PNG
+    without one)."""
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=120, bbox_inches="tight"), binary=True)
 
 
 def plot_finder(result: Any, path: str | os.PathLike | None = None, ax: Any = None,
                 rules: Sequence[str] = ()) -> Any:
     """Loss against lr (log x axis): raw points, the curve the rule judged (the robust fit of the raw losses, or the
     smoothed loss), the suggestion and its interval, the confirmation runs; extra ``rules`` marked too. Saves to
-    ``path`` when given; returns the Axes."""
-    from lrkit.suggest import _clean, fit_curve, wants_raw
-
+    ``path`` when given; returns the Axes. ``result`` is a :class:`~lrkit.finder.FinderResult` (what it judged comes
+    from its ``robust_fit()``)."""
     plt = _pyplot()
     own = ax is None
     if own:
@@ -54,10 +50,9 @@ def plot_finder(result: Any, path: str | os.PathLike | None = None, ax: Any = No
     else:
         ax.plot(lrs, result.losses, ".", color="0.6", ms=3, label="loss")
         ax.plot(lrs, result.smoothed_losses, "-", color="C0", lw=1, alpha=0.6, label="smoothed loss (EMA)")
-        x, y = _clean(lrs, result.losses)
-        if wants_raw(result.config.get("rule", "").split("+")[0] or None) and len(x) >= 5:
-            fit = fit_curve(x, y, ended_nonfinite=len(x) < len(lrs))
-            ax.plot(x, fit.fitted, "-", color="C1", lw=2, label="robust fit (what the rule judges)")
+        fit = result.robust_fit()
+        if fit is not None:
+            ax.plot(10**fit.log_lrs, fit.fitted, "-", color="C1", lw=2, label="robust fit (what the rule judges)")
             if fit.lr_diverge is not None:
                 ax.axvline(fit.lr_diverge, color="C3", ls=":", lw=1.5, label=f"loss turns up at {fit.lr_diverge:.3g}")
             shown.append(fit.fitted)
@@ -177,17 +172,19 @@ def plot_stepwise(result: Any, path: str | os.PathLike | None = None) -> Any:
 
 
 def plot_schedule(schedule: Any, steps: int, path: str | os.PathLike | None = None, ax: Any = None,
-                  log: bool = False, momentum: Any = None) -> Any:
+                  log: bool = False, momentum: Any = None, key_points: dict[str, Any] | None = None) -> Any:
     """An lrkit schedule over steps ``0..steps-1``: the lr curve, its peak and phase starts marked (``log``: log y
-    axis; ``momentum``: a companion schedule on a second axis). Saves to ``path`` when given; returns the Axes."""
+    axis; ``momentum``: a companion schedule on a second axis). At most :data:`PLOT_POINTS` points are drawn (see
+    :func:`lrkit.schedules.sample_steps`); ``key_points``: the schedule's ``key_points(steps)`` when already computed. Saves to
+    ``path`` when given; returns the Axes."""
     plt = _pyplot()
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(7, 4))
-    t = np.arange(int(steps))
+    kp = key_points if key_points is not None else schedule.key_points(steps)
+    t = sample_steps(steps, [s for s, _ in kp["phases"]] + [kp["peak_step"]], PLOT_POINTS)
     lrs = schedule(t)
     ax.plot(t, lrs, "-", color="C0", lw=1.8, label="lr")
-    kp = schedule.key_points(steps)
     ax.plot([kp["peak_step"]], [kp["peak"]], "o", color="C3", ms=5, label=f"peak {kp['peak']:.3g} @ {kp['peak_step']}")
     for k, (s, label) in enumerate(kp["phases"]):
         ax.axvline(s, color="0.6", ls=":", lw=1, label="phase change" if k == 0 else None)

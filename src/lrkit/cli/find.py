@@ -8,7 +8,7 @@ from typing import Any
 
 from lrkit._util import load_callable
 from lrkit.errors import LrkitError
-from lrkit.finder import FinderResult, check_range, range_test
+from lrkit.finder import FinderOptions, FinderResult, range_test
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -20,7 +20,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("target", nargs="?", metavar="MODULE:FUNCTION",
                      help="a function returning (model, optimizer, criterion, train_loader[, val_loader]) "
-                          "or a Trainer (an object with step(lr), snapshot(), restore(snap))")
+                          "or a Stepper (an object with step(lr), snapshot(), restore(snap)[, evaluate()])")
     src.add_argument("--example", metavar="NAME", help="a built-in example task: digits, digits-cnn")
     p.add_argument("--start-lr", type=float, default=1e-7, help="first lr of the ramp (default 1e-7)")
     p.add_argument("--end-lr", type=float, default=10.0, help="last lr of the ramp (default 10)")
@@ -36,7 +36,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast dtype (fp16 adds a GradScaler)")
     p.add_argument("--snapshot", choices=["memory", "disk"], default="memory",
                    help="where the restore copy lives (default: CPU memory)")
-    p.add_argument("--rule", default=None, help="suggestion rule by name (see lrkit.suggest.rules())")
+    p.add_argument("--rule", default=None, help="suggestion rule by name (see lrkit.finder.rules())")
     p.add_argument("--no-confirm", action="store_true",
                    help="one ramp only: no extension and no short confirmation runs at the pick, /3 and /9")
     p.add_argument("--max-steps", type=int, default=200,
@@ -63,7 +63,11 @@ def _load_target(spec: str) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Run the range test, print the suggestion, write the JSON and the figure (only when the test succeeded)."""
-    check_range(args.start_lr, args.end_lr, args.num_iter)
+    options = FinderOptions(
+        start_lr=args.start_lr, end_lr=args.end_lr, num_iter=args.num_iter, mode=args.mode, smooth=args.smooth,
+        diverge_factor=args.diverge_factor, rule=args.rule, progress=not args.no_progress,
+        max_seconds=args.max_seconds, confirm=not args.no_confirm, max_steps=args.max_steps,
+        val_every=args.val_every if args.val else None)
     if args.schedule and args.total_steps < 10:
         raise LrkitError(f"--total-steps must be >= 10 optimiser steps, got {args.total_steps}")
     for path in [args.output] + ([] if args.no_plot else [args.plot]):
@@ -76,22 +80,15 @@ def run(args: argparse.Namespace) -> int:
         built: Any = load_example(args.example, seed=args.seed)
     else:
         built = _load_target(args.target)
-    common = dict(start_lr=args.start_lr, end_lr=args.end_lr, num_iter=args.num_iter, mode=args.mode,
-                  smooth=args.smooth, diverge_factor=args.diverge_factor, rule=args.rule,
-                  progress=not args.no_progress, max_seconds=args.max_seconds)
     if all(callable(getattr(built, m, None)) for m in ("step", "snapshot", "restore")):
-        if args.no_confirm or args.val:
-            result = range_test(built, val_every=args.val_every if args.val else None, **common)
-        else:
-            from lrkit.adaptive import find
-
-            result = find(built, max_steps=max(args.max_steps, args.num_iter), **{
-                k: v for k, v in common.items() if k != "rule"}, rule=args.rule or "robust").ramp
+        if args.val and not callable(getattr(built, "evaluate", None)):
+            raise LrkitError("--val needs a Stepper with evaluate() (the validation loss)")
+        result = range_test(built, options)
     else:
-        result = _run_torch(built, args, common)
+        result = _run_torch(built, args, options)
     recipe = None
     if args.schedule and result.suggestion.lr is not None:
-        from lrkit.suggest import recipe as make_recipe
+        from lrkit.finder import recipe as make_recipe
 
         recipe = make_recipe(result, schedule=args.schedule, total_steps=args.total_steps)
     result.save(args.output)
@@ -106,10 +103,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_torch(built: Any, args: argparse.Namespace, common: dict[str, Any]) -> FinderResult:
+def _run_torch(built: Any, args: argparse.Namespace, options: FinderOptions) -> FinderResult:
     if not isinstance(built, (tuple, list)) or len(built) not in (4, 5):
         raise LrkitError(f"the target returned {type(built).__name__}; it must return (model, optimizer, "
-                         "criterion, train_loader[, val_loader]) or a Trainer with step/snapshot/restore")
+                         "criterion, train_loader[, val_loader]) or a Stepper with step/snapshot/restore")
     import torch
 
     from lrkit.integrations.torch import find_lr
@@ -123,7 +120,6 @@ def _run_torch(built: Any, args: argparse.Namespace, common: dict[str, Any]) -> 
     if args.amp == "fp16":
         device = next(model.parameters()).device.type
         scaler = torch.amp.GradScaler(device, enabled=device == "cuda")
-    return find_lr(model, optimizer, criterion, train_loader, val_loader=val_loader, val_every=args.val_every,
+    return find_lr(model, optimizer, criterion, train_loader, val_loader=val_loader,
                    accumulation_steps=args.accumulation_steps, max_grad_norm=args.max_grad_norm, amp=amp,
-                   scaler=scaler, snapshot=args.snapshot, confirm=not args.no_confirm, max_steps=args.max_steps,
-                   **common)
+                   scaler=scaler, snapshot=args.snapshot, options=options)

@@ -1,6 +1,8 @@
 """The range test under ``torch.distributed`` (DDP): every rank records the same curve and takes the same decisions.
 
-Each rank trains on its own shard; :class:`DistributedTrainer` shares the per-rank losses (one all-reduce of a
+:func:`lrkit.torch.find_lr` uses it by itself when a process group is initialised; for any other stepper,
+``lrkit.range_test(maybe_distributed(stepper))`` on every rank. Each rank trains on its own shard;
+:class:`DistributedStepper` shares the per-rank losses (one all-reduce of a
 vector with one slot per rank) and gives every rank their mean, computed in rank order in float64, so the curve,
 the stop decision and the suggestion are bit-for-bit the same on all ranks. Each rank restores its own model, optimiser and RNGs (the engine's ``finally``). A failure on
 one rank is announced to the others through the same collective, so every rank raises instead of hanging.
@@ -9,11 +11,11 @@ one rank is announced to the others through the same collective, so every rank r
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from lrkit.errors import LrkitError, missing_extra
-from lrkit.finder import FinderResult, Trainer, check_range, range_test
+from lrkit.finder import Stepper
 
 try:
     import torch
@@ -34,27 +36,29 @@ def is_main_process(group: Any = None) -> bool:
     return not is_distributed(group) or dist.get_rank(group) == 0
 
 
-class DistributedTrainer:
-    """A :class:`~lrkit.finder.Trainer` whose ``step(lr)`` returns the mean loss over all ranks of ``group``.
+class DistributedStepper:
+    """A :class:`lrkit.Stepper` whose ``step(lr)`` returns the mean loss over all ranks of ``group``.
 
-    Wraps any Trainer (e.g. :class:`lrkit.integrations.torch.TorchTrainer` on a DDP model); ``evaluate()`` is
+    Wraps any stepper (e.g. :class:`lrkit.torch.TorchStepper` on a DDP model); ``evaluate()`` is
     averaged the same way. A step skipped on any rank (GradScaler overflow) counts as skipped on every rank.
     ``reduce_s`` / ``reduce_calls`` count the time spent in the collective.
     """
 
-    def __init__(self, trainer: Trainer, group: Any = None) -> None:
+    def __init__(self, stepper: Stepper, group: Any = None) -> None:
         if not (dist.is_available() and dist.is_initialized()):
-            raise LrkitError("DistributedTrainer needs an initialised process group; call "
+            raise LrkitError("DistributedStepper needs an initialised process group; call "
                              "torch.distributed.init_process_group(...) on every rank first")
-        self.trainer, self.group = trainer, group
+        self.stepper, self.group = stepper, group
         self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
         backend = dist.get_backend(group)
         self._device = (torch.device("cuda", torch.cuda.current_device()) if backend == "nccl"
                         else torch.device("cpu"))
         self.reduce_s, self.reduce_calls = 0.0, 0
-        # the engine checks callable(trainer.evaluate) for the validation-loss mode
+        # the engine checks callable(stepper.evaluate) for the validation-loss mode
         self.evaluate: Callable[[], float] | None = (
-            self._evaluate if callable(getattr(trainer, "evaluate", None)) else None)
+            self._evaluate if callable(getattr(stepper, "evaluate", None)) else None)
+        # the wrapped stepper's optimiser, so the rule knows its family as on one process
+        self.optimizer = getattr(stepper, "optimizer", None)
 
     def _mean(self, compute: Callable[[], float | None], what: str) -> float | None:
         """Run ``compute`` on this rank and return the rank-order mean of every rank's value (None if skipped)."""
@@ -90,61 +94,31 @@ class DistributedTrainer:
 
     def step(self, lr: float) -> float | None:
         """One step on this rank's shard at ``lr``; the mean loss over ranks (None if any rank skipped)."""
-        return self._mean(lambda: self.trainer.step(lr), f"step(lr={lr:.3g})")
+        return self._mean(lambda: self.stepper.step(lr), f"step(lr={lr:.3g})")
 
     def _evaluate(self) -> float:
-        value = self._mean(lambda: float(self.trainer.evaluate()), "evaluate()")
+        value = self._mean(lambda: float(self.stepper.evaluate()), "evaluate()")
         return float("nan") if value is None else value
 
     def snapshot(self) -> object:
         """This rank's snapshot (each rank keeps its own copy)."""
-        return self.trainer.snapshot()
+        return self.stepper.snapshot()
 
     def restore(self, snap: object) -> None:
         """Restore this rank, then wait for every rank, so none runs ahead with a half-restored peer."""
-        self.trainer.restore(snap)
+        self.stepper.restore(snap)
         dist.barrier(group=self.group)
 
 
-def maybe_distributed(trainer: Trainer, group: Any = None) -> Trainer:
-    """``trainer`` wrapped in :class:`DistributedTrainer` when a multi-rank process group is initialised;
-    otherwise ``trainer`` itself. The hook for adapters' ``find_lr``."""
-    if isinstance(trainer, DistributedTrainer) or not is_distributed(group):
-        return trainer
-    return DistributedTrainer(trainer, group)
+def maybe_distributed(stepper: Stepper, group: Any = None) -> Stepper:
+    """``stepper`` wrapped in :class:`DistributedStepper` when a multi-rank process group is initialised;
+    otherwise ``stepper`` itself."""
+    if isinstance(stepper, DistributedStepper) or not is_distributed(group):
+        return stepper
+    return DistributedStepper(stepper, group)
 
 
-def distributed_range_test(trainer: Trainer, group: Any = None, progress: bool = True, **kwargs: Any
-                           ) -> FinderResult:
-    """:func:`lrkit.range_test` on every rank with the loss averaged over ranks: the same result everywhere.
+# the old name, kept while benchmarks/sweep.py (issue 24's) imports it
+DistributedTrainer = DistributedStepper
 
-    Call it on every rank (each with its own shard). The progress bar shows on rank 0 only. ``kwargs`` as for
-    :func:`~lrkit.finder.range_test`. ``result.config["world_size"]`` records the number of ranks.
-    """
-    wrapped = maybe_distributed(trainer, group)
-    result = range_test(wrapped, progress=progress and is_main_process(group), **kwargs)
-    result.config["world_size"] = dist.get_world_size(group) if is_distributed(group) else 1
-    return result
-
-
-def find_lr(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: Callable[..., Any] | None = None,
-            train_loader: Iterable[Any] | None = None, *, group: Any = None, start_lr: float = 1e-7,
-            end_lr: float = 10.0, num_iter: int = 100, mode: str = "exponential", smooth: float = 0.98,
-            diverge_factor: float = 4.0, val_loader: Iterable[Any] | None = None, val_every: int = 5,
-            rule: str | None = None, progress: bool = True, **trainer_kwargs: Any) -> FinderResult:
-    """:func:`lrkit.integrations.torch.find_lr` for a DDP model: call on every rank with its shard's loader.
-
-    ``trainer_kwargs`` go to :class:`~lrkit.integrations.torch.TorchTrainer` (loss_fn, accumulation_steps,
-    max_grad_norm, amp, scaler, snapshot). Without a multi-rank process group it is the single-process test.
-    """
-    from lrkit.integrations.torch import TorchTrainer
-
-    check_range(start_lr, end_lr, num_iter)
-    trainer = TorchTrainer(model, optimizer, criterion, train_loader, val_loader=val_loader, **trainer_kwargs)
-    return distributed_range_test(trainer, group=group, progress=progress, start_lr=start_lr, end_lr=end_lr,
-                                  num_iter=num_iter, mode=mode, smooth=smooth, diverge_factor=diverge_factor,
-                                  val_every=val_every if val_loader is not None else None, rule=rule)
-
-
-__all__ = ["DistributedTrainer", "distributed_range_test", "find_lr", "is_distributed", "is_main_process",
-           "maybe_distributed"]
+__all__ = ["DistributedStepper", "is_distributed", "is_main_process", "maybe_distributed"]

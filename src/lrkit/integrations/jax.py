@@ -1,5 +1,7 @@
-"""JAX/optax adapter: the range test on a user's ``train_step(params, opt_state, batch, lr)``, and helpers that let a
-plain optax optimiser take its lr per step (``optax.inject_hyperparams``).
+"""JAX/optax adapter: the range test on a user's ``train_step(params, opt_state, batch, lr)`` (:func:`find_lr`,
+:class:`JaxStepper`, and :class:`LRFinder` in your own loop), and helpers that let a plain optax optimiser take its lr
+per step (``optax.inject_hyperparams``); schedules are :mod:`lrkit.integrations.optax_schedule`, the live doctor
+:class:`lrkit.integrations.jax_monitor.LrMonitor`.
 
 Pytrees are immutable, so the snapshot is the references to the user's ``params`` and ``opt_state`` (nothing is
 copied but the first step's inputs, so a ``train_step`` that donates its buffers never deletes the user's arrays);
@@ -14,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from lrkit.adaptive import run_finder
 from lrkit.errors import LrkitError, missing_extra
-from lrkit.finder import FinderResult, check_range
+from lrkit.finder import FinderOptions, FinderResult, FinderSession, SessionFront, range_test
 
 try:
     import jax
@@ -53,6 +54,12 @@ def set_lr(opt_state: Any, lr: Any) -> Any:
     return optax.tree_utils.tree_set(opt_state, learning_rate=jnp.asarray(lr, dtype=jnp.asarray(old).dtype))
 
 
+def get_lr(opt_state: Any) -> float | None:
+    """The injected ``learning_rate`` of ``opt_state`` as a float (None when there is not exactly one)."""
+    found = optax.tree_utils.tree_get_all_with_path(opt_state, "learning_rate")
+    return float(np.asarray(found[0][1])) if len(found) == 1 else None
+
+
 def make_train_step(loss_fn: Callable[[Any, Any], Any], optimizer: optax.GradientTransformation, *,
                     jit: bool = True) -> TrainStep:
     """``train_step(params, opt_state, batch, lr) -> (params, opt_state, loss)`` for ``loss_fn(params, batch)``
@@ -66,19 +73,14 @@ def make_train_step(loss_fn: Callable[[Any, Any], Any], optimizer: optax.Gradien
     return jax.jit(train_step) if jit else train_step
 
 
-def infer_family(opt_state: Any) -> tuple[str | None, float | None]:
-    """("adam"|"sgd"|None, momentum) from the hyperparameters :func:`inject_lr` keeps in an optax state: a second-
-    moment decay (``b2``, ``decay``) means Adam-like; only ``learning_rate``/``momentum``/``nesterov`` means SGD."""
+def hyperparams(opt_state: Any) -> dict[str, Any] | None:
+    """The hyperparameters :func:`inject_lr` keeps in an optax state (``{"learning_rate": ..., "b1": ...}``), or
+    None when there is not exactly one such set; :func:`lrkit.finder.infer_family` reads the optimiser family from
+    it."""
     found = optax.tree_utils.tree_get_all_with_path(opt_state, "hyperparams")
     if len(found) != 1 or not isinstance(found[0][1], dict):
-        return None, None
-    names = set(found[0][1])
-    if names & {"b2", "decay"}:
-        return "adam", None
-    if "learning_rate" in names and names <= {"learning_rate", "momentum", "nesterov"}:
-        m = found[0][1].get("momentum")
-        return "sgd", 0.0 if m is None else round(float(np.asarray(m)), 6)
-    return None, None
+        return None
+    return found[0][1]
 
 
 def _fresh(tree: Any) -> Any:
@@ -86,24 +88,34 @@ def _fresh(tree: Any) -> Any:
     return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x, tree)
 
 
-class JaxTrainer:
-    """The range test's view of ``train_step(params, opt_state, batch, lr) -> (params, opt_state, loss)`` (the
-    :class:`~lrkit.Trainer` protocol); ``batches`` is any re-iterable of batches (cycled), ``evaluate`` an
-    optional ``evaluate(params) -> loss`` for the validation-loss mode. ``params``/``opt_state`` hold the
-    current state; the user's own arrays are never modified."""
+class JaxStepper:
+    """The range test's view of ``train_step(params, opt_state, batch, lr) -> (params, opt_state, loss)`` (a
+    :class:`lrkit.Stepper`); ``batches`` is any re-iterable of batches (cycled). ``val_loader`` and ``loss_fn``
+    (``loss_fn(params, batch) -> loss``): with both the stepper has ``evaluate()``, the mean loss over those batches
+    (None without them). ``params``/``opt_state`` hold the current state; the user's own arrays are never
+    modified."""
 
     def __init__(self, train_step: TrainStep, params: Any, opt_state: Any, batches: Iterable[Any], *,
-                 evaluate: Callable[[Any], Any] | None = None) -> None:
+                 val_loader: Iterable[Any] | None = None, loss_fn: Callable[[Any, Any], Any] | None = None) -> None:
         if not callable(train_step):
             raise LrkitError("train_step must be a function train_step(params, opt_state, batch, lr) -> "
                              "(params, opt_state, loss)")
         if batches is None or not isinstance(batches, Iterable):
             raise LrkitError("batches must be an iterable of batches (a list, or an object whose iter() restarts)")
+        if val_loader is not None and not callable(loss_fn):
+            raise LrkitError("val_loader needs loss_fn=lambda params, batch: loss (e.g. the loss_fn given to "
+                             "make_train_step) to compute the validation loss")
         self.train_step, self.params, self.opt_state, self.batches = train_step, params, opt_state, batches
-        self._evaluate = evaluate
+        self.val_loader, self.loss_fn = val_loader, loss_fn
+        self.evaluate = self._evaluate if val_loader is not None else None
         self._iter: Any = None
         self._seen = 0
         self._own = False  # whether params/opt_state are outputs of train_step (safe to donate)
+
+    @property
+    def optimizer(self) -> dict[str, Any] | None:
+        """The optimiser's injected hyperparameters (see :func:`hyperparams`): the rule reads its family there."""
+        return hyperparams(self.opt_state)
 
     def snapshot(self) -> Any:
         """The current ``(params, opt_state)`` references and the numpy/python RNG states."""
@@ -141,16 +153,21 @@ class JaxTrainer:
                              f"{type(out).__name__} of length {len(out) if isinstance(out, tuple) else '?'}")
         self.params, self.opt_state, loss = out
         self._own = True
-        loss = np.asarray(loss)
-        if loss.size != 1:
-            raise LrkitError(f"train_step's loss must be a scalar, got shape {loss.shape}; reduce it (e.g. mean)")
-        return float(loss)
+        return _scalar(loss, "train_step's loss")
 
-    def evaluate(self) -> float:
-        """``evaluate(params)`` on the current params (the validation-loss mode)."""
-        if self._evaluate is None:
-            raise LrkitError("evaluate() needs evaluate=lambda params: val_loss")
-        return float(self._evaluate(self.params))
+    def _evaluate(self) -> float:
+        """The mean of ``loss_fn(params, batch)`` over ``val_loader`` on the current params."""
+        losses = [_scalar(self.loss_fn(self.params, b), "loss_fn's value") for b in self.val_loader]
+        if not losses:
+            raise LrkitError("val_loader yielded no batches; pass a non-empty list of batches")
+        return float(np.mean(losses))
+
+
+def _scalar(loss: Any, what: str) -> float:
+    loss = np.asarray(loss)
+    if loss.size != 1:
+        raise LrkitError(f"{what} must be a scalar, got shape {loss.shape}; reduce it (e.g. mean)")
+    return float(loss)
 
 
 def find_lr(
@@ -159,38 +176,66 @@ def find_lr(
     opt_state: Any,
     batches: Iterable[Any],
     *,
-    start_lr: float = 1e-7,
-    end_lr: float = 10.0,
-    num_iter: int = 100,
-    mode: str = "exponential",
-    smooth: float = 0.98,
-    diverge_factor: float = 4.0,
-    evaluate: Callable[[Any], Any] | None = None,
-    val_every: int = 5,
-    rule: str | None = None,
-    family: str | None = None,
-    momentum: float | None = None,
-    confirm: bool = True,
-    max_steps: int = 200,
-    max_seconds: float | None = None,
-    progress: bool = True,
+    val_loader: Iterable[Any] | None = None,
+    loss_fn: Callable[[Any, Any], Any] | None = None,
+    options: FinderOptions | None = None,
+    **overrides: Any,
 ) -> FinderResult:
     """Run lrkit's range test on ``train_step(params, opt_state, batch, lr) -> (params, opt_state, loss)``
-    (e.g. from :func:`make_train_step`); ``params`` and ``opt_state`` are left untouched. With ``confirm``
-    (default) the ramp is extended when nothing diverged and short runs at the pick, /3 and /9 may move it down,
-    within ``max_steps`` optimiser steps (default 200) and ``max_seconds`` (default: none), as in
-    :func:`lrkit.integrations.torch.find_lr`; ``confirm=False``: one ramp. With ``evaluate``
-    (``evaluate(params) -> loss``) the validation loss every ``val_every`` steps is judged (one ramp).
-    ``family``/``momentum`` ("adam" | "sgd"): default read from ``opt_state`` (see :func:`infer_family`). Range
-    options as in :func:`lrkit.range_test`."""
-    check_range(start_lr, end_lr, num_iter)
-    trainer = JaxTrainer(train_step, params, opt_state, batches, evaluate=evaluate)
-    if family is None and momentum is None:
-        family, momentum = infer_family(opt_state)
-    return run_finder(trainer, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
-                      diverge_factor=diverge_factor, val_every=val_every if evaluate is not None else None,
-                      rule=rule, family=family, momentum=momentum, progress=progress, confirm=confirm,
-                      max_steps=max_steps, max_seconds=max_seconds)
+    (e.g. from :func:`make_train_step`); ``params`` and ``opt_state`` are left untouched (immutable pytrees: apply
+    the pick with ``opt_state = set_lr(opt_state, result.suggestion.lr)``). ``options`` (an
+    :class:`lrkit.FinderOptions`) with ``overrides`` by field name, as in :func:`lrkit.torch.find_lr` (default: the
+    adaptive test within 200 optimiser steps); the optimiser family is read from ``opt_state`` (see
+    :func:`hyperparams`). With ``val_loader`` and ``loss_fn(params, batch)`` the validation loss is judged every
+    ``val_every`` steps on one ramp."""
+    o = FinderOptions.build(options, **overrides)
+    return range_test(JaxStepper(train_step, params, opt_state, batches, val_loader=val_loader, loss_fn=loss_fn), o)
 
 
-__all__ = ["JaxTrainer", "find_lr", "infer_family", "inject_lr", "make_train_step", "set_lr"]
+class LRFinder(SessionFront):
+    """The range test inside your own JAX loop: the same test as :func:`find_lr`, on the batches your loop draws.
+    Run each step at :attr:`lr` and hand the step's loss and new state to :meth:`record`, which returns the state
+    to continue from (the snapshot, when the test restores between its phases):
+
+        finder = lrkit.jax.LRFinder(params, opt_state)
+        while not finder.done:
+            params, opt_state, loss = train_step(params, opt_state, next(batches), finder.lr)
+            params, opt_state = finder.record(loss, params, opt_state)
+
+    When it is over, the state returned is the one it started from (copied on the device, so a ``train_step`` that
+    donates its inputs is fine), with the pick as the injected lr (``apply``, default True, as every in-fit
+    finder); ``result`` holds the :class:`~lrkit.FinderResult`. ``options``/``overrides`` as in :func:`find_lr`;
+    no validation mode."""
+
+    def __init__(self, params: Any, opt_state: Any, *, apply: bool = True, options: FinderOptions | None = None,
+                 **overrides: Any) -> None:
+        self.params, self.opt_state, self.apply = params, opt_state, apply
+        self.session = FinderSession(FinderOptions.build(options, **overrides), snapshot=self._snapshot,
+                                     restore=self._restore, optimizer=hyperparams(opt_state))
+
+    def record(self, loss: Any, params: Any, opt_state: Any) -> tuple[Any, Any]:
+        """The loss of the step just run at :attr:`lr` and the state it produced; returns the state to continue
+        from."""
+        self.params, self.opt_state = params, opt_state
+        if self.session.record(_scalar(loss, "the loss")):
+            lr = self.result.suggestion.lr if self.result is not None else None
+            if self.apply and lr is not None:
+                self.opt_state = set_lr(self.opt_state, lr)
+        return self.params, self.opt_state
+
+    def close(self) -> tuple[Any, Any]:
+        """Stop before the end; returns the state the test started from."""
+        self.session.close()
+        return self.params, self.opt_state
+
+    def _snapshot(self) -> Any:
+        return (_fresh(self.params), _fresh(self.opt_state), np.random.get_state(), random.getstate())
+
+    def _restore(self, snap: Any) -> None:
+        params, opt_state, np_state, py_state = snap
+        self.params, self.opt_state = _fresh(params), _fresh(opt_state)  # the snapshot stays intact for later
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+__all__ = ["JaxStepper", "LRFinder", "find_lr", "get_lr", "hyperparams", "inject_lr", "make_train_step", "set_lr"]

@@ -1,28 +1,26 @@
-"""Keras 3 adapter: the range test through ``train_on_batch`` (``find_lr``), or inside ``model.fit`` (``LRFinder``).
+"""Keras 3 adapter: the range test through ``train_on_batch`` (:func:`find_lr`, :class:`KerasStepper`), or inside
+``model.fit`` (:class:`LRFinder`); schedules are :mod:`lrkit.integrations.keras_schedule`, the live doctor
+:class:`lrkit.integrations.keras_monitor.LrMonitor`.
 
-Both set ``model.optimizer.learning_rate`` per batch, so the optimiser must have been built with a float lr (one
+Both run the same test (:class:`lrkit.FinderOptions`: by default the adaptive one) and set ``model.optimizer.learning_rate`` per batch, so the optimiser must have been built with a float lr (one
 built with a ``LearningRateSchedule`` cannot take a new lr: a clear error says so). The loss recorded is the
 batch's own loss: ``train_on_batch`` resets the metrics before each batch, and ``LRFinder`` resets them at each
-batch start, so ``logs["loss"]`` (otherwise a running mean since the epoch start) is that batch's mean loss.
+batch start, so ``logs["loss"]`` (otherwise a running mean since the epoch start) is that batch's mean loss. Inside
+``fit`` the batches are fit's own, and the state is restored between the test's phases as fit goes on.
 Every model, optimiser and metric variable (BatchNorm statistics, seed-generator states, optimiser moments and
 iteration count) and the numpy/python/torch RNGs are restored exactly afterwards.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from lrkit.adaptive import run_finder
-from lrkit.curve import EMA
 from lrkit.errors import LrkitError, missing_extra
-from lrkit.finder import FinderResult, Replay, check_range, range_test
-from lrkit.schedules import ramp
-from lrkit.suggest import infer_family
+from lrkit.finder import FinderOptions, FinderResult, FinderSession, range_test
 
 try:
     import keras
@@ -93,14 +91,21 @@ def restore_model(model: keras.Model, snap: dict[str, Any]) -> None:
     _set_rng_state(snap["rng"])
 
 
-class KerasTrainer:
-    """The range test's view of a compiled Keras model (the :class:`~lrkit.Trainer` protocol): one
-    ``train_on_batch`` per step. Data: arrays ``x``, ``y`` cut in batches of ``batch_size`` (reshuffled each pass
-    with a private generator seeded by ``seed`` when ``shuffle``), or with ``y=None`` any iterable of
-    ``(x, y)`` / ``(x, y, sample_weight)`` batches (cycled)."""
+def _check_batch(batch: Any) -> Any:
+    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+        raise LrkitError(f"each batch must be (x, y) or (x, y, sample_weight), got {type(batch).__name__}")
+    return batch
+
+
+class KerasStepper:
+    """The range test's view of a compiled Keras model (a :class:`lrkit.Stepper`): one ``train_on_batch`` per
+    step. Data: arrays ``x``, ``y`` cut in batches of ``batch_size`` (reshuffled each pass with a private generator
+    seeded by ``seed`` when ``shuffle``), or with ``y=None`` any iterable of ``(x, y)`` / ``(x, y, sample_weight)``
+    batches (cycled). ``val_loader``: an iterable of such batches; with it the stepper has ``evaluate()``, the
+    mean ``test_on_batch`` loss over them (None without them)."""
 
     def __init__(self, model: keras.Model, x: Any, y: Any = None, batch_size: int = 32, *, shuffle: bool = True,
-                 seed: int = 0) -> None:
+                 seed: int = 0, val_loader: Iterable[Any] | None = None) -> None:
         _check_model(model)
         if int(batch_size) < 1:
             raise LrkitError(f"batch_size must be >= 1, got {batch_size!r}")
@@ -115,6 +120,8 @@ class KerasTrainer:
         elif not isinstance(x, Iterable):
             raise LrkitError("pass arrays x and y, or y=None and an iterable of (x, y) batches as x")
         self._batches: Any = None
+        self.val_loader = val_loader
+        self.evaluate = self._evaluate if val_loader is not None else None
 
     def _reset(self) -> None:
         self._rng = np.random.default_rng(self.seed)
@@ -145,10 +152,10 @@ class KerasTrainer:
 
     @property
     def optimizer(self) -> Any:
-        """The model's optimiser (read by :func:`lrkit.suggest.infer_family`: the rule knows Adam from SGD)."""
+        """The model's optimiser (read by :func:`lrkit.finder.infer_family`: the rule knows Adam from SGD)."""
         return self.model.optimizer
 
-    # -- the Trainer protocol -------------------------------------------------------------------------------
+    # -- the Stepper protocol -------------------------------------------------------------------------------
     def snapshot(self) -> Any:
         """Host copies of all variables and the RNG states (see :func:`snapshot_model`)."""
         self._reset()
@@ -162,11 +169,15 @@ class KerasTrainer:
     def step(self, lr: float) -> float:
         """Set the optimiser's lr and run one ``train_on_batch``; the batch's loss."""
         self.model.optimizer.learning_rate = lr
-        batch = self._next()
-        if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
-            raise LrkitError(f"each batch must be (x, y) or (x, y, sample_weight), got {type(batch).__name__}")
-        logs = self.model.train_on_batch(*batch, return_dict=True)
+        logs = self.model.train_on_batch(*_check_batch(self._next()), return_dict=True)
         return float(logs["loss"])
+
+    def _evaluate(self) -> float:
+        """The mean ``test_on_batch`` loss over ``val_loader`` (metric variables are restored with the rest)."""
+        losses = [float(self.model.test_on_batch(*_check_batch(b), return_dict=True)["loss"]) for b in self.val_loader]
+        if not losses:
+            raise LrkitError("val_loader yielded no batches; pass a non-empty list of (x, y) batches")
+        return float(np.mean(losses))
 
 
 def find_lr(
@@ -175,87 +186,69 @@ def find_lr(
     y: Any = None,
     batch_size: int = 32,
     *,
-    start_lr: float = 1e-7,
-    end_lr: float = 10.0,
-    num_iter: int = 100,
-    mode: str = "exponential",
-    smooth: float = 0.98,
-    diverge_factor: float = 4.0,
-    rule: str | None = None,
+    val_loader: Iterable[Any] | None = None,
     shuffle: bool = True,
     seed: int = 0,
-    confirm: bool = True,
-    max_steps: int = 200,
-    max_seconds: float | None = None,
-    progress: bool = True,
+    apply: bool = False,
+    options: FinderOptions | None = None,
+    **overrides: Any,
 ) -> FinderResult:
     """Run lrkit's range test on a compiled Keras model (float lr) with ``train_on_batch`` and restore every
-    variable exactly. With ``confirm`` (default) the ramp is extended when nothing diverged and short runs at the
-    pick, /3 and /9 may move it down, within ``max_steps`` optimiser steps (default 200) and ``max_seconds``
-    (default: none), as in :func:`lrkit.integrations.torch.find_lr`; ``confirm=False``: one ramp. Data as in
-    :class:`KerasTrainer`; range options as in :func:`lrkit.range_test`."""
-    check_range(start_lr, end_lr, num_iter)
-    trainer = KerasTrainer(model, x, y, batch_size, shuffle=shuffle, seed=seed)
-    return run_finder(trainer, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
-                      diverge_factor=diverge_factor, rule=rule, progress=progress, confirm=confirm,
-                      max_steps=max_steps, max_seconds=max_seconds)
+    variable exactly. ``options`` (an :class:`lrkit.FinderOptions`) with ``overrides`` by field name, as in
+    :func:`lrkit.torch.find_lr` (default: the adaptive test within 200 optimiser steps); ``val_loader``: batches
+    whose loss is judged every ``val_every`` steps on one ramp. ``apply=True`` sets the optimiser's lr to the pick
+    (unchanged when there is none). Data as in :class:`KerasStepper`."""
+    o = FinderOptions.build(options, **overrides)
+    result = range_test(KerasStepper(model, x, y, batch_size, shuffle=shuffle, seed=seed, val_loader=val_loader), o)
+    if apply and result.suggestion.lr is not None:
+        model.optimizer.learning_rate = float(result.suggestion.lr)
+    return result
 
 
 class LRFinder(keras.callbacks.Callback):
-    """Run the range test inside ``model.fit``: the lr ramps per batch, fit stops after ``num_iter`` batches or
-    when the smoothed loss diverges, and at the end every variable is restored; the result is ``self.result``.
-    Give fit enough batches (e.g. ``epochs=100``; it stops itself) and use it in its own fit call, without
-    checkpoint callbacks (they would see the test's weights). Range options as in :func:`lrkit.range_test`.
-    This is one ramp (fit drives the batches): no extension and no confirmation runs; for the default adaptive
-    test use :func:`find_lr`."""
+    """Run the range test inside ``model.fit``, on fit's own batches: the same test as :func:`find_lr` (by default
+    the adaptive one: ramp, extension, confirmation runs), each phase starting from the restored state. The lr is set
+    per batch; fit stops when the test is over, every variable is restored, and (``apply``, default True) the
+    optimiser's lr becomes the pick. The result is ``self.result``. Give fit enough batches (e.g. ``epochs=100``;
+    it stops itself) and use it in its own fit call, without checkpoint callbacks (they would see the test's
+    weights). ``options``/``overrides`` as in :func:`find_lr`; no validation mode."""
 
-    def __init__(self, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100,
-                 mode: str = "exponential", smooth: float = 0.98, diverge_factor: float = 4.0,
-                 rule: str | None = None) -> None:
+    def __init__(self, *, apply: bool = True, options: FinderOptions | None = None, **overrides: Any) -> None:
         super().__init__()
-        check_range(start_lr, end_lr, num_iter)
-        if diverge_factor <= 1:
-            raise LrkitError(f"diverge_factor must be > 1, got {diverge_factor!r}; the usual value is 4")
-        self.kwargs = dict(start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
-                           diverge_factor=diverge_factor, rule=rule)
-        self._lrs = ramp(start_lr, end_lr, num_iter, mode)(np.arange(num_iter))
+        self.apply = apply
+        self.options = FinderOptions.build(options, **overrides)
         self.result: FinderResult | None = None
-        self._snap: Any = None
+        self._session: FinderSession | None = None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         _check_model(self.model)
-        self._snap = snapshot_model(self.model)
-        self._losses: list[float] = []
-        self._avg, self._best, self._done = EMA(self.kwargs["smooth"]), math.inf, False
+        self.result = None
+        model = self.model
+        self._session = FinderSession(self.options, snapshot=lambda: snapshot_model(model),
+                                      restore=lambda snap: restore_model(model, snap), optimizer=model.optimizer)
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        if not self._done:
-            self.model.optimizer.learning_rate = float(self._lrs[len(self._losses)])
+        if self._session is not None and not self._session.done:
+            self.model.optimizer.learning_rate = float(self._session.lr)
             self.model.reset_metrics()  # so logs["loss"] at batch end is this batch's loss, not a running mean
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self._done:
+        session = self._session
+        if session is None or session.done:
             return
-        loss = float((logs or {})["loss"])
-        i = len(self._losses)
-        self._losses.append(loss)
-        s = self._avg.update(loss)  # the engine's stop rule, online; the result is recomputed by the engine
-        diverged = not math.isfinite(loss) or (i > 0 and s > self.kwargs["diverge_factor"] * self._best)
-        self._best = min(self._best, s)
-        if diverged or len(self._losses) == self.kwargs["num_iter"]:
-            self._done = True
+        if session.record(float((logs or {})["loss"])):
             self.model.stop_training = True
+            self.result = session.result
+            if self.apply and self.result.suggestion.lr is not None:
+                self.model.optimizer.learning_rate = float(self.result.suggestion.lr)
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        restore_model(self.model, self._snap)
-        self._snap = None
-        if not self._done:
-            raise LrkitError(f"model.fit ended after {len(self._losses)} of the {self.kwargs['num_iter']} batches "
-                             "the range test needs (the model was restored); pass more epochs, e.g. epochs=100 "
-                             "(the callback stops fit when done), or a smaller num_iter")
-        family, momentum = infer_family(self.model.optimizer)
-        self.result = range_test(Replay(self._losses), progress=False, family=family, momentum=momentum,
-                                 **self.kwargs)
+        session, self._session = self._session, None
+        if session is not None and not session.done:
+            session.close()  # restores the model
+            raise LrkitError(f"model.fit ended after {session.steps} batches, before the range test was over (the "
+                             "model was restored); pass more epochs, e.g. epochs=100 (the callback stops fit when "
+                             "done), or lower max_steps / num_iter")
 
 
-__all__ = ["KerasTrainer", "LRFinder", "find_lr", "restore_model", "snapshot_model"]
+__all__ = ["KerasStepper", "LRFinder", "find_lr", "restore_model", "snapshot_model"]

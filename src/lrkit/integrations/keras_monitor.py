@@ -1,4 +1,4 @@
-"""Keras 3 callback for the live doctor: :class:`LrMonitorKerasCallback` feeds each batch's own loss to a
+"""Keras 3 callback for the live doctor: :class:`LrMonitor` feeds each batch's own loss to a
 :class:`~lrkit.doctor.Monitor` inside ``model.fit``, warns by default and, with ``act=...``, restores the last good
 state and lowers the lr.
 
@@ -67,7 +67,7 @@ class _OpsUpdateRatio:
         return math.sqrt(moved / size) if size > 0 else None
 
 
-class LrMonitorKerasCallback(keras.callbacks.Callback):
+class LrMonitor(keras.callbacks.Callback):
     """Watch ``model.fit`` with the lr doctor (see the module docstring). ``act``: False (warn), True (rollback on a
     NaN, divergence or spike, and lower_lr on a plateau) or a set of those actions and "raise_lr"; ``stop_on_nan``:
     stop fit on a NaN loss when not acting (default True); ``snapshot_every``: batches between last-good snapshots
@@ -198,3 +198,7 @@ class LrMonitorKerasCallback(keras.callbacks.Callback):
             return "lr not changed"
         opt.learning_rate = lr
         return f"lr x{factor:g} -> {lr:.3g}"
+
+
+# the old name, kept while benchmarks/doctor (moved by the lead later) imports it
+LrMonitorKerasCallback = LrMonitor

@@ -1,6 +1,6 @@
 """Keras 3 adapter: an lrkit schedule as a ``keras.optimizers.schedules.LearningRateSchedule``.
 
-    opt = keras.optimizers.AdamW(learning_rate=keras_schedule("warmup(500) >> cosine(3e-4, 10000)"))
+    opt = keras.optimizers.AdamW(learning_rate=lrkit.keras.scheduler("warmup(500) >> cosine(3e-4, 10000)"))
 
 It serialises with the model (``get_config`` holds the spec; registered as ``lrkit>KerasSchedule``) and is
 computed with ``keras.ops``, so it works on every backend, inside compiled train steps too.
@@ -12,6 +12,7 @@ from typing import Any
 
 from lrkit.errors import LrkitError, missing_extra
 from lrkit.schedules._base import Schedule
+from lrkit.schedules.spec import as_schedule
 
 try:
     import keras
@@ -20,12 +21,7 @@ except ImportError as e:  # pragma: no cover - exercised only without keras
 
 
 def _parse(schedule: Schedule | str) -> Schedule:
-    if isinstance(schedule, str):
-        from lrkit.schedules.spec import parse
-
-        schedule = parse(schedule)
-    if not isinstance(schedule, Schedule):
-        raise LrkitError(f"keras_schedule needs an lrkit schedule or a spec string, got {type(schedule).__name__}")
+    schedule = as_schedule(schedule)
     if schedule._stateful():
         raise LrkitError(f"{schedule} has a plateau piece, whose state would be frozen in a compiled Keras step; "
                          "use keras.callbacks.ReduceLROnPlateau with a float learning rate instead")
@@ -48,6 +44,9 @@ class KerasSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return {"spec": str(self.schedule)}
 
 
-def keras_schedule(schedule: Schedule | str) -> KerasSchedule:
+def scheduler(schedule: Schedule | str) -> KerasSchedule:
     """A Keras 3 ``LearningRateSchedule`` from a Schedule or spec (plateau pieces refused)."""
     return KerasSchedule(schedule)
+
+
+__all__ = ["KerasSchedule", "scheduler"]

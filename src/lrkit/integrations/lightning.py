@@ -1,8 +1,10 @@
-"""Lightning adapter: the range test on a LightningModule's own ``training_step`` and optimiser, a callback that
-runs it at fit start, and a callback that drives any lrkit schedule per optimiser step.
+"""Lightning adapter: the range test on a LightningModule's own ``training_step`` and optimiser (:func:`find_lr`,
+:class:`LightningStepper`), a callback that runs it at fit start (:class:`LRFinder`), lrkit schedules as
+Lightning schedulers (:func:`scheduler`, :class:`ScheduleCallback`); the live doctor is
+:class:`lrkit.integrations.lightning_monitor.LrMonitor`.
 
 The test does not run Lightning's fit loop: it calls ``configure_optimizers`` and ``training_step`` through
-:class:`~lrkit.integrations.torch.TorchTrainer` (accumulation, clipping and mixed precision taken from the
+:class:`~lrkit.integrations.torch.TorchStepper` (Lightning is built on torch; accumulation, clipping and mixed precision taken from the
 ``Trainer``), so the trainer's loop state (global step, epoch, callbacks, loggers) is never touched and a
 ``trainer.fit`` right after starts from step 0. ``self.log`` calls inside ``training_step`` are ignored during
 the test. Manual optimisation (``automatic_optimization = False``) is not supported.
@@ -11,12 +13,11 @@ the test. Manual optimisation (``automatic_optimization = False``) is not suppor
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from lrkit.adaptive import run_finder
 from lrkit.errors import LrkitError, missing_extra
-from lrkit.finder import FinderResult, check_range
+from lrkit.finder import FinderOptions, FinderResult, range_test
 
 try:
     import lightning.pytorch as pl
@@ -28,18 +29,20 @@ try:
 except ImportError as e:
     raise missing_extra("lightning", "lightning") from e
 
-from lrkit.integrations.torch import TorchTrainer
-from lrkit.integrations.torch_scheduler import ScheduleLR, lightning_scheduler
-from lrkit.schedules import Schedule, parse
+from lrkit.integrations.torch import TorchStepper
+from lrkit.integrations.torch_scheduler import ScheduleLR
+from lrkit.integrations.torch_scheduler import scheduler as torch_scheduler
+from lrkit.schedules import as_schedule
 
 
 def _ignore_log(*args: Any, **kwargs: Any) -> None:
     """Stands in for ``LightningModule.log``/``log_dict`` during the range test."""
 
 
-class LightningTrainer(TorchTrainer):
-    """A :class:`TorchTrainer` whose loss is the module's own ``training_step(batch, batch_idx)`` output
-    (a tensor, or a dict with ``"loss"``); other options as in :class:`TorchTrainer`."""
+class LightningStepper(TorchStepper):
+    """A :class:`~lrkit.integrations.torch.TorchStepper` whose loss is the module's own
+    ``training_step(batch, batch_idx)`` output (a tensor, or a dict with ``"loss"``), also on ``val_loader``
+    batches (in eval mode, without gradients); other options as in ``TorchStepper``."""
 
     def __init__(self, module: pl.LightningModule, optimizer: torch.optim.Optimizer, train_loader: Iterable[Any],
                  **kwargs: Any) -> None:
@@ -66,9 +69,16 @@ class LightningTrainer(TorchTrainer):
         return loss
 
     def restore(self, snap: Any) -> None:
-        """Put everything back (see :meth:`TorchTrainer.restore`) and restart the batch index."""
+        """Put everything back (see :meth:`TorchStepper.restore`) and restart the batch index."""
         super().restore(snap)
         self._batch_idx = 0
+
+    def _evaluate(self) -> float:
+        idx = self._batch_idx  # validation batches do not count as training batches
+        try:
+            return super()._evaluate()
+        finally:
+            self._batch_idx = idx
 
 
 class _Attached:
@@ -114,19 +124,19 @@ def _clip_options(trainer: pl.Trainer) -> dict[str, Any]:
     return {"max_grad_norm": float(val)}
 
 
-def _lr_attr_name(module: pl.LightningModule, update_attr: bool | str) -> str | None:
-    if update_attr is False or update_attr is None:
+def _lr_attr_name(module: pl.LightningModule, apply: bool | str) -> str | None:
+    if apply is False or apply is None:
         return None
-    if isinstance(update_attr, str):
-        if not lightning_hasattr(module, update_attr):
-            raise LrkitError(f"update_attr={update_attr!r}: the module has no attribute or hparam of that name; "
+    if isinstance(apply, str):
+        if not lightning_hasattr(module, apply):
+            raise LrkitError(f"apply={apply!r}: the module has no attribute or hparam of that name; "
                              "pass the name configure_optimizers reads the lr from")
-        return update_attr
+        return apply
     for name in ("lr", "learning_rate"):
         if lightning_hasattr(module, name):
             return name
-    raise LrkitError("update_attr=True but the module has neither 'lr' nor 'learning_rate' (attribute or hparam); "
-                     "pass update_attr='<name>' or set self.lr in __init__")
+    raise LrkitError("apply=True but the module has neither 'lr' nor 'learning_rate' (attribute or hparam); "
+                     "pass apply='<name>' or set self.lr in __init__")
 
 
 def _single_optimizer(trainer: pl.Trainer, module: pl.LightningModule) -> torch.optim.Optimizer:
@@ -157,14 +167,16 @@ def _train_loader(trainer: pl.Trainer, module: pl.LightningModule, datamodule: A
 
 
 def _run(trainer: pl.Trainer, module: pl.LightningModule, optimizer: torch.optim.Optimizer | None,
-         loader: Iterable[Any], test_kwargs: dict[str, Any], device: torch.device) -> FinderResult:
+         loader: Iterable[Any], val_loader: Iterable[Any] | None, options: FinderOptions,
+         device: torch.device) -> FinderResult:
     with _Attached(trainer, module):
         if optimizer is None:
             optimizer = _single_optimizer(trainer, module)
         accumulation = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
-        lt = LightningTrainer(module, optimizer, loader, accumulation_steps=accumulation, device=device,
-                              **_clip_options(trainer), **_precision_options(trainer, device))
-        return run_finder(lt, **test_kwargs)
+        stepper = LightningStepper(module, optimizer, loader, accumulation_steps=accumulation, device=device,
+                                   val_loader=val_loader, **_clip_options(trainer),
+                                   **_precision_options(trainer, device))
+        return range_test(stepper, options)
 
 
 def find_lr(
@@ -173,43 +185,31 @@ def find_lr(
     datamodule: pl.LightningDataModule | None = None,
     train_dataloaders: Iterable[Any] | None = None,
     *,
-    start_lr: float = 1e-7,
-    end_lr: float = 10.0,
-    num_iter: int = 100,
-    mode: str = "exponential",
-    smooth: float = 0.98,
-    diverge_factor: float = 4.0,
-    rule: str | None = None,
-    update_attr: bool | str = False,
-    confirm: bool = True,
-    max_steps: int = 200,
-    max_seconds: float | None = None,
-    progress: bool = True,
+    val_loader: Iterable[Any] | None = None,
+    apply: bool | str = False,
+    options: FinderOptions | None = None,
+    **overrides: Any,
 ) -> FinderResult:
     """Run lrkit's range test on a LightningModule's ``training_step`` and ``configure_optimizers`` optimiser.
 
     Data come from ``train_dataloaders``, ``datamodule`` or the module's ``train_dataloader()``; accumulation,
     gradient clipping (by norm) and mixed precision from ``trainer``. Weights, buffers, RNGs and the trainer
-    are left exactly as they were. ``update_attr`` (True: ``lr`` or ``learning_rate``; or a name) sets the
-    module's attribute/hparam to the suggestion (unchanged when there is none). With ``confirm`` (default) the
-    ramp is extended when nothing diverged and short runs at the pick, /3 and /9 may move it down, within
-    ``max_steps`` optimiser steps (default 200) and ``max_seconds`` (default: none), as in
-    :func:`lrkit.integrations.torch.find_lr`; ``confirm=False``: one ramp. Range options as in
-    :func:`lrkit.range_test`.
+    are left exactly as they were. ``apply`` (True: the module's ``lr`` or ``learning_rate`` attribute/hparam; or
+    its name) sets it to the pick (unchanged when there is none), which ``configure_optimizers`` then reads.
+    ``options`` (an :class:`lrkit.FinderOptions`) with ``overrides`` by field name, as in
+    :func:`lrkit.torch.find_lr` (default: the adaptive test within 200 steps); ``val_loader``: batches whose
+    ``training_step`` loss is judged every ``val_every`` steps on one ramp.
     """
-    check_range(start_lr, end_lr, num_iter)
+    o = FinderOptions.build(options, **overrides)
     if not isinstance(trainer, pl.Trainer):
         raise LrkitError(f"trainer must be a lightning.pytorch.Trainer, got {type(trainer).__name__}")
-    attr = _lr_attr_name(module, update_attr)
+    attr = _lr_attr_name(module, apply)
     loader = _train_loader(trainer, module, datamodule, train_dataloaders)
     device = trainer.strategy.root_device
     original = next(module.parameters()).device if any(True for _ in module.parameters()) else device
-    kwargs = dict(start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
-                  diverge_factor=diverge_factor, rule=rule, progress=progress, confirm=confirm, max_steps=max_steps,
-                  max_seconds=max_seconds)
     try:
         module.to(device)
-        result = _run(trainer, module, None, loader, kwargs, device)
+        result = _run(trainer, module, None, loader, val_loader, o, device)
     finally:
         module.to(original)
     if attr is not None and result.suggestion.lr is not None:
@@ -218,32 +218,41 @@ def find_lr(
 
 
 class LRFinder(pl.Callback):
-    """Run lrkit's range test at the start of ``trainer.fit`` on the optimiser fit has just built, restore
-    everything, and (``update_attr``, default True) set the module's lr attribute to the suggestion and rebuild
-    the optimisers and schedulers from ``configure_optimizers``. The result is kept in ``self.result``.
-    ``confirm``, ``max_steps``, ``max_seconds`` as in :func:`find_lr` (default: the adaptive test, 200 steps)."""
+    """Run lrkit's range test at the start of ``trainer.fit`` on the optimiser fit has just built and fit's own
+    training data, restore everything, and (``apply``, default True) set the module's lr attribute to the pick and
+    rebuild the optimisers and schedulers from ``configure_optimizers``. The result is kept in ``self.result``.
+    ``options``/``overrides`` as in :func:`find_lr` (default: the adaptive test within 200 steps)."""
 
-    def __init__(self, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100,
-                 mode: str = "exponential", smooth: float = 0.98, diverge_factor: float = 4.0,
-                 rule: str | None = None, update_attr: bool | str = True, confirm: bool = True,
-                 max_steps: int = 200, max_seconds: float | None = None, progress: bool = False) -> None:
-        check_range(start_lr, end_lr, num_iter)
-        self.update_attr = update_attr
-        self.kwargs = dict(start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
-                           diverge_factor=diverge_factor, rule=rule, progress=progress, confirm=confirm,
-                           max_steps=max_steps, max_seconds=max_seconds)
+    def __init__(self, *, apply: bool | str = True, options: FinderOptions | None = None,
+                 **overrides: Any) -> None:
+        self.apply = apply
+        self.options = FinderOptions.build(options, **overrides)
         self.result: FinderResult | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        attr = _lr_attr_name(pl_module, self.update_attr)
+        attr = _lr_attr_name(pl_module, self.apply)
         if len(trainer.optimizers) != 1:
             raise LrkitError(f"LRFinder drives exactly one optimiser; fit built {len(trainer.optimizers)}")
         loader = trainer.fit_loop._data_source.dataloader()
-        self.result = _run(trainer, pl_module, trainer.optimizers[0], loader, self.kwargs,
+        self.result = _run(trainer, pl_module, trainer.optimizers[0], loader, None, self.options,
                            trainer.strategy.root_device)
         if attr is not None and self.result.suggestion.lr is not None:
             lightning_setattr(pl_module, attr, self.result.suggestion.lr)
             trainer.strategy.setup_optimizers(trainer)
+
+
+def scheduler(optimizer: torch.optim.Optimizer, schedule: Any, momentum: Any = None,
+              ratios: Sequence[float] | None = None, name: str | None = None) -> dict[str, Any]:
+    """An lrkit schedule (Schedule or spec) as the ``lr_scheduler`` dict Lightning's ``configure_optimizers``
+    expects, stepping every optimiser update:
+    ``return {"optimizer": opt, "lr_scheduler": lrkit.lightning.scheduler(opt, "onecycle(1e-2, 10000)")}``.
+    A plateau piece needs ``scheduler.observe(val_loss)`` (e.g. in ``on_validation_epoch_end``). See
+    :class:`~lrkit.integrations.torch_scheduler.ScheduleLR` for ``momentum`` and ``ratios``."""
+    out: dict[str, Any] = {"scheduler": torch_scheduler(optimizer, schedule, momentum, ratios),
+                           "interval": "step", "frequency": 1}
+    if name is not None:
+        out["name"] = name
+    return out
 
 
 class ScheduleCallback(pl.Callback):
@@ -252,17 +261,14 @@ class ScheduleCallback(pl.Callback):
     ``schedule(trainer.global_step) * ratio`` (ratios: the groups' lrs at fit start relative to group 0;
     ``global_step`` counts optimiser updates, so gradient accumulation is handled). ``monitor`` names a logged
     metric fed to plateau pieces after each validation. Use it instead of a scheduler from
-    ``configure_optimizers`` (or return :func:`lightning_scheduler` from there instead of using this)."""
+    ``configure_optimizers`` (or return :func:`scheduler` from there instead of using this)."""
 
     def __init__(self, schedule: Any, optimizer_index: int | None = None, momentum: Any = None,
                  monitor: str | None = None) -> None:
         self.schedule, self.momentum, self.monitor = schedule, momentum, monitor
         self.optimizer_index = optimizer_index
         self.schedulers: list[Any] = []
-        if isinstance(schedule, str):  # a bad spec fails here, not at fit start
-            self.schedule = parse(schedule)
-        elif not isinstance(schedule, Schedule):
-            raise LrkitError(f"schedule must be an lrkit Schedule or a spec string, got {type(schedule).__name__}")
+        self.schedule = as_schedule(schedule)  # a bad spec fails here, not at fit start
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         opts = list(trainer.optimizers)
@@ -288,4 +294,4 @@ class ScheduleCallback(pl.Callback):
             s.observe(float(value))
 
 
-__all__ = ["LightningTrainer", "LRFinder", "ScheduleCallback", "find_lr", "lightning_scheduler"]
+__all__ = ["LRFinder", "LightningStepper", "ScheduleCallback", "find_lr", "scheduler"]

@@ -1,4 +1,4 @@
-"""Lightning callback for the live doctor: :class:`LrMonitorCallback` feeds every optimiser step's loss, lr and
+"""Lightning callback for the live doctor: :class:`LrMonitor` feeds every optimiser step's loss, lr and
 gradient norm to a :class:`~lrkit.doctor.Monitor`; it warns by default and, with ``act=...``, restores the last
 good state and lowers the lr (divergence, NaN), rolls back and skips batches (spike), or lowers the lr (plateau).
 
@@ -22,7 +22,7 @@ except ImportError as e:  # pragma: no cover - exercised only without lightning
 from lrkit.integrations.torch_monitor import Snapshots, UpdateRatio, handle, resolve_actions, total_norm
 
 
-class LrMonitorCallback(pl.Callback):
+class LrMonitor(pl.Callback):
     """Watch a Lightning run with the lr doctor. ``act``: False (warn), True (rollback, skip_batches, lower_lr)
     or a set of actions; ``snapshot_every``: optimiser steps between last-good snapshots (CPU memory);
     ``skip_batches``: batches skipped after a spike; ``grad_norm``: also track the total gradient norm;

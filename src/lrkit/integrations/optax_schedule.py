@@ -1,6 +1,6 @@
 """JAX/optax adapter: an lrkit schedule as an optax schedule (``count -> lr``), traceable inside ``jax.jit``.
 
-    tx = optax.inject_hyperparams(optax.adamw)(learning_rate=optax_schedule("warmup(500) >> cosine(3e-4, 10000)"))
+    tx = optax.adamw(lrkit.jax.scheduler("warmup(500) >> cosine(3e-4, 10000)"))
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from typing import Any
 
 from lrkit.errors import LrkitError, missing_extra
 from lrkit.schedules._base import Schedule
+from lrkit.schedules.spec import as_schedule
 
 try:
     import jax.numpy as jnp
@@ -29,19 +30,17 @@ class OptaxSchedule:
         return self.schedule._eval(jnp, t)
 
     def __repr__(self) -> str:
-        return f"optax_schedule({str(self.schedule)!r})"
+        return f"lrkit.jax.scheduler({str(self.schedule)!r})"
 
 
-def optax_schedule(schedule: Schedule | str) -> OptaxSchedule:
+def scheduler(schedule: Schedule | str) -> OptaxSchedule:
     """An optax-compatible schedule from a Schedule or spec (no Python branching on the step: jit-safe).
     Plateau pieces are refused: their state lives in Python and would be frozen by ``jax.jit``."""
-    if isinstance(schedule, str):
-        from lrkit.schedules.spec import parse
-
-        schedule = parse(schedule)
-    if not isinstance(schedule, Schedule):
-        raise LrkitError(f"optax_schedule needs an lrkit schedule or a spec string, got {type(schedule).__name__}")
+    schedule = as_schedule(schedule)
     if schedule._stateful():
         raise LrkitError(f"{schedule} has a plateau piece, whose state cannot live inside jax.jit; use "
                          "optax.contrib.reduce_on_plateau with optax, or drive plateau from Python with torch")
     return OptaxSchedule(schedule)
+
+
+__all__ = ["OptaxSchedule", "scheduler"]

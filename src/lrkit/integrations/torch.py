@@ -1,4 +1,5 @@
-"""PyTorch adapter: a :class:`~lrkit.finder.Trainer` for a model, an optimiser and a loader, and ``find_lr``.
+"""PyTorch adapter: :class:`TorchStepper` (the range test's view of a model, an optimiser and a loader),
+:func:`find_lr`, :class:`LRFinder` (the same test inside your own training loop) and :func:`apply_lr`.
 
 Handles batches as tuples/lists ``(inputs..., target)``, dicts (Hugging Face style, ``labels`` inside, or a model
 that returns ``.loss``), or anything through ``loss_fn(model, batch) -> loss``; AMP (``torch.autocast`` and a
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from lrkit.errors import LrkitError, missing_extra
-from lrkit.finder import FinderResult, check_range
+from lrkit.finder import FinderOptions, FinderResult, FinderSession, SessionFront, range_test
 
 try:
     import torch
@@ -88,8 +89,75 @@ def _loader_generators(loader: Any) -> list[torch.Generator]:
     return gens
 
 
-class TorchTrainer:
-    """The range test's view of a PyTorch model, optimiser, loss and loader (the :class:`~lrkit.Trainer` protocol).
+def _group_lr(group: Mapping[str, Any]) -> Any:
+    """A param group's lr before any scheduler scaled it (``initial_lr``, which torch schedulers record), else its
+    lr: the ratios between groups, and the lr a pick replaces."""
+    lr = group.get("initial_lr", group.get("lr"))
+    return float(lr) if isinstance(lr, torch.Tensor) else lr
+
+
+def scale_lr(optimizer: Any, factor: float, scheduler: Any = None) -> None:
+    """Multiply every param group's lr by ``factor`` (and a scheduler's base lrs, so it keeps the change)."""
+    for g in optimizer.param_groups:
+        g["lr"] = g["lr"] * factor
+        if "initial_lr" in g:
+            g["initial_lr"] = g["initial_lr"] * factor
+    if scheduler is not None and hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = [b * factor for b in scheduler.base_lrs]
+
+
+def apply_lr(optimizer: Any, lr: float, scheduler: Any = None) -> None:
+    """Make ``lr`` the first param group's lr, keeping the ratios between groups, and a scheduler's base lrs
+    with them (see :func:`scale_lr`): how every adapter applies a range test's pick to a torch optimiser."""
+    scale_lr(optimizer, float(lr) / float(_group_lr(optimizer.param_groups[0])), scheduler)
+
+
+def snapshot_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: Any = None,
+                   scaler: Any = None) -> dict[str, Any]:
+    """Copies, in CPU memory, of the parameters and buffers, the optimiser state, the train/eval flags, the RNG
+    states (torch, CUDA, numpy, python), the generators ``loader`` shuffles with and a GradScaler's state."""
+    return {
+        "model": _to_cpu(model.state_dict()),
+        "optimizer": _to_cpu(optimizer.state_dict()),
+        "training": [m.training for m in model.modules()],
+        "rng": _rng_state(),
+        "generators": [g.get_state() for g in _loader_generators(loader)],
+        "scaler": scaler.state_dict() if scaler is not None else None,
+    }
+
+
+def restore_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, snap: dict[str, Any],
+                  loader: Any = None, scaler: Any = None) -> None:
+    """Put back, bit for bit, what :func:`snapshot_state` copied."""
+    with torch.no_grad():
+        model.load_state_dict(snap["model"])
+    optimizer.load_state_dict(snap["optimizer"])
+    for m, flag in zip(model.modules(), snap["training"]):
+        m.training = flag
+    _set_rng_state(snap["rng"])
+    for g, state in zip(_loader_generators(loader), snap["generators"]):
+        g.set_state(state)
+    if scaler is not None and snap["scaler"] is not None:
+        scaler.load_state_dict(snap["scaler"])
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _check(model: Any, optimizer: Any) -> None:
+    """LrkitError for what the range test cannot drive."""
+    if not isinstance(model, torch.nn.Module):
+        raise LrkitError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise LrkitError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    for k, group in enumerate(optimizer.param_groups):
+        lr = _group_lr(group)
+        if not isinstance(lr, (int, float)) or not lr > 0:
+            raise LrkitError(f"param group {k} of {type(optimizer).__name__} has no positive 'lr' "
+                             f"(got {group.get('lr')!r}); the range test sets the lr of every group, so build "
+                             "the optimizer with lr=<any positive value> (e.g. lr=1e-3) in each group")
+
+
+class TorchStepper:
+    """The range test's view of a PyTorch model, optimiser, loss and loader (a :class:`lrkit.Stepper`).
 
     Args:
         model, optimizer: what to test; every param group is driven, keeping the ratios between their lrs.
@@ -100,7 +168,8 @@ class TorchTrainer:
         max_grad_norm: clip the gradient norm to this value before each step (default: no clipping).
         amp: autocast dtype (``torch.bfloat16``/``torch.float16``) or None (default, no autocast).
         scaler: a ``torch.amp.GradScaler``; a step it skips (inf gradients) is not recorded.
-        val_loader: batches for the validation-loss mode (``evaluate()``).
+        val_loader: validation batches; with them the stepper has ``evaluate()``, the mean loss over them in eval
+            mode (None without them).
         snapshot: "memory" (CPU memory, default) or "disk" (a temporary file, deleted after restore).
         device: where batches go (default: the device of the model's first parameter).
     """
@@ -121,18 +190,7 @@ class TorchTrainer:
         snapshot: str = "memory",
         device: str | torch.device | None = None,
     ) -> None:
-        if not isinstance(model, torch.nn.Module):
-            raise LrkitError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise LrkitError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        for k, group in enumerate(optimizer.param_groups):
-            lr = group.get("lr")
-            if isinstance(lr, torch.Tensor):
-                lr = float(lr)
-            if not isinstance(lr, (int, float)) or not lr > 0:
-                raise LrkitError(f"param group {k} of {type(optimizer).__name__} has no positive 'lr' "
-                                 f"(got {group.get('lr')!r}); the range test sets the lr of every group, so build "
-                                 "the optimizer with lr=<any positive value> (e.g. lr=1e-3) in each group")
+        _check(model, optimizer)
         if train_loader is None:
             raise LrkitError("train_loader is missing; pass an iterable of batches (e.g. a DataLoader)")
         if int(accumulation_steps) < 1:
@@ -153,22 +211,17 @@ class TorchTrainer:
             p = next(itertools.chain(model.parameters(), model.buffers()), None)
             device = p.device if p is not None else torch.device("cpu")
         self.device = torch.device(device)
-        self._base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        self._base_lrs = [float(_group_lr(g)) for g in optimizer.param_groups]
+        # the validation loss, only where there are validation batches (the engine checks callable(evaluate))
+        self.evaluate: Callable[[], float] | None = self._evaluate if val_loader is not None else None
         self._iter: Any = None
         self._batches_seen = 0
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
 
-    # -- the Trainer protocol -------------------------------------------------------------------------------
+    # -- the Stepper protocol -------------------------------------------------------------------------------
     def snapshot(self) -> Any:
         """Copy parameters, buffers, optimiser state, lrs, train flags and RNG states to CPU memory (or disk)."""
-        snap = {
-            "model": _to_cpu(self.model.state_dict()),
-            "optimizer": _to_cpu(self.optimizer.state_dict()),
-            "training": [m.training for m in self.model.modules()],
-            "rng": _rng_state(),
-            "generators": [g.get_state() for g in _loader_generators(self.train_loader)],
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-        }
+        snap = snapshot_state(self.model, self.optimizer, self.train_loader, self.scaler)
         if self.snapshot_mode == "disk":
             fd, path = tempfile.mkstemp(prefix="lrkit-snapshot-", suffix=".pt")
             os.close(fd)
@@ -184,17 +237,7 @@ class TorchTrainer:
             finally:
                 os.unlink(snap)
             snap = data
-        with torch.no_grad():
-            self.model.load_state_dict(snap["model"])
-        self.optimizer.load_state_dict(snap["optimizer"])
-        for m, flag in zip(self.model.modules(), snap["training"]):
-            m.training = flag
-        _set_rng_state(snap["rng"])
-        for g, state in zip(_loader_generators(self.train_loader), snap["generators"]):
-            g.set_state(state)
-        if self.scaler is not None and snap["scaler"] is not None:
-            self.scaler.load_state_dict(snap["scaler"])
-        self.optimizer.zero_grad(set_to_none=True)
+        restore_state(self.model, self.optimizer, snap, self.train_loader, self.scaler)
         self._iter = None
 
     def step(self, lr: float) -> float | None:
@@ -227,10 +270,8 @@ class TorchTrainer:
             self.optimizer.step()
         return total / self.accumulation_steps
 
-    def evaluate(self) -> float:
-        """Mean loss over ``val_loader`` in eval mode without gradients (the validation-loss mode)."""
-        if self.val_loader is None:
-            raise LrkitError("evaluate() needs a val_loader")
+    def _evaluate(self) -> float:
+        """Mean loss over ``val_loader`` in eval mode without gradients."""
         was_training = self.model.training
         self.model.eval()
         total, count = 0.0, 0
@@ -313,60 +354,108 @@ class TorchTrainer:
         return loss.reshape(())
 
 
+
+
 def find_lr(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     criterion: Callable[..., torch.Tensor] | None = None,
     train_loader: Iterable[Any] | None = None,
     *,
-    start_lr: float = 1e-7,
-    end_lr: float = 10.0,
-    num_iter: int = 100,
-    mode: str = "exponential",
-    smooth: float = 0.98,
-    diverge_factor: float = 4.0,
     val_loader: Iterable[Any] | None = None,
-    val_every: int = 5,
     loss_fn: LossFn | None = None,
     accumulation_steps: int = 1,
     max_grad_norm: float | None = None,
     amp: torch.dtype | None = None,
     scaler: Any = None,
     snapshot: str = "memory",
-    rule: str | None = None,
-    confirm: bool = True,
-    max_steps: int = 200,
-    max_seconds: float | None = None,
-    progress: bool = True,
+    apply: bool = False,
+    options: FinderOptions | None = None,
+    **overrides: Any,
 ) -> FinderResult:
     """Run the LR range test on a PyTorch model and restore model, optimiser and RNGs exactly afterwards.
 
-    Ramps the lr from ``start_lr`` (default 1e-7) to ``end_lr`` (default 10) over ``num_iter`` optimiser steps
-    (default 100), stops when the smoothed loss exceeds ``diverge_factor`` (4) x its best, and suggests an lr
-    (the rule knows the optimiser family). With ``confirm`` (default) the ramp is extended when nothing diverged
-    and short constant-lr runs at the pick, /3 and /9 may move it down, all within ``max_steps`` optimiser steps
-    (default 200; see :func:`lrkit.adaptive.find`); ``max_seconds`` (default: none) is a time budget for all of
-    it (the ramp stops when it is spent; the confirmation runs share what is left or are skipped). With ``val_loader`` the validation loss, evaluated every
-    ``val_every`` steps, is judged instead (no confirmation runs). See :class:`TorchTrainer` for the batch, AMP,
-    accumulation and snapshot options.
+    ``options`` (a :class:`lrkit.FinderOptions`) with ``overrides`` by field name (``start_lr``, ``end_lr``,
+    ``num_iter``, ``confirm``, ``max_steps``, ``max_seconds``, ``val_every``, ``rule``, ``progress``...): by default
+    the adaptive test within 200 optimiser steps (the ramp from 1e-7 to 10, its extension when nothing diverged,
+    short runs at the pick, /3 and /9 that may move it down). With ``val_loader`` the validation loss is judged
+    every ``val_every`` (5) steps on one ramp. Under ``torch.distributed`` every rank runs the test on its shard
+    with the loss averaged over ranks (:class:`~lrkit.integrations.distributed.DistributedStepper`), so all pick the
+    same lr. ``apply=True`` makes the pick the optimiser's lr afterwards (ratios between groups kept; unchanged when
+    there is no pick). See :class:`TorchStepper` for the batch, AMP, accumulation and snapshot options.
     """
-    from lrkit.adaptive import infer_family, run_finder
-
-    check_range(start_lr, end_lr, num_iter)
-    trainer = TorchTrainer(model, optimizer, criterion, train_loader, loss_fn=loss_fn,
-                           accumulation_steps=accumulation_steps, max_grad_norm=max_grad_norm, amp=amp,
-                           scaler=scaler, val_loader=val_loader, snapshot=snapshot)
-    family, momentum = infer_family(optimizer)
+    o = FinderOptions.build(options, **overrides)
+    stepper: Any = TorchStepper(model, optimizer, criterion, train_loader, loss_fn=loss_fn,
+                                accumulation_steps=accumulation_steps, max_grad_norm=max_grad_norm, amp=amp,
+                                scaler=scaler, val_loader=val_loader, snapshot=snapshot)
+    world_size = None
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # under torch.distributed every rank runs the test on its shard with the loss averaged over ranks, so all
-        # ranks record the same curve, stop together and pick the same lr; the progress bar shows on rank 0
         from lrkit.integrations.distributed import is_main_process, maybe_distributed
 
-        trainer = maybe_distributed(trainer)
-        progress = progress and is_main_process()
-    return run_finder(trainer, confirm=confirm, max_steps=max_steps, max_seconds=max_seconds,
-                      val_every=val_every if val_loader is not None else None, rule=rule, family=family,
-                      momentum=momentum, progress=progress, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter,
-                      mode=mode, smooth=smooth, diverge_factor=diverge_factor)
+        stepper = maybe_distributed(stepper)
+        o = FinderOptions.build(o, progress=o.progress and is_main_process())
+        world_size = torch.distributed.get_world_size()
+    result = range_test(stepper, o)
+    if world_size is not None:
+        result.config["world_size"] = world_size
+    if apply and result.suggestion.lr is not None:
+        apply_lr(optimizer, result.suggestion.lr)
+    return result
 
-__all__ = ["TorchTrainer", "find_lr"]
+
+class LRFinder(SessionFront):
+    """The range test inside your own training loop: the same test as :func:`find_lr`, on the batches your loop
+    draws. After each optimiser step pass its loss to :meth:`record`; the finder sets the lr of the next step,
+    snapshots and restores the model, optimiser and RNGs between its phases, and returns True when it is over:
+    the state is then exactly as before and ``result`` holds the :class:`~lrkit.FinderResult`.
+
+        finder = lrkit.torch.LRFinder(model, optimizer)
+        while not finder.done:
+            for x, y in loader:
+                optimizer.zero_grad(); loss = criterion(model(x), y); loss.backward(); optimizer.step()
+                if finder.record(loss.item()):
+                    break
+
+    ``apply`` (default True, as every in-fit finder) makes the pick the optimiser's lr at the end (ratios between
+    groups kept; unchanged when there is no pick). ``options``/``overrides`` as in :func:`find_lr`; no validation
+    mode. :meth:`close` stops early and restores.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, apply: bool = True,
+                 options: FinderOptions | None = None, **overrides: Any) -> None:
+        _check(model, optimizer)
+        self.model, self.optimizer, self.apply = model, optimizer, apply
+        self._base_lrs = [float(_group_lr(g)) for g in optimizer.param_groups]
+        self.session = FinderSession(
+            FinderOptions.build(options, **overrides),
+            snapshot=lambda: snapshot_state(model, optimizer), restore=lambda s: restore_state(model, optimizer, s),
+            optimizer=optimizer)
+        self._set_lr()
+
+    def record(self, loss: float | torch.Tensor | None) -> bool:
+        """The loss of the optimiser step just taken (None: it was skipped); True when the test is over."""
+        if isinstance(loss, torch.Tensor):
+            loss = float(loss.detach())
+        done = self.session.record(loss)
+        if done:
+            lr = self.result.suggestion.lr if self.result is not None else None
+            if self.apply and lr is not None:
+                apply_lr(self.optimizer, lr)
+        else:
+            self._set_lr()
+        return done
+
+    def close(self) -> None:
+        """Stop before the end: restore the state (the optimiser's lrs included)."""
+        self.session.close()
+
+    def _set_lr(self) -> None:
+        scale = self.session.lr / self._base_lrs[0]
+        for g, base in zip(self.optimizer.param_groups, self._base_lrs):
+            g["lr"] = base * scale
+
+
+# the old name, kept while benchmarks/sweep.py (issue 24's) imports it
+TorchTrainer = TorchStepper
+
+__all__ = ["LRFinder", "TorchStepper", "apply_lr", "find_lr", "restore_state", "scale_lr", "snapshot_state"]

@@ -1,6 +1,6 @@
 """PyTorch adapter: drive any lrkit schedule as a real ``torch.optim.lr_scheduler.LRScheduler``.
 
-    sched = torch_scheduler(optimizer, "warmup(500) >> cosine(3e-4, 10000)")
+    sched = scheduler(optimizer, "warmup(500) >> cosine(3e-4, 10000)")    # lrkit.torch.scheduler
     for batch in loader: loss.backward(); optimizer.step(); sched.step()   # one step per optimiser update
     sched.observe(val_loss)                                               # only for plateau pieces
 
@@ -16,23 +16,13 @@ from typing import Any
 
 from lrkit.errors import LrkitError, missing_extra
 from lrkit.schedules._base import Schedule
+from lrkit.schedules.spec import as_schedule
 
 try:
     import torch
     from torch.optim.lr_scheduler import LRScheduler
 except ImportError as e:  # pragma: no cover - exercised only without torch
     raise missing_extra("torch", "torch") from e
-
-
-def _as_schedule(s: Any, what: str) -> Schedule:
-    if isinstance(s, str):
-        from lrkit.schedules.spec import parse
-
-        return parse(s)
-    if not isinstance(s, Schedule):
-        raise LrkitError(f"{what} must be an lrkit schedule or a spec string such as 'cosine(3e-4, 10000)', "
-                         f"got {type(s).__name__}")
-    return s
 
 
 def _own(s: Schedule) -> Schedule:
@@ -58,17 +48,17 @@ class ScheduleLR(LRScheduler):
             if len(schedule) != len(groups):
                 raise LrkitError(f"got {len(schedule)} schedules for {len(groups)} param groups; "
                                  "pass one schedule, or one per group")
-            self.schedules = [_own(_as_schedule(s, f"schedule[{i}]")) for i, s in enumerate(schedule)]
+            self.schedules = [_own(as_schedule(s, f"schedule[{i}]")) for i, s in enumerate(schedule)]
             default_ratios = [1.0] * len(groups)
         else:
-            self.schedules = [_own(_as_schedule(schedule, "schedule"))] * len(groups)
+            self.schedules = [_own(as_schedule(schedule, "schedule"))] * len(groups)
             first = float(groups[0]["lr"])
             default_ratios = [float(g["lr"]) / first if first > 0 else 1.0 for g in groups]
         if ratios is not None and len(ratios) != len(groups):
             raise LrkitError(f"got {len(ratios)} ratios for {len(groups)} param groups; give one per group")
         self.ratios = [float(r) for r in (default_ratios if ratios is None else ratios)]
         self._shared = all(s is self.schedules[0] for s in self.schedules)
-        self.momentum = None if momentum is None else _as_schedule(momentum, "momentum")
+        self.momentum = None if momentum is None else as_schedule(momentum, "momentum")
         if self.momentum is not None and not all("momentum" in g or "betas" in g for g in groups):
             raise LrkitError(f"momentum cycling needs an optimiser with 'momentum' or 'betas', "
                              f"{type(optimizer).__name__} has neither; drop momentum=")
@@ -140,20 +130,11 @@ class ScheduleLR(LRScheduler):
         self._apply()
 
 
-def torch_scheduler(optimizer: torch.optim.Optimizer, schedule: Any, momentum: Any = None,
-                    ratios: Sequence[float] | None = None) -> ScheduleLR:
+def scheduler(optimizer: torch.optim.Optimizer, schedule: Any, momentum: Any = None,
+              ratios: Sequence[float] | None = None) -> ScheduleLR:
     """A torch ``LRScheduler`` driving ``schedule`` (Schedule or spec); call ``.step()`` after each
     ``optimizer.step()``. See :class:`ScheduleLR`."""
     return ScheduleLR(optimizer, schedule, momentum=momentum, ratios=ratios)
 
 
-def lightning_scheduler(optimizer: torch.optim.Optimizer, schedule: Any, momentum: Any = None,
-                        ratios: Sequence[float] | None = None, name: str | None = None) -> dict[str, Any]:
-    """The ``lr_scheduler`` dict Lightning's ``configure_optimizers`` expects, stepping every optimiser update:
-    ``return {"optimizer": opt, "lr_scheduler": lightning_scheduler(opt, "onecycle(1e-2, 10000)")}``.
-    A plateau piece needs ``scheduler.observe(val_loss)`` (e.g. in ``on_validation_epoch_end``)."""
-    out: dict[str, Any] = {"scheduler": torch_scheduler(optimizer, schedule, momentum, ratios),
-                           "interval": "step", "frequency": 1}
-    if name is not None:
-        out["name"] = name
-    return out
+__all__ = ["ScheduleLR", "scheduler"]

@@ -1,4 +1,4 @@
-"""transformers callback for the live doctor: :class:`LrMonitorTrainerCallback` feeds each logged row (``loss``
+"""transformers callback for the live doctor: :class:`LrMonitor` feeds each logged row (``loss``
 is the mean over the logging window, ``learning_rate``, ``grad_norm``) to a :class:`~lrkit.doctor.Monitor`
 created with ``window=args.logging_steps`` (a windowed mean needs no spike persistence). It warns by default and,
 with ``act=...``, restores the last good state and lowers the lr, rolls back and skips batches, or lowers the lr
@@ -22,7 +22,7 @@ except ImportError as e:  # pragma: no cover - exercised only without transforme
 from lrkit.integrations.torch_monitor import Snapshots, UpdateRatio, handle, resolve_actions
 
 
-class LrMonitorTrainerCallback(TrainerCallback):
+class LrMonitor(TrainerCallback):
     """Watch a Hugging Face ``Trainer`` run with the lr doctor (see the module docstring). ``act``: False (warn),
     True (rollback, skip_batches, lower_lr) or a set of actions; ``stop_on_nan``: stop training on a NaN loss
     when not acting (default True); ``update_ratio``: also measure the update-to-weight ratio and the gradient alignment

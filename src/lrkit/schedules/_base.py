@@ -17,6 +17,8 @@ from lrkit.errors import LrkitError
 _FACTORIES: dict[str, Callable[..., Any]] = {}
 
 _CHUNK = 1 << 16  # steps per block when evaluating long numpy arrays
+_KEY_BLOCK = 1 << 22  # steps per block when reading key points (32 MB of float64)
+MAX_KEY_STEPS = 10**8  # key points over more steps would take a minute or more
 
 # operator precedence when formatting a spec: ``a >> b`` < ``a * b`` < a call
 _SHIFT, _MUL, _ATOM = 1, 2, 3
@@ -117,16 +119,43 @@ class Schedule:
             out.extend(c.phases())
         return out
 
-    def key_points(self, steps: int | None = None) -> dict[str, Any]:
-        """Peak, final and minimum lr over steps ``0..steps-1`` (default: the length) and where phases start."""
+    def key_points(self, steps: int | None = None, sample: int | None = None) -> dict[str, Any]:
+        """Peak, final and minimum lr over steps ``0..steps-1`` (default: the length) and where phases start.
+
+        Every step is evaluated, in blocks (memory stays small), at most :data:`MAX_KEY_STEPS`. With ``sample`` and
+        more steps than that, only :func:`sample_steps` ``(steps, phase starts, sample)`` are read: exact for
+        schedules monotone between their phase starts, within ``steps / sample`` steps of a cyclic one's turns;
+        ``"sampled"`` in the result says how many steps were read (None: all of them)."""
         n = int(steps if steps is not None else (math.ceil(self.length) + 1 if self.length is not None else 0))
         if n < 1:
             raise LrkitError(f"{self} never ends; say how many steps to look at (steps=N, or --steps N)")
-        v = self(np.arange(n))
-        peak = int(np.argmax(v))
-        return {"steps": n, "first": float(v[0]), "peak": float(v[peak]), "peak_step": peak,
-                "final": float(v[-1]), "min": float(v.min()),
-                "phases": [(int(t), label) for t, label in self.phases() if 0 <= t < n]}
+        if n > 2**53:
+            raise LrkitError(f"{self} over {n:.3g} steps: beyond 2**53 (9e15) steps float64 cannot tell one step from "
+                             "the next; look at fewer steps (steps=N, or --steps N)")
+        phases = [(int(t), label) for t, label in self.phases() if 0 <= t < n]
+        if sample is not None and n > sample:
+            t = sample_steps(n, [p for p, _ in phases], sample)
+            v = self(t)
+            i = int(np.argmax(v))
+            return {"steps": n, "first": float(v[0]), "peak": float(v[i]), "peak_step": int(t[i]),
+                    "final": float(v[-1]), "min": float(v.min()), "phases": phases, "sampled": len(t)}
+        if n > MAX_KEY_STEPS:
+            raise LrkitError(f"{self} over {n:.3g} steps: key points read every step, at most {MAX_KEY_STEPS:.0e}; "
+                             "look at fewer steps (steps=N, or --steps N)")
+        first = peak = low = last = math.nan
+        peak_step = 0
+        for start in range(0, n, _KEY_BLOCK):
+            v = self(np.arange(start, min(n, start + _KEY_BLOCK)))
+            i = int(np.argmax(v))
+            if start == 0:
+                first, peak, peak_step, low = float(v[0]), float(v[i]), i, float(v.min())
+            else:
+                if v[i] > peak:
+                    peak, peak_step = float(v[i]), start + i
+                low = min(low, float(v.min()))
+            last = float(v[-1])
+        return {"steps": n, "first": first, "peak": peak, "peak_step": peak_step, "final": last, "min": low,
+                "phases": phases, "sampled": None}
 
     # ---- composition --------------------------------------------------------------------------------------
     def __rshift__(self, other: Any) -> Schedule:
@@ -180,16 +209,20 @@ class Schedule:
         """Rebuild a schedule from :meth:`to_dict` output (arguments validated by the factory)."""
         return _from_plain(d)
 
-    def to_optax(self) -> Callable[[Any], Any]:
-        """An optax schedule (``count -> lr``, jit-traceable); needs jax."""
-        from lrkit.integrations.optax_schedule import optax_schedule
-
-        return optax_schedule(self)
-
     # ---- spec formatting ----------------------------------------------------------------------------------
     def _format(self) -> tuple[str, int]:
         """``(text, precedence)``; the generic form is ``kind(required, ..., name=value)``."""
         return f"{self.kind}({_format_args(self.kind, self._params)})", _ATOM
+
+
+def sample_steps(steps: int, marks: Any = (), points: int = 4000) -> np.ndarray:
+    """Steps to read a schedule over ``0..steps-1`` at: every step up to ``points`` of them, else ``points`` evenly
+    spaced ones plus each step in ``marks`` (phase starts) and the one before it, so a drop is seen where it is."""
+    n = int(steps)
+    if n <= points:
+        return np.arange(n)
+    extra = np.asarray([m for t in marks for m in (int(t) - 1, int(t)) if 0 <= m < n], dtype=np.int64)
+    return np.unique(np.concatenate([np.linspace(0, n - 1, points).round().astype(np.int64), extra]))
 
 
 class _ScalarNamespace:

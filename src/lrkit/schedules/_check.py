@@ -33,6 +33,13 @@ def lr(where: str, name: str, v: Any) -> float:
     return number(where, name, v, low=0.0, fix="learning rates are absolute values such as 3e-4")
 
 
+def final(where: str, v: Any, peak: float) -> float:
+    """A decay's end value: an absolute lr in [0, peak]."""
+    return number(where, "final", v, low=0.0, high=peak,
+                  fix=f"final is the absolute lr the decay ends at, at most peak ({peak:g}); for a rising lr use "
+                      "linear(start, end, steps) or warmup")
+
+
 def count(where: str, name: str, v: Any, *, low: int = 1, fix: str = "") -> int:
     """``v`` as an int >= low (a float with an integral value is accepted)."""
     if isinstance(v, float) and v.is_integer():

@@ -135,8 +135,9 @@ def polynomial(peak: float, steps: int, final: float = 0.0, power: float = 1.0) 
     ``polynomial_schedule`` match with ``final`` = their end value.
     """
     w = "polynomial"
-    return _Polynomial(peak=ck.lr(w, "peak", peak), steps=ck.count(w, "steps", steps),
-                       final=ck.lr(w, "final", final), power=ck.number(w, "power", power, low=0.0, low_open=True))
+    pk = ck.lr(w, "peak", peak)
+    return _Polynomial(peak=pk, steps=ck.count(w, "steps", steps), final=ck.final(w, final, pk),
+                       power=ck.number(w, "power", power, low=0.0, low_open=True))
 
 
 class _Linear(Schedule):
@@ -183,7 +184,8 @@ def cosine(peak: float, steps: int, final: float = 0.0, exponent: float = 1.0, c
     Keras ``CosineDecay`` with ``final = alpha * peak``; ``cycles`` as transformers' ``num_cycles``.
     """
     w = "cosine"
-    return _Cosine(peak=ck.lr(w, "peak", peak), steps=ck.count(w, "steps", steps), final=ck.lr(w, "final", final),
+    pk = ck.lr(w, "peak", peak)
+    return _Cosine(peak=pk, steps=ck.count(w, "steps", steps), final=ck.final(w, final, pk),
                    exponent=ck.number(w, "exponent", exponent, low=0.0, low_open=True),
                    cycles=ck.number(w, "cycles", cycles, low=0.0, low_open=True))
 
@@ -235,9 +237,9 @@ def cosine_restarts(peak: float, period: float, final: float = 0.0, period_mult:
     final + (peak - final) * decay**i: ``decay_span=True, final=alpha*peak``.
     """
     w = "cosine_restarts"
+    pk = ck.lr(w, "peak", peak)
     return _CosineRestarts(
-        peak=ck.lr(w, "peak", peak), period=ck.number(w, "period", period, low=0.0, low_open=True),
-        final=ck.lr(w, "final", final), period_mult=ck.number(w, "period_mult", period_mult, low=1.0),
+        peak=pk, period=ck.number(w, "period", period, low=0.0, low_open=True), final=ck.final(w, final, pk), period_mult=ck.number(w, "period_mult", period_mult, low=1.0),
         decay=ck.number(w, "decay", decay, low=0.0, low_open=True), decay_span=bool(decay_span))
 
 
@@ -464,7 +466,7 @@ def wsd(peak: float, steps: int, warmup: int = 0, decay: float = 0.2, cooldown: 
     cooldown = "cos" if cooldown == "cosine" else cooldown
     warmup_mode = "cos" if warmup_mode == "cosine" else warmup_mode
     return _WSD(peak=pk, steps=steps, warmup=warm, decay=dec, cooldown=ck.choice(w, "cooldown", cooldown, _SHAPES),
-                final=ck.number(w, "final", final, low=0.0, high=pk, fix="final is an absolute lr <= peak"),
+                final=ck.final(w, final, pk),
                 warmup_mode=ck.choice(w, "warmup_mode", warmup_mode, _SHAPES))
 
 

@@ -49,6 +49,17 @@ def parse(spec: str) -> Schedule:
 _ARG = re.compile(r"^[\w>]+: (\w+)")
 
 
+def as_schedule(value: Schedule | str, what: str = "schedule") -> Schedule:
+    """``value`` as a Schedule: a spec string is parsed, a Schedule passes; anything else is an
+    :class:`LrkitError` that names ``what`` (the argument). Every framework adapter takes its schedule this way."""
+    if isinstance(value, str):
+        return parse(value)
+    if not isinstance(value, Schedule):
+        raise LrkitError(f"{what} must be an lrkit schedule or a spec string such as 'cosine(3e-4, 10000)', "
+                         f"got {type(value).__name__}")
+    return value
+
+
 class _Eval(ast.NodeVisitor):
     def _argument_node(self, node: ast.Call, name: str, message: str) -> ast.AST:
         """The argument an error message names ("kind: arg must ..."), else the call."""

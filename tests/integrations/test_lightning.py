@@ -17,13 +17,11 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import lrkit.lightning  # noqa: E402
 import lrkit.schedules  # noqa: E402
-from lrkit.adaptive import find  # noqa: E402
 from lrkit.errors import LrkitError  # noqa: E402
-from lrkit.finder import Replay, range_test  # noqa: E402
-from lrkit.integrations.torch import TorchTrainer  # noqa: E402
+from lrkit.finder import Replay, range_test, suggest  # noqa: E402
+from lrkit.integrations.torch import TorchStepper  # noqa: E402
 from lrkit.integrations.torch import find_lr as torch_find_lr  # noqa: E402
 from lrkit.schedules import ramp  # noqa: E402
-from lrkit.suggest import suggest  # noqa: E402
 
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -105,7 +103,7 @@ def test_find_lr_restores_exactly_and_matches_the_torch_adapter():
     for rule in ("valley", "steepest"):
         assert res.suggest(rule) == suggest(res.lrs, res.smoothed_losses, rule=rule)
     assert res.suggestion == suggest(res.lrs, res.losses, family=res.config['family'], momentum=res.config['momentum'])
-    replay = range_test(Replay(res.losses), num_iter=25, end_lr=1.0, progress=False,
+    replay = range_test(Replay(res.losses), num_iter=25, end_lr=1.0, progress=False, confirm=False,
                         family=res.config['family'], momentum=res.config['momentum'])
     assert replay.suggestion == res.suggestion and np.array_equal(replay.smoothed_losses, res.smoothed_losses)
 
@@ -118,12 +116,12 @@ def test_default_path_is_the_adaptive_test_restores_exactly_and_equals_it_on_the
     assert_same(before, state(model, loader))
     assert t.global_step == 0 and model._trainer is None
     assert res.config["confirm"] and sum(res.config["steps"].values()) <= 200 and len(res.confirmations) == 3
-    # adaptive.find on the plain torch adapter with the same model, optimiser, loss and data: the same everything
+    # the engine on the plain torch stepper with the same model, optimiser, loss and data: the same everything
     opt = torch.optim.Adam(model.parameters(), lr=model.lr)
-    ref = find(TorchTrainer(model, opt, nn.CrossEntropyLoss(), loader), num_iter=30, end_lr=1.0)
+    ref = range_test(TorchStepper(model, opt, nn.CrossEntropyLoss(), loader), num_iter=30, end_lr=1.0, progress=False)
     assert res.suggestion == ref.suggestion and res.suggestion.lr is not None
-    assert res.confirmations == ref.candidates and res.config["steps"] == ref.steps
-    assert np.array_equal(res.losses, ref.ramp.losses) and np.array_equal(res.lrs, ref.ramp.lrs)
+    assert res.confirmations == ref.confirmations and res.config == ref.config
+    assert np.array_equal(res.losses, ref.losses) and np.array_equal(res.lrs, ref.lrs)
     assert_same(before, state(model, loader))
 
 
@@ -141,25 +139,25 @@ def test_fit_after_find_lr_starts_from_step_0_like_a_fit_without_it():
 
 
 @pytest.mark.parametrize("hparam", [False, True])
-def test_update_attr_sets_lr_or_hparam(hparam):
+def test_apply_sets_lr_or_hparam(hparam):
     model, loader = make(hparam=hparam)
 
     class DM(pl.LightningDataModule):
         def train_dataloader(self):
             return loader
 
-    res = lrkit.lightning.find_lr(trainer(), model, datamodule=DM(), num_iter=20, end_lr=1.0, update_attr=True,
+    res = lrkit.lightning.find_lr(trainer(), model, datamodule=DM(), num_iter=20, end_lr=1.0, apply=True,
                                   progress=False)
     assert res.suggestion.lr is not None
     got = model.hparams.learning_rate if hparam else model.lr
     assert got == res.suggestion.lr
     with pytest.raises(LrkitError, match="no attribute or hparam"):
-        lrkit.lightning.find_lr(trainer(), model, train_dataloaders=loader, update_attr="nope", progress=False)
+        lrkit.lightning.find_lr(trainer(), model, train_dataloaders=loader, apply="nope", progress=False)
 
 
 def test_lrfinder_callback_equals_a_fit_started_at_the_suggestion():
     model_a, loader_a = make(seed=5)
-    cb = lrkit.lightning.LRFinder(num_iter=20, end_lr=1.0)
+    cb = lrkit.lightning.LRFinder(num_iter=20, end_lr=1.0, progress=False)
     t_a = trainer(max_steps=4, callbacks=[cb])
     t_a.fit(model_a, train_dataloaders=loader_a)
     lr = cb.result.suggestion.lr
@@ -195,7 +193,7 @@ def test_schedule_callback_sets_the_pure_schedule_per_optimiser_step():
 
     def configure():
         opt = torch.optim.SGD(model2.parameters(), lr=0.1)
-        return {"optimizer": opt, "lr_scheduler": lrkit.lightning.lightning_scheduler(opt, spec)}
+        return {"optimizer": opt, "lr_scheduler": lrkit.lightning.scheduler(opt, spec)}
 
     model2.configure_optimizers = configure
     trainer(max_steps=8, callbacks=[Record()]).fit(model2, train_dataloaders=loader2)
@@ -209,6 +207,20 @@ def test_schedule_callback_sets_the_pure_schedule_per_optimiser_step():
     assert np.array_equal(np.array(seen), ref)
     with pytest.raises(LrkitError):
         lrkit.lightning.ScheduleCallback(lambda step: 0.1)
+
+
+def test_validation_batches_are_judged_through_training_step_like_the_torch_adapter():
+    model, loader = make(seed=2)
+    val = [next(iter(loader))]
+    before = state(model, loader)
+    res = lrkit.lightning.find_lr(trainer(), model, train_dataloaders=loader, val_loader=val, num_iter=20,
+                                  end_lr=1.0, progress=False)
+    assert_same(before, state(model, loader))
+    assert list(res.val_steps[:3]) == [0, 5, 10] and not res.confirmations  # validation mode: one ramp
+    opt = torch.optim.Adam(model.parameters(), lr=model.lr)
+    ref = torch_find_lr(model, opt, nn.CrossEntropyLoss(), loader, val_loader=val, num_iter=20, end_lr=1.0,
+                        progress=False)
+    assert np.array_equal(res.val_losses, ref.val_losses) and res.suggestion == ref.suggestion
 
 
 def test_manual_optimisation_is_refused_clearly():

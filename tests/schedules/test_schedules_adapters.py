@@ -1,5 +1,6 @@
-"""Framework adapters of lrkit.schedules: torch LRScheduler (groups, momentum, exact resume, Lightning), Keras 3
-LearningRateSchedule (config round trip, inside fit), optax (jit, inject_hyperparams)."""
+"""lrkit schedules as each framework's scheduler: lrkit.torch.scheduler (an LRScheduler: groups, momentum, exact
+resume), lrkit.lightning.scheduler, lrkit.keras.scheduler (a LearningRateSchedule: config round trip, inside fit),
+lrkit.jax.scheduler (optax: jit, inject_hyperparams)."""
 
 import io
 import os
@@ -15,6 +16,7 @@ import lrkit.schedules as S  # noqa: E402
 from lrkit import LrkitError  # noqa: E402
 
 torch = pytest.importorskip("torch")
+import lrkit.torch  # noqa: E402
 
 
 def two_groups(lr_a=0.1, lr_b=0.01, opt="sgd"):
@@ -36,7 +38,7 @@ def train_step(model, opt, i):
 def test_groups_keep_their_ratio_and_lr_is_never_read_back():
     model, opt = two_groups()
     s = S.warmup(5) >> S.cosine(0.1, 20)
-    sched = S.torch_scheduler(opt, s)
+    sched = lrkit.torch.scheduler(opt, s)
     assert isinstance(sched, torch.optim.lr_scheduler.LRScheduler)
     for i in range(30):
         assert [g["lr"] for g in opt.param_groups] == pytest.approx([s(i), 0.1 * s(i)], rel=1e-12, abs=0)
@@ -48,27 +50,27 @@ def test_groups_keep_their_ratio_and_lr_is_never_read_back():
 
 def test_one_schedule_per_group_and_spec_strings():
     _, opt = two_groups()
-    sched = S.torch_scheduler(opt, ["cosine(0.1, 10)", "constant(0.5)"])
+    sched = lrkit.torch.scheduler(opt, ["cosine(0.1, 10)", "constant(0.5)"])
     for _ in range(10):
         sched.step()
     assert sched.get_last_lr() == pytest.approx([0.0, 0.5])
     with pytest.raises(LrkitError, match="3 schedules for 2 param groups"):
-        S.torch_scheduler(opt, ["constant(1)"] * 3)
+        lrkit.torch.scheduler(opt, ["constant(1)"] * 3)
 
 
 def test_momentum_cycling_sgd_and_adam_betas():
     s = S.onecycle(0.1, 40)
     _, sgd = two_groups()
     _, adam = two_groups(opt="adam")
-    a = S.torch_scheduler(sgd, s, momentum=s.momentum())
-    b = S.torch_scheduler(adam, s, momentum=s.momentum(0.8, 0.9))
+    a = lrkit.torch.scheduler(sgd, s, momentum=s.momentum())
+    b = lrkit.torch.scheduler(adam, s, momentum=s.momentum(0.8, 0.9))
     for i in range(40):
         assert sgd.param_groups[1]["momentum"] == pytest.approx(s.momentum()(i))
         assert adam.param_groups[0]["betas"] == pytest.approx((s.momentum(0.8, 0.9)(i), 0.999))
         a.step()
         b.step()
     with pytest.raises(LrkitError, match="neither"):
-        S.torch_scheduler(torch.optim.Adagrad([torch.nn.Parameter(torch.zeros(1))]), s, momentum=s.momentum())
+        lrkit.torch.scheduler(torch.optim.Adagrad([torch.nn.Parameter(torch.zeros(1))]), s, momentum=s.momentum())
 
 
 SPECS = ["warmup(7) >> cosine(0.1, 40, final=0.001)", "onecycle(0.1, 50, three_phase=True)",
@@ -80,7 +82,7 @@ def run(spec, n, stop=None, order="opt-first"):
     """Train n steps, observing a metric every 4 steps; with ``stop`` save at that step and resume into fresh
     objects (built with a different lr, to show it is not read)."""
     model, opt = two_groups()
-    sched = S.torch_scheduler(opt, spec)
+    sched = lrkit.torch.scheduler(opt, spec)
     lrs, moms = [], []
     for i in range(n):
         if i == stop:
@@ -89,7 +91,7 @@ def run(spec, n, stop=None, order="opt-first"):
             buf.seek(0)
             ck = torch.load(buf, weights_only=False)
             model, opt = two_groups(lr_a=7.0, lr_b=7.0)
-            sched = S.torch_scheduler(opt, spec)
+            sched = lrkit.torch.scheduler(opt, spec)
             model.load_state_dict(ck["model"])
             if order == "opt-first":
                 opt.load_state_dict(ck["opt"])
@@ -124,13 +126,14 @@ def test_plateau_after_warmup_cuts_and_resume_keeps_the_cut():
 
 def test_loading_a_checkpoint_of_another_schedule_is_refused():
     _, opt = two_groups()
-    sd = S.torch_scheduler(opt, "cosine(0.1, 10)").state_dict()
+    sd = lrkit.torch.scheduler(opt, "cosine(0.1, 10)").state_dict()
     with pytest.raises(LrkitError, match="same spec"):
-        S.torch_scheduler(opt, "cosine(0.1, 20)").load_state_dict(sd)
+        lrkit.torch.scheduler(opt, "cosine(0.1, 20)").load_state_dict(sd)
 
 
 def test_lightning_steps_the_scheduler_every_update(tmp_path):
     L = pytest.importorskip("lightning")
+    import lrkit.lightning
     spec = "warmup(3) >> linear(0.1, 0.01, 10)"
     seen = []
 
@@ -145,7 +148,7 @@ def test_lightning_steps_the_scheduler_every_update(tmp_path):
 
         def configure_optimizers(self):
             opt = torch.optim.SGD(self.parameters(), lr=0.1)
-            return {"optimizer": opt, "lr_scheduler": S.lightning_scheduler(opt, spec)}
+            return {"optimizer": opt, "lr_scheduler": lrkit.lightning.scheduler(opt, spec)}
 
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 3)), batch_size=2)
     L.Trainer(max_steps=12, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -157,8 +160,9 @@ def test_lightning_steps_the_scheduler_every_update(tmp_path):
 
 def test_keras_schedule_config_round_trip_and_training():
     keras = pytest.importorskip("keras")
+    import lrkit.keras
     spec = "warmup(3) >> cosine(0.01, 20, final=0.001)"
-    ks = S.keras_schedule(spec)
+    ks = lrkit.keras.scheduler(spec)
     assert isinstance(ks, keras.optimizers.schedules.LearningRateSchedule)
     assert ks.get_config() == {"spec": str(S.parse(spec))}
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ks))
@@ -171,19 +175,21 @@ def test_keras_schedule_config_round_trip_and_training():
     lr_now = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
     assert lr_now == pytest.approx(S.parse(spec)(5), rel=1e-6)  # 5 updates done
     with pytest.raises(LrkitError, match="plateau"):
-        S.keras_schedule("plateau(0.1)")
+        lrkit.keras.scheduler("plateau(0.1)")
 
 
 def test_every_kind_runs_in_keras_ops():
     keras = pytest.importorskip("keras")
     from test_schedules import EXAMPLES
 
+    import lrkit.keras
+
     t = np.arange(0, 400, 3)
     for spec in EXAMPLES:
         s = S.parse(spec)
         if s._stateful():
             continue
-        ks = S.keras_schedule(s)
+        ks = lrkit.keras.scheduler(s)
         got = np.array([float(keras.ops.convert_to_numpy(ks(int(i)))) for i in t[::9]])
         np.testing.assert_allclose(got, s(t[::9]), rtol=2e-5, atol=1e-9, err_msg=spec)
 
@@ -193,12 +199,14 @@ def test_every_kind_is_jit_traceable():
     import jax.numpy as jnp
     from test_schedules import EXAMPLES
 
+    import lrkit.jax
+
     t = np.arange(0, 400)
     for spec in EXAMPLES:
         s = S.parse(spec)
         if s._stateful():
             continue
-        got = np.asarray(jax.jit(s.to_optax())(jnp.asarray(t)))
+        got = np.asarray(jax.jit(lrkit.jax.scheduler(s))(jnp.asarray(t)))
         np.testing.assert_allclose(got, s(t), rtol=2e-5, atol=1e-9, err_msg=spec)
 
 
@@ -206,14 +214,15 @@ def test_every_kind_is_jit_traceable():
 
 def test_optax_schedule_under_jit_and_inject_hyperparams():
     jax = pytest.importorskip("jax")
+    import lrkit.jax
     optax = pytest.importorskip("optax")
     import jax.numpy as jnp
 
     s = S.parse("warmup(4) >> cosine_restarts(0.01, 5, period_mult=2.0) * 0.5")
-    f = s.to_optax()
+    f = lrkit.jax.scheduler(s)
     got = np.asarray(jax.jit(jax.vmap(f))(jnp.arange(40)))
     np.testing.assert_allclose(got, s(np.arange(40)), rtol=1e-5)  # float32 without x64
-    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=S.optax_schedule(s))
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=lrkit.jax.scheduler(s))
     params = {"w": jnp.ones(3)}
     state = tx.init(params)
 
@@ -228,4 +237,4 @@ def test_optax_schedule_under_jit_and_inject_hyperparams():
         seen.append(float(state.hyperparams["learning_rate"]))  # the lr that update used
     np.testing.assert_allclose(seen, s(np.arange(12)), rtol=1e-5)
     with pytest.raises(LrkitError, match="plateau"):
-        S.optax_schedule("warmup(3) >> plateau(0.1)")
+        lrkit.jax.scheduler("warmup(3) >> plateau(0.1)")

@@ -1,4 +1,5 @@
-"""The adaptive range test on a closed-form quadratic (numpy Trainer) and on a real torch model."""
+"""The adaptive range test (the default of lrkit.range_test and every find_lr) on a closed-form quadratic (a numpy
+Stepper) and on a real torch model."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ import time
 import numpy as np
 import pytest
 
-from lrkit.adaptive import AdaptiveResult, find, infer_family, never_diverged
 from lrkit.errors import LrkitError
-from lrkit.suggest import fit_curve
+from lrkit.finder import FinderResult, Stop, fit_curve, infer_family, never_diverged, range_test
 
 torch = pytest.importorskip("torch")
+
+
+def find(stepper, **options) -> FinderResult:
+    """The adaptive test, the training loss judged (validation, where a stepper has it, scores the runs)."""
+    return range_test(stepper, progress=False, val_every=None, **options)
 
 
 class Quadratic:
@@ -46,9 +51,9 @@ def test_gd_on_a_quadratic_picks_a_stable_lr_below_the_closed_form_limit():
         q = Quadratic(lam_max)
         res = find(q, family="sgd", momentum=0.0, start_lr=1e-6 / lam_max, end_lr=100 / lam_max)
         limit = 2.0 / lam_max
-        fit = fit_curve(res.ramp.lrs[np.isfinite(res.ramp.losses)], res.ramp.losses[np.isfinite(res.ramp.losses)])
+        fit = fit_curve(res.lrs[np.isfinite(res.losses)], res.losses[np.isfinite(res.losses)])
         assert limit <= fit.lr_diverge <= 3 * limit  # the ramp sees divergence just past the stability limit
-        assert 0.1 * limit <= res.lr < limit  # ... and the pick trains stably
+        assert 0.1 * limit <= res.suggestion.lr < limit  # ... and the pick trains stably
         assert res.total_steps <= 200 and q.steps == res.total_steps
         assert np.array_equal(q.w, np.ones(20))  # restored
 
@@ -56,21 +61,21 @@ def test_gd_on_a_quadratic_picks_a_stable_lr_below_the_closed_form_limit():
 def test_confirmation_vetoes_a_diverging_candidate_and_only_moves_down():
     q = Quadratic(1.0)
     res = find(q, family="sgd", momentum=0.0, start_lr=1e-6, end_lr=100.0, spread=3.0)
-    lrs = [c["lr"] for c in res.candidates]
+    lrs = [c["lr"] for c in res.confirmations]
     assert len(lrs) == 3 and lrs[1] == pytest.approx(lrs[0] / 3) and lrs[2] == pytest.approx(lrs[0] / 9)
-    unstable = [c["score"] for c in res.candidates if c["lr"] > 2.0]  # above 2/lam_max: diverges
-    stable = [c["score"] for c in res.candidates if c["lr"] < 2.0]
+    unstable = [c["score"] for c in res.confirmations if c["lr"] > 2.0]  # above 2/lam_max: diverges
+    stable = [c["score"] for c in res.confirmations if c["lr"] < 2.0]
     assert unstable and stable and min(unstable) > max(stable)
-    assert res.lr in lrs and res.lr < 2.0
-    assert res.steps["confirm"] == 3 * res.candidates[0]["steps"]
+    assert res.suggestion.lr in lrs and res.suggestion.lr < 2.0
+    assert res.config["steps"]["confirm"] == 3 * res.confirmations[0]["steps"]
 
 
 def test_a_ramp_that_never_diverges_is_extended():
     q = Quadratic(1.0)
     res = find(q, family="sgd", momentum=0.0, start_lr=1e-5, end_lr=0.5, num_iter=60, extend_decades=2.0)
-    assert never_diverged(res.ramp.lrs[:60], res.ramp.losses[:60])
-    assert res.steps["extend"] > 0 and res.ramp.lrs.max() > 0.5
-    assert res.lr is not None and res.lr < 2.0
+    assert never_diverged(res.lrs[:60], res.losses[:60])
+    assert res.config["steps"]["extend"] > 0 and res.lrs.max() > 0.5
+    assert res.suggestion.lr is not None and res.suggestion.lr < 2.0
     assert res.total_steps <= 200
 
 
@@ -82,8 +87,8 @@ def test_noisy_flat_curve_gives_no_suggestion_and_costs_only_the_ramp():
 
     f = Flat()
     res = find(f, family="adam", end_lr=1e-3)
-    assert res.lr is None and "never fell" in res.suggestion.reason
-    assert "confirm" not in res.steps
+    assert res.suggestion.lr is None and "never fell" in res.suggestion.reason
+    assert "confirm" not in res.config["steps"]
 
 
 def _torch_task(seed=0):
@@ -96,7 +101,7 @@ def _torch_task(seed=0):
 
 
 def test_torch_trainer_is_restored_bit_for_bit_and_family_is_read_from_the_optimizer():
-    from lrkit.integrations.torch import TorchTrainer
+    from lrkit.integrations.torch import TorchStepper
     model, batches, (x, y) = _torch_task()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     for xb, yb in batches[:3]:  # non-empty optimiser state
@@ -106,16 +111,16 @@ def test_torch_trainer_is_restored_bit_for_bit_and_family_is_read_from_the_optim
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt_before = {k: {n: t.clone() if torch.is_tensor(t) else t for n, t in s.items()}
                   for k, s in opt.state_dict()["state"].items()}
-    trainer = TorchTrainer(model, opt, torch.nn.MSELoss(), batches, val_loader=[(x, y)])
+    trainer = TorchStepper(model, opt, torch.nn.MSELoss(), batches, val_loader=[(x, y)])
     res = find(trainer, max_steps=160)
-    assert isinstance(res, AdaptiveResult) and res.total_steps <= 160
+    assert isinstance(res, FinderResult) and res.total_steps <= 160 and len(res.confirmations) == 3
     assert "10x below" in res.suggestion.reason  # Adam -> the Adam-like factor
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
     for k, s in opt.state_dict()["state"].items():
         for n, t in s.items():
             assert torch.equal(torch.as_tensor(t), torch.as_tensor(opt_before[k][n]))
-    assert res.lr is not None and 1e-4 < res.lr < 1.0
+    assert res.suggestion.lr is not None and 1e-4 < res.suggestion.lr < 1.0
     assert "lr" in str(res)
 
 
@@ -129,13 +134,19 @@ def test_infer_family_from_real_torch_optimizers():
     assert infer_family(None) == (None, None)
 
 
-def test_bad_arguments_name_the_fix():
-    with pytest.raises(LrkitError, match="max_steps"):
-        find(Quadratic(), max_steps=50)
-    with pytest.raises(LrkitError, match="n_candidates"):
-        find(Quadratic(), n_candidates=4)
-    with pytest.raises(LrkitError, match="spread"):
-        find(Quadratic(), spread=1.0)
+def test_bad_arguments_name_the_fix_before_any_step():
+    q = Quadratic()
+    for bad, match in ((dict(max_steps=50.5), "max_steps"), (dict(n_candidates=4), "n_candidates"),
+                       (dict(spread=1.0), "spread"), (dict(extend_steps=3), "extend_steps"),
+                       (dict(family="adagrad"), "family"), (dict(rule="nope"), "unknown suggestion rule")):
+        with pytest.raises(LrkitError, match=match):
+            find(q, **bad)
+    assert q.steps == 0
+
+
+def test_a_step_budget_below_the_ramp_is_the_ramp():
+    short = find(Quadratic(1.0), family="sgd", momentum=0.0, start_lr=1e-6, end_lr=100.0, max_steps=50)
+    assert short.config["max_steps"] == 100 and short.total_steps <= 100  # as every find_lr: at least num_iter
 
 
 def test_fine_tuning_where_every_candidate_hurts_suggests_the_least_harmful_and_says_so():
@@ -156,9 +167,9 @@ def test_fine_tuning_where_every_candidate_hurts_suggests_the_least_harmful_and_
             return float(0.5 * np.sum(self.lam * self.w**2))
 
     res = find(Pretrained(), family="adam", start_lr=1e-6, end_lr=100.0)
-    lrs = [c["lr"] for c in res.candidates]
-    assert all(c["score"] > 0 for c in res.candidates)
-    assert res.lr == min(lrs) and res.suggestion.confidence == pytest.approx(0.2)
+    lrs = [c["lr"] for c in res.confirmations]
+    assert all(c["score"] > 0 for c in res.confirmations)
+    assert res.suggestion.lr == min(lrs) and res.suggestion.confidence == pytest.approx(0.2)
     assert "near its best" in res.suggestion.reason
 
 
@@ -184,26 +195,26 @@ def test_time_budget_stops_the_ramp_and_skips_the_confirmation():
     q = Sleepy(0.01)
     res = find(q, family="sgd", momentum=0.0, start_lr=1e-6, end_lr=100.0, max_seconds=0.25)
     assert q.steps == res.total_steps <= 0.25 / 0.01 + 1  # no step starts after the budget is spent
-    assert res.ramp.stop_reason.startswith("time budget spent") and res.ramp.stopped_at is None
-    assert "extend" not in res.steps and "confirm" not in res.steps and not res.candidates
+    assert res.stop is Stop.TIME and res.stop_reason.startswith("time budget spent") and res.stopped_at is None
+    assert "extend" not in res.config["steps"] and "confirm" not in res.config["steps"] and not res.confirmations
     assert "max_seconds=0.25" in res.suggestion.reason
-    assert res.ramp.config["max_seconds"] == 0.25
+    assert res.config["max_seconds"] == 0.25
     assert np.array_equal(q.w, np.ones(20))
 
 
 def test_time_budget_shortens_the_confirmation_runs_within_a_deterministic_bound():
     untimed = find(Quadratic(1.0), family="sgd", momentum=0.0, start_lr=1e-6, end_lr=100.0)
-    ramp_steps, per_run = untimed.steps["ramp"], untimed.candidates[0]["steps"]
+    ramp_steps, per_run = untimed.config["steps"]["ramp"], untimed.confirmations[0]["steps"]
     budget = (ramp_steps + 2 * per_run) * 0.004  # time for the ramp and about two thirds of the runs
     q = Sleepy(0.004)
     res = find(q, family="sgd", momentum=0.0, start_lr=1e-6, end_lr=100.0, max_seconds=budget)
     assert q.steps == res.total_steps <= budget / 0.004 + 1
-    if res.ramp.stop_reason.startswith("time budget"):  # only on a badly overloaded machine
-        assert "confirm" not in res.steps
+    if res.stop_reason.startswith("time budget"):  # only on a badly overloaded machine
+        assert "confirm" not in res.config["steps"]
     else:
-        assert res.steps["ramp"] == ramp_steps  # the ramp itself fit the budget
-    if res.candidates:  # shortened to what the time left buys
-        assert all(c["steps"] < per_run for c in res.candidates) and len(res.candidates) == 3
+        assert res.config["steps"]["ramp"] == ramp_steps  # the ramp itself fit the budget
+    if res.confirmations:  # shortened to what the time left buys
+        assert all(c["steps"] < per_run for c in res.confirmations) and len(res.confirmations) == 3
     else:  # a slow machine: skipped or dropped, and the reason says so
         assert "max_seconds" in res.suggestion.reason
     assert np.array_equal(q.w, np.ones(20))
@@ -213,9 +224,9 @@ def test_time_running_out_inside_a_confirmation_run_drops_the_runs_and_keeps_the
     untimed = find(Quadratic(1.0), family="sgd", momentum=0.0, start_lr=1e-6, end_lr=100.0, n_candidates=1)
     q = Sleepy(0.001, confirm_s=0.1)  # the ramp's cost per step under-estimates the runs' 100x
     res = find(q, family="sgd", momentum=0.0, start_lr=1e-6, end_lr=100.0, max_seconds=1.0)
-    assert res.steps["ramp"] == untimed.steps["ramp"] and 0 < res.steps["confirm"] <= 1.0 / 0.1 + 1
-    assert q.steps == res.total_steps and not res.candidates
-    assert res.lr == untimed.lr  # the rule's pick on the same ramp, unconfirmed
+    assert res.config["steps"]["ramp"] == untimed.config["steps"]["ramp"] and 0 < res.config["steps"]["confirm"] <= 1.0 / 0.1 + 1
+    assert q.steps == res.total_steps and not res.confirmations
+    assert res.suggestion.lr == untimed.suggestion.lr  # the rule's pick on the same ramp, unconfirmed
     assert "ran out during the confirmation run" in res.suggestion.reason
     assert np.array_equal(q.w, np.ones(20))
 
@@ -241,8 +252,8 @@ def test_time_running_out_in_the_extension_stops_it_and_names_the_budget():
 
     q = SlowAbove(1.0)
     res = find(q, family="sgd", momentum=0.0, start_lr=1e-5, end_lr=0.5, num_iter=60, max_seconds=0.4)
-    assert res.steps["ramp"] == 60 and 0 < res.steps["extend"] < 25
-    assert res.ramp.stop_reason.startswith("time budget spent: max_seconds=0.4 s ran out")
-    assert "into the extension" in res.ramp.stop_reason and "max_seconds=0.4" in res.suggestion.reason
-    assert "confirm" not in res.steps and q.steps == res.total_steps
+    assert res.config["steps"]["ramp"] == 60 and 0 < res.config["steps"]["extend"] < 25
+    assert res.stop_reason.startswith("time budget spent: max_seconds=0.4 s ran out")
+    assert "into the extension" in res.stop_reason and "max_seconds=0.4" in res.suggestion.reason
+    assert "confirm" not in res.config["steps"] and q.steps == res.total_steps
     assert np.array_equal(q.w, np.ones(20))

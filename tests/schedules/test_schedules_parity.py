@@ -203,11 +203,13 @@ def test_optax_parity(x64):
     import jax
     import jax.numpy as jnp
 
+    import lrkit.jax
+
     t = np.arange(200)
     for theirs, ours in optax_cases():
         ref = np.asarray(jax.vmap(theirs)(jnp.asarray(t)), dtype=np.float64)
         np.testing.assert_allclose(ours(t), ref, rtol=RTOL, atol=1e-15, err_msg=str(ours))
-        np.testing.assert_allclose(np.asarray(ours.to_optax()(jnp.asarray(t))), ref, rtol=RTOL, atol=1e-15)
+        np.testing.assert_allclose(np.asarray(lrkit.jax.scheduler(ours)(jnp.asarray(t))), ref, rtol=RTOL, atol=1e-15)
 
 
 # ---- keras (floatx float64 during the test) --------------------------------------------------------------------

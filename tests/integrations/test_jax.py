@@ -16,9 +16,8 @@ import jax.numpy as jnp  # noqa: E402
 import lrkit.jax  # noqa: E402
 import lrkit.schedules  # noqa: E402
 from lrkit.errors import LrkitError  # noqa: E402
-from lrkit.finder import Replay, range_test  # noqa: E402
+from lrkit.finder import Replay, infer_family, range_test, suggest  # noqa: E402
 from lrkit.schedules import ramp  # noqa: E402
-from lrkit.suggest import suggest  # noqa: E402
 
 
 def mlp_loss(params, batch):
@@ -81,7 +80,7 @@ def test_restores_exactly_even_with_donated_buffers_and_matches_a_plain_loop():
     assert np.array_equal(before_rng, np.random.get_state()[1])
     assert res.suggestion == suggest(res.lrs, res.losses, family=res.config['family'], momentum=res.config['momentum'])
     assert res.suggest("steepest") == suggest(res.lrs, res.smoothed_losses, rule="steepest")
-    assert range_test(Replay(res.losses), num_iter=25, end_lr=1.0, progress=False,
+    assert range_test(Replay(res.losses), num_iter=25, end_lr=1.0, progress=False, confirm=False,
                         family=res.config['family'], momentum=res.config['momentum']).suggestion == res.suggestion
     # the same curve from a plain loop over the ramp's lrs, with an undonated step
     plain = lrkit.jax.make_train_step(mlp_loss, tx)
@@ -111,7 +110,74 @@ def test_default_path_is_the_adaptive_test_within_200_steps_and_restores_exactly
     assert rule.lr is not None and res.suggestion.lr <= rule.lr
     assert res.suggestion.lr in [c["lr"] for c in res.confirmations]
     sgd = lrkit.jax.inject_lr(optax.sgd, learning_rate=0.1, momentum=0.9)
-    assert lrkit.integrations.jax.infer_family(sgd.init(params)) == ("sgd", 0.9)
+    assert infer_family(lrkit.jax.hyperparams(sgd.init(params))) == ("sgd", 0.9)
+
+
+def _full_batch(seed=2):
+    params, tx, batches = task(seed)
+    return params, tx, [(batches.x, batches.y)]  # one batch: no order to differ between two loops
+
+
+def test_lrfinder_in_your_own_loop_runs_the_find_lr_test_and_applies_the_pick():
+    params, tx, data = _full_batch()
+    step = jax.jit(lrkit.jax.make_train_step(mlp_loss, tx, jit=False), donate_argnums=(0, 1))
+    opt_state = tx.init(params)
+    before_p, before_o = leaves(params), leaves(opt_state)
+    ref = lrkit.jax.find_lr(step, params, opt_state, data, num_iter=30, end_lr=10.0, progress=False)
+    finder = lrkit.jax.LRFinder(params, opt_state, num_iter=30, end_lr=10.0, progress=False)
+    p, o, n = params, opt_state, 0
+    while not finder.done:
+        p, o, loss = step(p, o, data[0], finder.lr)  # donates p and o: the finder keeps its own copies
+        p, o = finder.record(loss, p, o)
+        n += 1
+    res = finder.result
+    np.testing.assert_array_equal(res.losses, ref.losses)
+    assert res.suggestion == ref.suggestion and res.confirmations == ref.confirmations
+    assert n == ref.total_steps and res.config["family"] == "adam"
+    assert lrkit.jax.get_lr(o) == pytest.approx(res.suggestion.lr, rel=1e-6)  # apply=True: the pick injected
+    o = lrkit.jax.set_lr(o, 1e-3)
+    for a, b in zip(before_p + before_o, leaves(p) + leaves(o)):  # the state it started from, though the loop
+        assert np.array_equal(a, b)                                 # donated (deleted) every input it was given
+
+
+def test_validation_batches_need_a_loss_fn_and_are_judged_on_one_ramp():
+    params, tx, data = _full_batch()
+    step = lrkit.jax.make_train_step(mlp_loss, tx)
+    with pytest.raises(LrkitError, match="loss_fn"):
+        lrkit.jax.find_lr(step, params, tx.init(params), data, val_loader=data, progress=False)
+    res = lrkit.jax.find_lr(step, params, tx.init(params), data, val_loader=data[:1] * 2, loss_fn=mlp_loss,
+                            num_iter=20, progress=False)
+    assert list(res.val_steps[:2]) == [0, 5] and not res.confirmations
+    p, o, _ = step(params, tx.init(params), data[0], 1e-7)  # the first step, then the validation loss after it
+    assert res.val_losses[0] == pytest.approx(float(mlp_loss(p, data[0])), rel=1e-6)
+
+
+def test_lr_monitor_rolls_back_to_the_last_good_state_and_lowers_the_lr():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype("float32")
+    y = x @ rng.normal(size=(8, 1)).astype("float32") + 0.3 * rng.normal(size=(256, 1)).astype("float32")
+    tx = lrkit.jax.inject_lr(optax.sgd, learning_rate=0.05)
+    step = lrkit.jax.make_train_step(lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2), tx)
+    params = {"w": jnp.zeros((8, 1))}
+    opt_state = tx.init(params)
+    monitor = lrkit.jax.LrMonitor(act=True)
+    after = {}
+    with pytest.warns(RuntimeWarning, match="restored the snapshot of step 249"):
+        for t in range(300):
+            if t == 250:  # too high: the loss blows up
+                opt_state = lrkit.jax.set_lr(opt_state, 1.5)
+            i = (t * 32) % 256
+            params, opt_state, loss = step(params, opt_state, (x[i:i + 32], y[i:i + 32]), lrkit.jax.get_lr(opt_state))
+            after[t] = np.array(params["w"])
+            n_events = len(monitor.events)
+            params, opt_state = monitor.update(t, loss, params, opt_state)
+            if len(monitor.events) > n_events and monitor.events[-1].kind == "divergence":
+                assert np.array_equal(np.array(params["w"]), after[249])  # the snapshot after step 249
+                assert lrkit.jax.get_lr(opt_state) == pytest.approx(1.5 * monitor.events[-1].factor)
+                break
+    assert [e.kind for e in monitor.events][-1] == "divergence" and monitor.events[-1].factor < 1
+    with pytest.raises(LrkitError, match="skip"):
+        lrkit.jax.LrMonitor(act="skip_batches")
 
 
 def _cycle(batches, n):
@@ -134,10 +200,10 @@ def test_set_lr_needs_an_injected_learning_rate():
         lrkit.jax.set_lr(scheduled, 0.1)
 
 
-def test_optax_schedule_inside_jit_gives_the_pure_schedule():
+def test_scheduler_inside_jit_gives_the_pure_schedule():
     spec = "warmup(3) >> cosine(1e-2, 12)"
     pure = lrkit.schedules.parse(spec)
-    sched = lrkit.jax.optax_schedule(spec)
+    sched = lrkit.jax.scheduler(spec)
     np.testing.assert_allclose(jax.jit(sched)(jnp.arange(15)), pure(np.arange(15)), rtol=1e-6, atol=1e-10)
     params = {"w": jnp.ones(3)}
     tx = lrkit.jax.inject_lr(optax.sgd, learning_rate=sched)

@@ -14,8 +14,9 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import lrkit  # noqa: E402
+import lrkit.torch  # noqa: E402
 from lrkit.errors import LrkitError  # noqa: E402
-from lrkit.integrations.torch import TorchTrainer, find_lr  # noqa: E402
+from lrkit.integrations.torch import TorchStepper, find_lr  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -79,7 +80,7 @@ def test_normal_exit_restores_bit_for_bit_and_suggests():
     res = find_lr(model, opt, crit, loader, num_iter=30, end_lr=1e-2, progress=False, confirm=False)
     assert len(res.lrs) == 30 and res.stopped_at is None
     assert_same_state(before, model, opt, loader)
-    assert res.suggestion == lrkit.suggest(res.lrs, res.losses, family="adam")
+    assert res.suggestion == lrkit.finder.suggest(res.lrs, res.losses, family="adam")
     assert res.suggestion == res.suggest()
 
 
@@ -122,7 +123,7 @@ def test_disk_snapshot_restores_and_cleans_up(tmp_path, monkeypatch):
 
 def test_snapshot_is_a_cpu_copy_not_a_view():
     model, opt, crit, loader = make_task()
-    snap = TorchTrainer(model, opt, crit, loader).snapshot()
+    snap = TorchStepper(model, opt, crit, loader).snapshot()
     for k, v in snap["model"].items():
         assert v.device.type == "cpu"
         assert v.data_ptr() != model.state_dict()[k].data_ptr()
@@ -368,6 +369,92 @@ def test_default_confirms_within_two_ramps_and_restores():
     first = res.confirmations[0]["lr"]
     np.testing.assert_allclose([c["lr"] for c in res.confirmations], [first, first / 3, first / 9])
     # the confirmation may move the ramp's pick down, never up
-    ramp_pick = lrkit.suggest(res.lrs, res.losses, family="adam")
+    ramp_pick = lrkit.finder.suggest(res.lrs, res.losses, family="adam")
     assert res.suggestion.lr is not None and res.suggestion.lr <= ramp_pick.lr * (1 + 1e-12)
     assert res.suggestion.rule == "robust+confirm"
+
+
+def _full_batch_task(seed: int = 0):
+    """A task whose loader is one full batch and whose model has no dropout: the data order cannot differ between
+    a loop the finder drives and one it does not."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(128, 10, generator=g)
+    y = (x[:, 0] - x[:, 2] > 0).long()
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 2))
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.1},
+                           {"params": model[2].parameters(), "lr": 0.05}], lr=0.1, momentum=0.9)
+    return model, opt, nn.CrossEntropyLoss(), [(x, y)]
+
+
+def test_lrfinder_in_your_own_loop_runs_the_find_lr_test_and_applies_the_pick():
+    model, opt, crit, batches = _full_batch_task()
+    reference = find_lr(model, opt, crit, batches, progress=False)
+    before = full_state(model, opt, DataLoader(TensorDataset(torch.zeros(1)), batch_size=1))
+    finder = lrkit.torch.LRFinder(model, opt, progress=False)
+    steps = 0
+    while not finder.done:
+        for x, y in batches:
+            opt.zero_grad()
+            loss = crit(model(x), y)
+            loss.backward()
+            opt.step()
+            steps += 1
+            if finder.record(loss):
+                break
+    res = finder.result
+    np.testing.assert_array_equal(res.losses, reference.losses)
+    assert res.suggestion == reference.suggestion and res.confirmations == reference.confirmations
+    assert steps == reference.total_steps and len(res.confirmations) == 3 and res.config["family"] == "sgd"
+    # restored bit for bit, then the pick applied with the groups' 2:1 ratio kept
+    pick = res.suggestion.lr
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([pick, pick / 2], rel=1e-12)
+    for g, b in zip(opt.param_groups, before["opt"]["param_groups"]):
+        g["lr"] = b["lr"]
+    assert_same_state(before, model, opt, DataLoader(TensorDataset(torch.zeros(1)), batch_size=1))
+
+
+def test_lrfinder_closed_early_restores_and_apply_false_leaves_the_lr():
+    model, opt, crit, batches = _full_batch_task()
+    loader = DataLoader(TensorDataset(torch.zeros(1)), batch_size=1)
+    before = full_state(model, opt, loader)
+    finder = lrkit.torch.LRFinder(model, opt, progress=False, apply=False)
+    for _ in range(30):
+        x, y = batches[0]
+        opt.zero_grad()
+        loss = crit(model(x), y)
+        loss.backward()
+        opt.step()
+        finder.record(loss.item())
+    assert opt.param_groups[0]["lr"] == pytest.approx(finder.lr)  # the finder drives the lr
+    finder.close()
+    assert_same_state(before, model, opt, loader)
+
+
+def test_find_lr_apply_sets_the_pick_keeping_group_ratios_and_scheduler_base_lrs():
+    model, opt, crit, batches = _full_batch_task()
+    res = find_lr(model, opt, crit, batches, progress=False, apply=True)
+    pick = res.suggestion.lr
+    assert pick is not None and [g["lr"] for g in opt.param_groups] == pytest.approx([pick, pick / 2], rel=1e-12)
+    # with a scheduler attached, its base lrs follow, so the schedule continues from the pick
+    model, opt, crit, batches = _full_batch_task()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / 10))  # a warmup: lr 0.01 now
+    lrkit.torch.apply_lr(opt, 2e-3, sched)
+    assert sched.base_lrs == pytest.approx([2e-3, 1e-3]) and opt.param_groups[0]["lr"] == pytest.approx(2e-4)
+    opt.step()  # no gradients: nothing moves, but torch's scheduler wants a step first
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(2e-3 * 0.2)
+
+
+def test_a_stepper_has_evaluate_only_with_validation_batches():
+    model, opt, crit, loader = make_task()
+    assert TorchStepper(model, opt, crit, loader).evaluate is None
+    val = [(torch.randn(16, 10), torch.zeros(16, dtype=torch.long))]
+    stepper = TorchStepper(model, opt, crit, loader, val_loader=val)
+    model.eval()
+    with torch.no_grad():
+        expected = float(crit(model(val[0][0]), val[0][1]))
+    model.train()
+    assert stepper.evaluate() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(LrkitError, match="unknown range-test option"):
+        find_lr(model, opt, crit, loader, num_iters=10)

@@ -16,12 +16,10 @@ pytest.importorskip("accelerate")  # the Trainer needs it
 
 import lrkit.schedules  # noqa: E402
 import lrkit.transformers  # noqa: E402
-from lrkit.adaptive import find  # noqa: E402
 from lrkit.errors import LrkitError  # noqa: E402
-from lrkit.finder import Replay, range_test  # noqa: E402
-from lrkit.integrations.torch import TorchTrainer  # noqa: E402
+from lrkit.finder import Replay, range_test, suggest  # noqa: E402
+from lrkit.integrations.torch import TorchStepper  # noqa: E402
 from lrkit.integrations.torch import find_lr as torch_find_lr  # noqa: E402
-from lrkit.suggest import suggest  # noqa: E402
 
 torch.set_num_threads(1)
 transformers.logging.set_verbosity_error()
@@ -99,7 +97,7 @@ def test_find_lr_restores_exactly_and_matches_the_torch_adapter(tmp_path):
     assert np.array_equal(res.losses, ref.losses)
     assert res.suggestion == suggest(res.lrs, res.losses, family=res.config['family'], momentum=res.config['momentum'])
     assert res.suggest("steepest") == suggest(res.lrs, res.smoothed_losses, rule="steepest")
-    replay = range_test(Replay(res.losses), num_iter=20, end_lr=1.0, progress=False,
+    replay = range_test(Replay(res.losses), num_iter=20, end_lr=1.0, progress=False, confirm=False,
                         family=res.config['family'], momentum=res.config['momentum'])
     assert replay.suggestion == res.suggestion
 
@@ -113,15 +111,15 @@ def test_default_path_is_the_adaptive_test_restores_exactly_and_equals_it_on_the
     assert trainer.optimizer is None and trainer.state.global_step == 0
     assert no_new_loader(trainer, registered)
     assert res.config["confirm"] and sum(res.config["steps"].values()) <= 200 and res.confirmations
-    # adaptive.find on the plain torch adapter with the Trainer's optimiser, loader, clipping: the same everything
+    # the engine on the plain torch stepper with the Trainer's optimiser, loader, clipping: the same everything
     loader = trainer.get_train_dataloader()
-    ref = find(TorchTrainer(trainer.model, trainer.create_optimizer(), None, loader, max_grad_norm=1.0),
-               num_iter=30, end_lr=100.0)
+    ref = range_test(TorchStepper(trainer.model, trainer.create_optimizer(), None, loader, max_grad_norm=1.0),
+                     num_iter=30, end_lr=100.0, progress=False)
     loader.end()
     trainer.optimizer = None
     assert res.suggestion == ref.suggestion and res.suggestion.lr is not None
-    assert res.confirmations == ref.candidates and res.config["steps"] == ref.steps
-    assert np.array_equal(res.losses, ref.ramp.losses)
+    assert res.confirmations == ref.confirmations and res.config == ref.config
+    assert np.array_equal(res.losses, ref.losses)
     assert_same(before, state(trainer.model))
 
 
@@ -136,16 +134,44 @@ def test_train_after_find_lr_equals_train_without_it(tmp_path):
         assert torch.equal(x, y), k
 
 
-def test_update_args_sets_the_learning_rate(tmp_path):
+def test_apply_sets_the_learning_rate(tmp_path):
     trainer = make(tmp_path)
-    res = lrkit.transformers.find_lr(trainer, num_iter=30, end_lr=100.0, update_args=True, progress=False,
+    res = lrkit.transformers.find_lr(trainer, num_iter=30, end_lr=100.0, apply=True, progress=False,
                                      rule="valley")  # random tokens barely fall: the default rule abstains
     assert res.suggestion.lr is not None and trainer.args.learning_rate == res.suggestion.lr
     own = torch.optim.SGD(trainer.model.parameters(), lr=0.1)
     with pytest.raises(LrkitError, match="its own optimizer"):
-        lrkit.transformers.find_lr(make(tmp_path, optimizers=(own, None)), update_args=True, progress=False)
+        lrkit.transformers.find_lr(make(tmp_path, optimizers=(own, None)), apply=True, progress=False)
     with pytest.raises(LrkitError, match="transformers.Trainer"):
         lrkit.transformers.find_lr(trainer.model, progress=False)
+
+
+def test_lrfinder_callback_equals_a_train_started_at_the_pick(tmp_path):
+    cb = lrkit.transformers.LRFinder(num_iter=30, end_lr=100.0, rule="valley", progress=False)
+    a = make(tmp_path, seed=2, callbacks=[cb], warmup_steps=2, lr_scheduler_type="linear")
+    a.train()
+    lr = cb.result.suggestion.lr
+    assert lr is not None and cb.result.confirmations  # the adaptive test, as find_lr
+    # the same run, without the callback, with learning_rate = the pick: the same lrs and the same weights
+    rec_b = RecordLr()
+    b = make(tmp_path, seed=2, callbacks=[rec_b], warmup_steps=2, lr_scheduler_type="linear", learning_rate=lr)
+    b.train()
+    assert a.lr_scheduler.base_lrs == pytest.approx([lr, lr], rel=1e-12)
+    assert a.state.global_step == b.state.global_step == 3
+    for (k, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.allclose(x, y, rtol=1e-6, atol=1e-7), k
+
+
+def test_validation_batches_are_judged_with_compute_loss(tmp_path):
+    trainer = make(tmp_path)
+    val = [next(iter(trainer.get_eval_dataloader(TokenData(n=16, seed=9))))]
+    res = lrkit.transformers.find_lr(trainer, val_loader=val, num_iter=20, end_lr=1.0, progress=False)
+    assert list(res.val_steps[:2]) == [0, 5] and not res.confirmations
+    with torch.no_grad():
+        trainer.model.eval()
+        expected = float(trainer.model(**val[0]).loss)
+        trainer.model.train()
+    assert res.val_losses[0] == pytest.approx(expected, rel=1e-5)
 
 
 class RecordLr(transformers.TrainerCallback):

@@ -19,10 +19,11 @@ import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
 from lrkit.finder import range_test  # noqa: E402
-from lrkit.integrations.torch import TorchTrainer  # noqa: E402
+from lrkit.integrations.torch import TorchStepper  # noqa: E402
 
 WORLD, N, D = 2, 16, 4
 KW = dict(start_lr=1e-4, end_lr=30.0, num_iter=40, progress=False)
+ONE_RAMP = dict(KW, confirm=False)
 
 
 def _data():
@@ -38,7 +39,7 @@ def _model():
 
 
 class _FailsAt:
-    """A Trainer that raises on one rank at a given step (to check that no rank hangs)."""
+    """A stepper that raises on one rank at a given step (to check that no rank hangs)."""
 
     def __init__(self, inner, fail_step):
         self.inner, self.fail_step, self.n = inner, fail_step, 0
@@ -59,7 +60,8 @@ class _FailsAt:
 
 
 def _rank_main(rank, port, out):
-    from lrkit.integrations.distributed import DistributedTrainer, distributed_range_test, find_lr
+    from lrkit.integrations.distributed import DistributedStepper, maybe_distributed
+    from lrkit.integrations.torch import find_lr
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
@@ -71,11 +73,11 @@ def _rank_main(rank, port, out):
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         before = {k: v.clone() for k, v in model.state_dict().items()}
         rng_before = torch.get_rng_state().clone()
-        result = find_lr(model, opt, torch.nn.MSELoss(), shard, **KW)
+        result = find_lr(model, opt, torch.nn.MSELoss(), shard, **ONE_RAMP)
         after = {k: v.clone() for k, v in model.state_dict().items()}
         rng_after = torch.get_rng_state().clone()
         # a failure on rank 1 at its 5th step: both ranks raise, both restore
-        trainer = DistributedTrainer(_FailsAt(TorchTrainer(model, opt, torch.nn.MSELoss(), shard),
+        trainer = DistributedStepper(_FailsAt(TorchStepper(model, opt, torch.nn.MSELoss(), shard),
                                               5 if rank == 1 else 10**9))
         try:
             range_test(trainer, **KW)
@@ -83,15 +85,15 @@ def _rank_main(rank, port, out):
         except Exception as e:  # noqa: BLE001 - recorded for the parent to check
             error = f"{type(e).__name__}: {e}"
         after_error = {k: v.clone() for k, v in model.state_dict().items()}
-        plain = distributed_range_test(TorchTrainer(model, opt, torch.nn.MSELoss(), shard), **KW)
+        # any stepper: wrapped by maybe_distributed, it runs the same engine on every rank
+        plain = range_test(maybe_distributed(TorchStepper(model, opt, torch.nn.MSELoss(), shard)), **ONE_RAMP)
         # the everyday entry point detects the process group by itself, confirmation runs included
-        from lrkit.integrations.torch import find_lr as generic_find_lr
-
-        generic = generic_find_lr(model, opt, torch.nn.MSELoss(), shard, **KW).to_dict()
+        generic = find_lr(model, opt, torch.nn.MSELoss(), shard, **KW).to_dict()
         after_generic = {k: v.clone() for k, v in model.state_dict().items()}
         torch.save({"result": result.to_dict(), "generic": generic, "after_generic": after_generic, "before": before, "after": after, "rng_before": rng_before,
                     "rng_after": rng_after, "error": error, "after_error": after_error,
-                    "world_size": plain.config["world_size"]}, os.path.join(out, f"rank{rank}.pt"))
+                    "world_size": result.config["world_size"], "plain": plain.to_dict()},
+                   os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -122,6 +124,8 @@ def test_every_rank_records_the_same_curve_stop_and_suggestion(ranks):
     assert a == b  # lrs, raw and smoothed losses, stop reason and step, suggestion: bit for bit
     assert a["suggestion"]["lr"] is not None and a["stopped_at"] is not None  # it ran to divergence
     assert ranks[0]["world_size"] == 2
+    plain = dict(ranks[0]["plain"], elapsed_s=None, config=None)
+    assert plain == dict(a, elapsed_s=None, config=None)  # maybe_distributed + range_test: the same test
 
 
 def test_every_rank_is_restored_exactly(ranks):
@@ -141,7 +145,7 @@ def test_curve_matches_a_single_process_run_on_the_combined_batch(ranks):
     x, y = _data()
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    single = range_test(TorchTrainer(model, opt, torch.nn.MSELoss(), [(x, y)]), **KW)
+    single = range_test(TorchStepper(model, opt, torch.nn.MSELoss(), [(x, y)]), **ONE_RAMP)
     ddp = ranks[0]["result"]
     assert len(ddp["losses"]) == len(single.losses)
     assert ddp["stopped_at"] == single.stopped_at

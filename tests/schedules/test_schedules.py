@@ -324,31 +324,40 @@ def test_importing_schedules_imports_no_framework():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-# ---- CLI ---------------------------------------------------------------------------------------------------------
-
-def test_cli_schedule_plots_and_prints_key_points(tmp_path, capsys):
-    from lrkit.cli import main
-
-    out = tmp_path / "schedule.png"
-    assert main(["schedule", "warmup(50) >> cosine(3e-4, 200, final=3e-5)", "-o", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert out.stat().st_size > 1000 and "peak:     0.0003 at step 50" in text
-    assert "final:    3e-05 at step 250" in text and "step 50: warmup end" in text
-    assert main(["schedule", "onecycle(0.01, 100)", "--json"]) == 0
-    kp = json.loads(capsys.readouterr().out)
-    assert kp["peak_step"] == 29 and kp["steps"] == 101 and kp["spec"] == "onecycle(0.01, 100)"
+def test_final_above_peak_is_refused_naming_both():
+    for make in (lambda: S.cosine(3e-4, 100, final=1e-3), lambda: S.polynomial(3e-4, 100, final=1e-3),
+                 lambda: S.cosine_restarts(3e-4, 10, final=1e-3), lambda: S.wsd(3e-4, 100, final=1e-3),
+                 lambda: S.parse("warmup(10) >> cosine(3e-4, 100, final=1e-3)")):
+        with pytest.raises(LrkitError, match=r"final must be .*<= 0.0003, got 0.001; .*at most peak"):
+            make()
+    assert S.cosine(3e-4, 100, final=3e-4)(50) == pytest.approx(3e-4)  # final == peak: a constant, allowed
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["schedule", "warmup(50) >> cosin(3e-4, 200)"], ["unknown schedule 'cosin'", "column 15", "<here>cosin"]),
-    (["schedule", "exponential(1e-3, 0.9)"], ["never ends", "--steps"]),
-    (["schedule", "cosine(1e-3, 0)"], ["steps must be an int >= 1"]),
-])
-def test_cli_schedule_bad_spec_exits_2_with_one_line_and_no_file(tmp_path, capsys, argv, words):
-    from lrkit.cli import main
+def test_key_points_read_every_step_in_blocks(monkeypatch):
+    from lrkit.schedules import _base
 
-    out = tmp_path / "schedule.png"
-    assert main([*argv, "-o", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and all(w in err for w in words)
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(_base, "_KEY_BLOCK", 1000)  # many blocks: the peak and the minimum lie in later ones
+    s = S.parse("cyclical(1e-4, 1e-2, 700, 1100) * exponential(1.0, 0.9999)")
+    v = s(np.arange(10_000))
+    kp = s.key_points(10_000)
+    assert (kp["first"], kp["final"], kp["min"]) == (v[0], v[-1], v.min()) and kp["sampled"] is None
+    assert (kp["peak"], kp["peak_step"]) == (v.max(), int(np.argmax(v)))
+
+
+def test_key_points_sample_long_schedules_at_every_phase_start():
+    s = S.parse("warmup(500) >> cosine(3e-4, 2000000, final=3e-5)")
+    kp = s.key_points(sample=10_000)
+    exact = s.key_points()
+    assert kp["sampled"] is not None and kp["sampled"] <= 10_002 and exact["sampled"] is None
+    assert {k: kp[k] for k in ("first", "peak", "peak_step", "final", "min", "steps")} == \
+        {k: exact[k] for k in ("first", "peak", "peak_step", "final", "min", "steps")}
+    t = S.sample_steps(2_000_501, [500], 10_000)
+    assert t[0] == 0 and t[-1] == 2_000_500 and {499, 500} <= set(t.tolist()) and np.all(np.diff(t) > 0)
+    np.testing.assert_array_equal(S.sample_steps(50, [10], 100), np.arange(50))
+
+
+def test_key_points_refuse_more_steps_than_they_can_read():
+    with pytest.raises(LrkitError, match="at most 1e\\+08; look at fewer steps"):
+        S.cosine(3e-4, 1000).key_points(10**8 + 1)
+    with pytest.raises(LrkitError, match="2\\*\\*53"):
+        S.cosine(3e-4, 1e30).key_points(sample=1000)

@@ -1,4 +1,5 @@
-"""Suggestion rules against closed-form synthetic curves, the edge cases, and the recipe's spec round trip."""
+"""Suggestion rules (lrkit.finder) against closed-form synthetic curves, the edge cases, and the recipe's spec round
+trip."""
 
 from __future__ import annotations
 
@@ -7,18 +8,22 @@ import pytest
 
 import lrkit
 from lrkit.errors import LrkitError
-from lrkit.schedules import parse
-from lrkit.suggest import (
-    ADAM_FACTOR,
+from lrkit.finder import (
+    DEFAULT_RULE,
     Recipe,
     Suggestion,
+    clean_curve,
     divergence_factor,
     fit_curve,
+    infer_family,
     recipe,
+    register_rule,
     rules,
     suggest,
 )
+from lrkit.schedules import parse
 
+ADAM_FACTOR = divergence_factor("adam")  # 10: Adam-like optimisers train about 10x below the divergence
 X = np.linspace(-7.0, 1.0, 161)  # log10(lr), 20 points per decade
 LRS = 10.0**X
 
@@ -30,13 +35,51 @@ def ramp_curve(x=X, fall=(-4.0, -2.0), floor=(-2.0, -1.0), rise_slope=10.0, top=
 
 
 def test_registry_has_the_classics_and_the_default():
-    import importlib
-
-    module = importlib.import_module("lrkit.suggest")
     assert {"steepest", "minimum", "valley", "robust"} <= set(rules())
-    assert module.DEFAULT_RULE in rules()
+    assert lrkit.finder.rules() == rules() and DEFAULT_RULE == "robust"
     y = ramp_curve()
-    assert lrkit.suggest(LRS, y) == suggest(LRS, y, module.DEFAULT_RULE)
+    assert suggest(LRS, y) == suggest(LRS, y, DEFAULT_RULE)
+
+
+def test_a_registered_rule_is_found_by_name_and_unknown_names_list_the_known():
+    @register_rule("tenth_of_last")
+    def tenth_of_last(lrs, losses):
+        return Suggestion(float(lrs[-1]) / 10, None, "tenth_of_last", "a tenth of the last lr")
+
+    assert suggest(LRS, ramp_curve(), "tenth_of_last").lr == pytest.approx(LRS[-1] / 10)
+    assert "tenth_of_last" in rules()
+    with pytest.raises(LrkitError, match="unknown suggestion rule 'nope'; choose one of: minimum, robust"):
+        suggest(LRS, ramp_curve(), "nope")
+
+
+def test_clean_curve_keeps_the_prefix_before_the_first_non_finite_point():
+    x, y = clean_curve([1e-3, 1e-2, 1e-1, 1.0], [2.0, 1.0, np.nan, 0.5])
+    assert x.tolist() == [1e-3, 1e-2] and y.tolist() == [2.0, 1.0]
+    x, _ = clean_curve([1e-3, 0.0, 1e-1], [2.0, 1.0, 0.5])  # an lr of 0 is no point on a log axis
+    assert x.tolist() == [1e-3]
+    with pytest.raises(LrkitError, match="same length"):
+        clean_curve([1e-3, 1e-2], [1.0])
+
+
+def test_one_infer_family_for_optimiser_objects_and_optax_hyperparameters():
+    class SGD:
+        param_groups = [{"momentum": 0.9}]
+
+    class AdamW:
+        pass
+
+    class Wrapper:  # e.g. accelerate's AcceleratedOptimizer
+        optimizer = SGD()
+
+    assert infer_family(SGD()) == ("sgd", 0.9) and infer_family(AdamW()) == ("adam", None)
+    assert infer_family(Wrapper()) == ("sgd", 0.9)
+    # optax.inject_hyperparams states: a second-moment decay is Adam-like; lr/momentum/nesterov only is SGD
+    assert infer_family({"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8}) == ("adam", None)
+    assert infer_family({"learning_rate": 0.1, "decay": 0.9}) == ("adam", None)  # rmsprop
+    assert infer_family({"learning_rate": 0.1, "momentum": np.float32(0.9), "nesterov": False}) == ("sgd", 0.9)
+    assert infer_family({"learning_rate": 0.1, "momentum": None, "nesterov": False}) == ("sgd", 0.0)
+    assert infer_family({"learning_rate": 0.1, "weight_decay": 0.1}) == (None, None)
+    assert infer_family(None) == (None, None)
 
 
 def test_steepest_finds_the_inflection_of_a_tanh():

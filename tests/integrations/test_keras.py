@@ -19,8 +19,7 @@ if keras.backend.backend() != "torch":  # keras was imported earlier in this pro
 import lrkit.keras  # noqa: E402
 import lrkit.schedules  # noqa: E402
 from lrkit.errors import LrkitError  # noqa: E402
-from lrkit.finder import Replay, range_test  # noqa: E402
-from lrkit.suggest import infer_family, suggest  # noqa: E402
+from lrkit.finder import Replay, infer_family, range_test, suggest  # noqa: E402
 
 rng = np.random.default_rng(0)
 X = rng.normal(size=(64, 4)).astype("float32")
@@ -61,7 +60,7 @@ def test_find_lr_restores_every_variable_and_suggests_like_the_engine():
     assert len(res.lrs) == 20
     assert res.suggestion == suggest(res.lrs, res.losses, family=res.config['family'], momentum=res.config['momentum'])
     assert res.suggest("steepest") == suggest(res.lrs, res.smoothed_losses, rule="steepest")
-    replay = range_test(Replay(res.losses), num_iter=20, end_lr=1.0, progress=False,
+    replay = range_test(Replay(res.losses), num_iter=20, end_lr=1.0, progress=False, confirm=False,
                         family=res.config['family'], momentum=res.config['momentum'])
     assert replay.suggestion == res.suggestion
     # a second run from the restored state records the very same curve
@@ -82,7 +81,7 @@ def test_default_path_is_the_adaptive_test_within_200_steps_and_restores_every_v
     rule = suggest(res.lrs, res.losses, family="adam")
     assert rule.lr is not None and res.suggestion.lr <= rule.lr
     assert res.suggestion.lr in [c["lr"] for c in res.confirmations]
-    sgd = lrkit.keras.KerasTrainer(make(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), warm=False), X, Y)
+    sgd = lrkit.keras.KerasStepper(make(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), warm=False), X, Y)
     assert infer_family(sgd.optimizer) == ("sgd", 0.9)
 
 
@@ -112,31 +111,61 @@ def test_losses_are_per_batch_and_follow_the_ramp_closed_form():
     assert float(keras.ops.convert_to_numpy(model.layers[0].kernel)[0, 0]) == 0.0
 
 
-def test_callback_inside_fit_records_the_same_curve_and_restores():
+def test_callback_inside_fit_runs_the_find_lr_test_restores_and_applies_the_pick():
+    """One batch per epoch (the whole data, in order: the Dropout masks follow the rows), so fit's batches are
+    find_lr's: the same adaptive test, bit for bit."""
     model = make(seed=1)
     before = all_values(model)
-    ref = lrkit.keras.find_lr(model, X, Y, batch_size=16, num_iter=20, end_lr=1.0, shuffle=False, progress=False,
-                              confirm=False)  # the callback is one ramp
-    cb = lrkit.keras.LRFinder(num_iter=20, end_lr=1.0)
-    history = model.fit(X, Y, batch_size=16, epochs=100, shuffle=False, verbose=0, callbacks=[cb])
-    assert len(history.epoch) == 5  # 4 batches per epoch: fit stopped itself after 20 batches
-    assert_same(before, model)
+    ref = lrkit.keras.find_lr(model, X, Y, batch_size=64, num_iter=20, end_lr=1.0, shuffle=False, progress=False)
+    assert ref.confirmations and ref.suggestion.lr is not None
+    cb = lrkit.keras.LRFinder(num_iter=20, end_lr=1.0, progress=False)
+    history = model.fit(X, Y, batch_size=64, epochs=1000, shuffle=False, verbose=0, callbacks=[cb])
+    assert len(history.epoch) == ref.total_steps  # fit stopped itself when the test was over
     assert np.array_equal(cb.result.losses, ref.losses)  # batch losses, not running means
     assert np.array_equal(cb.result.lrs, ref.lrs)
-    assert cb.result.suggestion == suggest(cb.result.lrs, cb.result.losses, family=cb.result.config['family'], momentum=cb.result.config['momentum'])
+    assert cb.result.suggestion == ref.suggestion and cb.result.confirmations == ref.confirmations
+    lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    assert lr == pytest.approx(ref.suggestion.lr, rel=1e-6)  # apply=True: fit goes on at the pick
+    model.optimizer.learning_rate = before_lr = float(before[model.optimizer._learning_rate.path])
+    assert before_lr == pytest.approx(1e-3)
+    assert_same(before, model)
     with pytest.raises(LrkitError, match="epochs=100"):
-        model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[lrkit.keras.LRFinder(num_iter=20)])
+        model.fit(X, Y, batch_size=16, epochs=1, verbose=0,
+                  callbacks=[lrkit.keras.LRFinder(num_iter=20, progress=False)])
     assert_same(before, model)
 
 
 def test_callback_stops_at_divergence_like_the_engine():
     model = make(seed=2, optimizer=keras.optimizers.SGD(learning_rate=0.01))
     before = all_values(model)
-    cb = lrkit.keras.LRFinder(start_lr=1e-3, end_lr=1e3, num_iter=30)
-    model.fit(X, Y, batch_size=16, epochs=100, verbose=0, callbacks=[cb])
+    cb = lrkit.keras.LRFinder(start_lr=1e-3, end_lr=1e3, num_iter=30, confirm=False, apply=False, progress=False)
+    batches = []
+
+    class Count(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            batches.append(batch)
+
+    model.fit(X, Y, batch_size=16, epochs=100, verbose=0, callbacks=[cb, Count()])
     assert_same(before, model)
     assert cb.result.stopped_at is not None and len(cb.result.lrs) < 30
-    assert len(cb._losses) == len(cb.result.losses)  # fit stopped exactly where the engine stops
+    assert len(batches) == len(cb.result.losses)  # fit stopped exactly where the engine stops
+
+
+def test_find_lr_apply_and_validation_batches():
+    model = make(seed=3)
+    res = lrkit.keras.find_lr(model, X, Y, batch_size=16, num_iter=20, end_lr=1.0, apply=True, progress=False)
+    lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    assert res.suggestion.lr is not None and lr == pytest.approx(res.suggestion.lr, rel=1e-6)
+    val = [(X[:32], Y[:32]), (X[32:], Y[32:])]
+    twin = make(seed=3)
+    expected = float(np.mean([twin.test_on_batch(x, y, return_dict=True)["loss"] for x, y in val]))
+    model = make(seed=3)
+    before = all_values(model)
+    res = lrkit.keras.find_lr(model, X, Y, batch_size=16, num_iter=20, end_lr=1.0, val_loader=val,
+                              progress=False)
+    assert_same(before, model)
+    assert list(res.val_steps[:2]) == [0, 5] and not res.confirmations
+    assert res.val_losses[0] == pytest.approx(expected, rel=1e-3)  # one step at lr 1e-7 barely moves it
 
 
 def test_schedule_built_optimizer_is_refused_clearly():
@@ -145,10 +174,10 @@ def test_schedule_built_optimizer_is_refused_clearly():
     with pytest.raises(LrkitError, match="float lr"):
         lrkit.keras.find_lr(model, X, Y, progress=False)
     with pytest.raises(LrkitError, match="float lr"):
-        model.fit(X, Y, epochs=1, verbose=0, callbacks=[lrkit.keras.LRFinder()])
+        model.fit(X, Y, epochs=1, verbose=0, callbacks=[lrkit.keras.LRFinder(progress=False)])
 
 
-def test_keras_schedule_gives_the_pure_schedule_lrs_in_fit():
+def test_scheduler_gives_the_pure_schedule_lrs_in_fit():
     spec = "warmup(3) >> cosine(1e-2, 10)"
     pure = lrkit.schedules.parse(spec)
     seen = []
@@ -157,7 +186,7 @@ def test_keras_schedule_gives_the_pure_schedule_lrs_in_fit():
         def on_train_batch_begin(self, batch, logs=None):
             seen.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
 
-    model = make(optimizer=keras.optimizers.SGD(learning_rate=lrkit.keras.keras_schedule(spec)), warm=False)
+    model = make(optimizer=keras.optimizers.SGD(learning_rate=lrkit.keras.scheduler(spec)), warm=False)
     model.fit(X, Y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[Record()])
     np.testing.assert_allclose(seen, pure(np.arange(16)), rtol=1e-6, atol=1e-9)  # float32 in Keras
 

@@ -1,4 +1,5 @@
-"""The framework-free range-test engine, driven by a real numpy trainer (least squares by gradient descent)."""
+"""The framework-free range-test engine, driven by a real numpy stepper (least squares by gradient descent): one
+ramp (``confirm=False``), the validation mode, restores, errors, and the result's JSON and plot."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import pytest
 import lrkit
 from lrkit.curve import EMA, ema
 from lrkit.errors import LrkitError
-from lrkit.finder import FinderResult, range_test
+from lrkit.finder import FinderResult, Stop, range_test
 from lrkit.schedules import ramp
+
+ONE_RAMP = dict(confirm=False, val_every=None, progress=False)  # one ramp, judged on the training loss
 
 
 class LeastSquares:
@@ -90,7 +93,7 @@ def test_ema_matches_bias_corrected_definition():
 def test_range_test_records_the_ramp_and_stops_at_divergence():
     tr = LeastSquares()
     w0 = tr.w.copy()
-    res = range_test(tr, start_lr=1e-4, end_lr=100.0, num_iter=100, progress=False)
+    res = range_test(tr, start_lr=1e-4, end_lr=100.0, num_iter=100, **ONE_RAMP)
     n = len(res.lrs)
     np.testing.assert_allclose(res.lrs, ramp(1e-4, 100.0, 100)(np.arange(n)), rtol=1e-12)
     np.testing.assert_allclose(res.lrs, tr.lrs_seen, rtol=0)
@@ -100,7 +103,7 @@ def test_range_test_records_the_ramp_and_stops_at_divergence():
     s = res.smoothed_losses
     assert s[-1] > 4 * s[:-1].min()
     assert all(s[k] <= 4 * s[:k].min() for k in range(1, n - 1))
-    assert "diverged" in res.stop_reason
+    assert res.stop is Stop.DIVERGED and "diverged" in res.stop_reason
     # gradient descent on least squares diverges past 2 / lambda_max: the test saw it
     lam = np.linalg.eigvalsh(tr.x.T @ tr.x / len(tr.y)).max()
     assert res.lrs[-1] > 2 / lam
@@ -110,9 +113,9 @@ def test_range_test_records_the_ramp_and_stops_at_divergence():
 
 def test_stops_on_nan_and_restores():
     tr = LeastSquares(nan_from=30)
-    res = range_test(tr, num_iter=100, progress=False)
+    res = range_test(tr, num_iter=100, **ONE_RAMP)
     assert len(res.lrs) == 30 and res.stopped_at == 29
-    assert "non-finite" in res.stop_reason
+    assert res.stop is Stop.NON_FINITE and "non-finite" in res.stop_reason
     np.testing.assert_array_equal(tr.w, np.zeros(8))
 
 
@@ -167,7 +170,7 @@ def test_skipped_steps_are_not_points():
             return super().step(lr)
 
     tr = Skipping()
-    res = range_test(tr, num_iter=30, end_lr=1e-2, progress=False)
+    res = range_test(tr, num_iter=30, end_lr=1e-2, **ONE_RAMP)
     assert len(res.lrs) == 30  # every recorded point is a real step; skipped ones are retried at the same lr
     np.testing.assert_allclose(res.lrs, ramp(1e-7, 1e-2, 30)(np.arange(30)))
 
@@ -178,19 +181,23 @@ def test_validation_mode_judges_the_evaluated_loss():
     assert res.val_steps is not None and list(res.val_steps[:4]) == [0, 3, 6, 9]
     assert len(res.val_losses) == len(res.val_steps)
     assert res.curve.name == "val_loss"
-    assert res.suggestion == lrkit.suggest(res.lrs[res.val_steps], res.val_losses)
+    assert res.suggestion == lrkit.finder.suggest(res.lrs[res.val_steps], res.val_losses)
+    assert not res.confirmations and res.config["val_every"] == 3  # validation mode: one ramp
 
 
-def test_validation_mode_needs_evaluate():
+def test_validation_mode_needs_a_stepper_that_evaluates():
     class NoEval:
-        step, snapshot, restore = LeastSquares.step, LeastSquares.snapshot, LeastSquares.restore
+        step, snapshot, restore, loss = LeastSquares.step, LeastSquares.snapshot, LeastSquares.restore, LeastSquares.loss
 
-    with pytest.raises(LrkitError, match="evaluate"):
-        range_test(NoEval(), val_every=2, progress=False)
+        def __init__(self):
+            self.__dict__.update(vars(LeastSquares()))
+
+    res = range_test(NoEval(), val_every=2, confirm=False, progress=False)  # val_every is the default's 5 too
+    assert res.val_steps is None and res.config["val_every"] is None and res.curve.name == "loss"
 
 
 def test_result_json_round_trip(tmp_path):
-    res = range_test(LeastSquares(nan_from=40), progress=False)
+    res = range_test(LeastSquares(nan_from=40), **ONE_RAMP)
     path = tmp_path / "r.json"
     res.save(path)
     back = FinderResult.load(path)
@@ -198,6 +205,7 @@ def test_result_json_round_trip(tmp_path):
     np.testing.assert_array_equal(back.losses, res.losses)  # NaN survives as null -> NaN
     np.testing.assert_array_equal(back.smoothed_losses, res.smoothed_losses)
     assert back.suggestion == res.suggestion and back.stop_reason == res.stop_reason
+    assert back.stop is res.stop is Stop.NON_FINITE and back.config == res.config
     assert json.loads(path.read_text())["format"] == "lrkit.find"
     bad = tmp_path / "bad.json"
     bad.write_text("{\"x\": 1}")
@@ -206,7 +214,7 @@ def test_result_json_round_trip(tmp_path):
 
 
 def test_plot_writes_a_png(tmp_path):
-    res = range_test(LeastSquares(), start_lr=1e-4, end_lr=100.0, progress=False)
+    res = range_test(LeastSquares(), start_lr=1e-4, end_lr=100.0, **ONE_RAMP)
     path = tmp_path / "f.png"
     res.plot(path, rules=["steepest", "minimum"])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
