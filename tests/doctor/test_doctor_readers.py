@@ -136,6 +136,8 @@ def test_mlflow_run_folder(tmp_path):
 
 
 def test_tensorboard_all_points_and_tensor_summaries(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    pytest.importorskip("torch", reason="the writer comes from torch")
     from torch.utils.tensorboard import SummaryWriter
 
     n = 12_000  # more than EventAccumulator's default reservoir of 10,000 scalars per tag
@@ -155,6 +157,7 @@ def test_tensorboard_all_points_and_tensor_summaries(tmp_path):
 
 
 def test_corrupt_event_file(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     good = tmp_path / "events.out.tfevents.1.host"
     good.write_bytes(b"\x18\x00\x00\x00\x00\x00\x00\x00garbage, not a TFRecord" * 20)
     with pytest.raises(LrkitError, match="no scalar summaries could be read"):

@@ -334,21 +334,3 @@ def test_shipped_sequence_models_read_their_channels_and_share_the_vote():
     # the loss alone has no sequence model: the trees decide
     assert direction.predict(direction.shape_features(y), direction.profile(y)) == direction.predict(
         direction.shape_features(y))
-
-
-def test_fit_seq_learns_and_exports_what_numpy_evaluates():
-    pytest.importorskip("torch")
-    import os
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks", "doctor"))
-    import fit_direction
-
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 240)
-    P = 0.3 * rng.standard_normal((240, 5, direction.SEQ_POINTS))
-    P[:, 2] += (y - 1.0)[:, None]  # the class is the update ratio's level, a channel the loss-only mask would drop
-    model = fit_direction.fit_seq(P, y, "with_ur", epochs=8, batch=32, lr=1e-2)
-    pred = np.array([direction.seq_proba(model, p).argmax() for p in P])
-    assert (pred == y).mean() > 0.9
-    np.testing.assert_allclose(direction.seq_proba(model, P[0]), _seq_reference(model, P[0]), atol=1e-10)
