@@ -391,3 +391,16 @@ def test_loss_named_otherwise_or_only_a_perplexity(tmp_path):
     c = read_log(write(tmp_path / "ppl.csv", "\n".join(rows)))
     assert c.name == "log(train_ppl)" and any("log of the perplexity" in n for n in c.meta["notes"])
     np.testing.assert_allclose(c.values, LOSS)
+
+
+def test_runs_appended_to_one_log_read_the_last_and_a_resumed_run_keeps_the_rewritten_steps(tmp_path):
+    aborted = [f"step {i} | loss {9.0 - i / 10:.4f}" for i in range(15)]  # a first run, stopped early
+    full = [f"step {i} | loss {LOSS[i]:.4f}" for i in range(N)]
+    c = read_log(write(tmp_path / "train.log", "\n".join(aborted + full)))
+    check(c, np.arange(N), LOSS)
+    assert any("starts over 1 time(s)" in n for n in c.meta["notes"])
+    # resumed from step 40: steps 40..59 logged twice, the second time with the values that count
+    resumed = full[:50] + [f"step {i} | loss {LOSS[i] + 1:.4f}" for i in range(40, N)]
+    c = read_log(write(tmp_path / "resumed.log", "\n".join(resumed)))
+    check(c, np.arange(N), np.r_[LOSS[:40], np.round(LOSS[40:] + 1, 4)])
+    assert any("a resumed run" in n for n in c.meta["notes"])

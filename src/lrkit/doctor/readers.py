@@ -964,13 +964,23 @@ def _nonconstant(v: np.ndarray) -> bool:
 
 
 def _order(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Sort by step (stable) and keep the last value of a repeated step (a resumed run rewrote it)."""
+    """Steps in order. A log that starts over (the counter goes back to its first value: a run restarted and appended
+    to the same file) is read from its last start; a counter that goes back part of the way (a run resumed from a
+    checkpoint) keeps the last value logged for each repeated step."""
     notes = []
     d = np.diff(steps)
     if d.size and (d < 0).any():
-        n_back = int((d < 0).sum())
-        notes.append(f"steps go backwards {n_back} time(s) (a resumed or restarted run?): sorted by step, "
-                     "keeping the last value logged for a repeated step")
+        first_gap = float(np.median(d[d > 0])) if (d > 0).any() else 1.0
+        restarts = np.flatnonzero((d < 0) & (steps[1:] <= steps[0] + first_gap)) + 1
+        if restarts.size:
+            start = int(restarts[-1])
+            notes.append(f"the log starts over {restarts.size} time(s) (runs appended to one file): read the last "
+                         f"run, from its step {steps[start]:g} ({len(steps) - start} of {len(steps)} values)")
+            steps, values = steps[start:], values[start:]
+            d = np.diff(steps)
+    if d.size and (d < 0).any():
+        notes.append(f"steps go backwards {int((d < 0).sum())} time(s) (a resumed run?): sorted by step, keeping the "
+                     "last value logged for a repeated step")
     if d.size and (d <= 0).any():
         order = np.argsort(steps, kind="stable")
         steps, values = steps[order], values[order]
