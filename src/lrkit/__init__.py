@@ -13,12 +13,8 @@ from lrkit.curve import Curve
 from lrkit.doctor import Diagnosis, Monitor, diagnose, read_log
 from lrkit.errors import LrkitError
 from lrkit.finder import FinderResult, Trainer, range_test
-from lrkit.stepwise import StepwiseResult, stepwise, stepwise_search
+from lrkit.search import StepwiseResult, SweepResult, stepwise, stepwise_search, sweep
 from lrkit.suggest import Suggestion, suggest
-
-# imported as a function on purpose: `lrkit.sweep(...)` is the API, and binding it here, after the submodule
-# has loaded, keeps the name pointing at the function rather than at the module lrkit.sweep
-from lrkit.sweep import SweepResult, sweep  # noqa: I001
 
 __version__ = "0.1.0"
 
