@@ -7,6 +7,7 @@ $LRKIT_TEST_LOG when they begin a trial.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -102,6 +103,14 @@ def train_hangs_above(lr, trial):
         trial.report(W0**2, 0)
         time.sleep(60)
     return descend(lr, trial)
+
+
+def u_shape(lr, trial):
+    """A U in log-lr with its minimum 1.0 at lr 3.7e-3, over 4 reported steps."""
+    final = 0.1 * math.log(lr / 3.7e-3) ** 2 + 1.0
+    for s in range(4):
+        trial.report(final + (3 - s) * 0.1, s)
+    return final
 
 
 def train_maximize(lr, trial):

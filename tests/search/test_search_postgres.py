@@ -43,14 +43,6 @@ def load(url: str, name: str):
     return optuna.load_study(study_name=name, storage=url.replace("postgresql:", "postgresql+psycopg2:"))
 
 
-@pytest.fixture
-def log(tmp_path, monkeypatch):
-    path = str(tmp_path / "calls.log")
-    open(path, "w").close()
-    monkeypatch.setenv("LRKIT_TEST_LOG", path)
-    return path
-
-
 def test_three_commands_started_at_the_same_instant_on_a_fresh_database(server, tmp_path, log, capsys):
     points = [(lr, s) for lr in parse_lrs("1e-3:0.3:4") for s in (0, 1)]
     urls = [f"{server.rsplit('/', 1)[0]}/round{r}" for r in range(ROUNDS)]

@@ -20,14 +20,6 @@ from lrkit.errors import LrkitError
 from lrkit.search import SweepStudy, lrs_around, parse_lrs, run_points, sweep
 
 
-@pytest.fixture
-def log(tmp_path, monkeypatch):
-    path = str(tmp_path / "calls.log")
-    open(path, "w").close()
-    monkeypatch.setenv("LRKIT_TEST_LOG", path)
-    return path
-
-
 def load(db, name):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
 

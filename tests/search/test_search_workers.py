@@ -19,14 +19,6 @@ from search_toys import STEPS, closed_form, starts
 from lrkit.search import parse_lrs, sweep
 
 
-@pytest.fixture
-def log(tmp_path, monkeypatch):
-    path = str(tmp_path / "calls.log")
-    open(path, "w").close()
-    monkeypatch.setenv("LRKIT_TEST_LOG", path)
-    return path
-
-
 def sqlite_study(db, name):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
 
