@@ -333,9 +333,12 @@ class Job:
         return sum(1 for t in trials if (before is None or t.number < before)
                    and "fixed_params" not in t.system_attrs and "failed_trial" not in t.system_attrs)
 
-    def has_work(self, trials: Sequence[Any]) -> bool:
-        """Whether a trial waits in the queue, or the sampler has trials left to draw (from the study's trials)."""
+    def has_work(self, study: Any, trials: Sequence[Any] | None = None) -> bool:
+        """Whether a trial waits in the queue, or the sampler has trials left to draw (``trials``: the study's, if
+        already read; else only what the answer needs is read)."""
         ts = _storage.optuna_module().trial.TrialState
+        if trials is None:
+            trials = study.get_trials(deepcopy=False, states=None if self.n_trials is not None else (ts.WAITING,))
         return any(t.state == ts.WAITING for t in trials) or (
             self.n_trials is not None and self.drawn(trials) < self.n_trials)
 
@@ -464,10 +467,10 @@ class _Progress:
     def __call__(self, study: Any, frozen: Any) -> None:
         if frozen.user_attrs.get(ATTR_SPARE):
             return
-        trials = study.get_trials(deepcopy=False)
-        if self.job.progress:
+        trials = study.get_trials(deepcopy=False) if self.job.progress else None
+        if trials is not None:
             print(progress_line(self.job, trials, TrialRecord.from_frozen(frozen)), file=sys.stderr, flush=True)
-        if not self.job.has_work(trials):
+        if not self.job.has_work(study, trials):
             study.stop()
 
 
@@ -503,11 +506,10 @@ def work(job: Job, storage: Any = None) -> None:
     heartbeat = _storage.has_heartbeat(storage)
     with quiet_optuna():
         while True:
-            trials = study.get_trials(deepcopy=False)
-            if job.has_work(trials):
+            if job.has_work(study):
                 study.optimize(objective, callbacks=callbacks, catch=(_TrialFailed,), gc_after_trial=False)
                 continue
-            if not (job.wait and heartbeat and job.running_here(trials)):
+            if not (job.wait and heartbeat and job.running_here(study.get_trials(deepcopy=False))):
                 return
             time.sleep(POLL_S)
             with warnings.catch_warnings():  # experimental in Optuna; lrkit relies on it knowingly

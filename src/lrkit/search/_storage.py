@@ -53,13 +53,13 @@ def normalise(storage: Any) -> str:
         raise LrkitError(f"storage must be a URL or a file path, got {type(storage).__name__}; e.g. "
                          "'sweep.db' (SQLite), 'postgresql://user:pw@host/db' or 'sweep.jsonl' (journal file)")
     s = os.fspath(storage).strip()
-    if s in ("memory", ":memory:"):
+    if s in ("memory", ":memory:", "sqlite://", "sqlite:///:memory:"):  # an SQLite in memory is one per connection
         return "memory"
     if s.startswith(("postgresql:", "postgres:")):
         return "postgresql:" + s.split(":", 1)[1]
     if s.startswith("journal:"):
         return "journal:" + os.path.abspath(s[len("journal:"):])
-    if s.startswith("sqlite:///") and s != "sqlite:///:memory:":
+    if s.startswith("sqlite:///"):
         rest = s[len("sqlite:///"):]
         return "sqlite:///" + (rest if rest.startswith("/") else os.path.abspath(rest))
     if "://" in s:
