@@ -60,7 +60,7 @@ def test_a_killed_worker_trial_is_redone_by_another_worker(tmp_path, log, capfd)
                    progress=False)
     assert [t.state for t in result.trials] == ["complete"] * 4
     assert result.trials[1].score == pytest.approx(closed_form(0.02, STEPS), rel=1e-12)
-    at_002 = sorted((t for t in sqlite_study(db, "kill").trials if t.params["lr"] == 0.02), key=lambda t: t.number)
+    at_002 = sorted((t for t in sqlite_study(db, "kill").trials if t.params.get("lr") == 0.02), key=lambda t: t.number)
     assert [t.state.name for t in at_002] == ["FAIL", "COMPLETE"]  # the lost attempt, then Optuna's retry
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback
     assert retry.retried_trial_number(at_002[1]) == at_002[0].number
