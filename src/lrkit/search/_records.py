@@ -202,8 +202,8 @@ class SweepResult:
         return self.table()
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (format ``lrkit.sweep``, version 2)."""
-        return {"format": "lrkit.sweep", "version": 2, "study_name": self.study_name, "storage": self.storage,
+        """A JSON-ready dict (format ``lrkit.sweep``, version 1)."""
+        return {"format": "lrkit.sweep", "version": 1, "study_name": self.study_name, "storage": self.storage,
                 "direction": self.direction, "best_lr": self.best_lr, "trials": [t.to_dict() for t in self.trials]}
 
     def save(self, path: str | os.PathLike) -> None:
@@ -219,13 +219,13 @@ class SweepResult:
         return plot_sweep(self, path=path, ax=ax)
 
 
-def attach_verdicts(records: Sequence[TrialRecord]) -> None:
-    """Attach the doctor's diagnosis (``lrkit.diagnose(curve).to_dict()``) to each record with a curve; a curve the
-    doctor cannot judge gets ``{"error": ...}`` (the doctor's own LrkitError, e.g. too few points)."""
+def attach_verdicts(records: SweepResult | Sequence[TrialRecord]) -> None:
+    """Attach the doctor's diagnosis (``lrkit.diagnose(curve).to_dict()``) to each record (of a result, or a list)
+    with a curve; a curve the doctor cannot judge gets ``{"error": ...}`` (its LrkitError, e.g. too few points)."""
     from lrkit import diagnose
     from lrkit.errors import LrkitError
 
-    for t in records:
+    for t in getattr(records, "trials", records):
         if len(t.values) == 0:
             continue
         try:
