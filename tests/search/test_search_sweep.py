@@ -164,6 +164,8 @@ def test_sampler_draws_within_the_range_exactly_its_budget_and_resumes(tmp_path,
         sweep(toys.train_quad, "1e-3:1e-1:3", seeds=(0, 1), storage="memory", sampler="random")
     with pytest.raises(LrkitError, match="unknown sampler"):
         sweep(toys.train_quad, storage="memory", sampler="annealing")
+    with pytest.raises(LrkitError, match="n_trials=4 is the number of lrs a sampler draws"):
+        sweep(toys.train_quad, storage="memory", n_trials=4)
 
 
 def test_median_pruner_stops_worse_trials():

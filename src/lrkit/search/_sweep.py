@@ -101,6 +101,9 @@ def sweep(
     sampler_obj, pruner_obj = make_sampler(sampler, seed=seed_list[0]), make_pruner(pruner)
     identity: dict[str, Any] = {"kind": "sweep", "objective": name, "direction": direction}
     if sampler_obj is None:
+        if n_trials is not None:
+            raise LrkitError(f"n_trials={n_trials!r} is the number of lrs a sampler draws; the grid runs every lr "
+                             "of lrs: leave n_trials unset, or choose a sampler (e.g. sampler='tpe')")
         identity.update(lrs=candidates, seeds=seed_list)
         points: list[tuple[float, int]] | None = [(lr, s) for lr in candidates for s in seed_list]
     else:
