@@ -45,8 +45,9 @@ def test_four_workers_take_each_of_24_queued_trials_once(tmp_path, log, kind):
     # SQLite: without lrkit's BEGIN IMMEDIATE connections, 4 processes took some trials twice in a trial run
     path = str(tmp_path / f"s.{kind}")
     points = [(lr, s) for lr in parse_lrs("1e-3:0.4:12") for s in (0, 1)]
-    sweep(toys.train_quad, parse_lrs("1e-3:0.4:12"), seeds=(0, 1), storage=path, study_name="many", n_workers=4,
-          progress=False, diagnose=False)
+    # train_rendezvous: no trial ends before two workers have begun one, so the workers overlap on any machine
+    sweep(toys.train_rendezvous, parse_lrs("1e-3:0.4:12"), seeds=(0, 1), storage=path, study_name="many",
+          n_workers=4, progress=False, diagnose=False)
     study = sqlite_study(path, "many") if kind == "db" else journal_study(path, "many")
     counts = check_round(study, [], points, starts(log), [])
     assert counts["trials"] == 24 and counts["processes"] >= 2
