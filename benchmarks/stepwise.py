@@ -12,7 +12,7 @@ the stepwise search refines between grid points). Cost = training steps the meth
 training at the chosen lr, which every method needs, is not counted). Methods:
   grid (4/decade)    every lr 10**(k/4) from 1e-6 to 10 (29 lrs), one seed, the lowest score
   grid (1/decade)    every lr 10**k from 1e-6 to 10 (8 lrs), one seed
-  stepwise           lrkit.stepwise.stepwise: start 1e-6, factor 3, noise-aware (extra seeds), choose "best"
+  stepwise           lrkit.stepwise: start 1e-6, factor 3, noise-aware (extra seeds), choose "best"
   stepwise naive     the same with noise=0 (never a second seed)
   stepwise edge      the same as stepwise, choose "below_edge"
   range test         lrkit.find_lr (100 steps, the default rule), then its suggestion
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from lrkit.integrations.torch import find_lr
-from lrkit.stepwise import stepwise
+from lrkit.search import stepwise
 
 STEPS, BATCH, EVAL_EVERY, HIDDEN = 200, 32, 25, 64
 QUALITY_SEEDS = (1000, 1001, 1002)

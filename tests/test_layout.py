@@ -135,7 +135,7 @@ def test_the_core_imports_no_framework_no_adapter_and_no_plotting():
         if not name.startswith(CORE):
             continue
         bad = {d for d in deps if d.split(".")[0] in FRAMEWORKS}
-        bad |= {d for d in deps if d.startswith(("lrkit.integrations", "lrkit.cli", "lrkit.sweep", "lrkit.stepwise"))}
+        bad |= {d for d in deps if d.startswith(("lrkit.integrations", "lrkit.cli", "lrkit.search"))}
         bad |= {d for d in deps if d.split(".")[0] == "lrkit" and d.split(".")[1:2] in (["torch"], ["keras"], ["jax"],
                                                                                         ["lightning"], ["transformers"])}
         # a core object's .plot() may reach up to the view lazily; plot.py imports none of them back

@@ -17,12 +17,7 @@ from lrkit.curve import Curve
 from lrkit.doctor import Diagnosis, Monitor, SweepDiagnosis, diagnose, diagnose_runs, read_log, read_runs
 from lrkit.errors import LrkitError
 from lrkit.finder import FinderOptions, FinderResult, Stepper, Stop, Suggestion, range_test
-from lrkit.stepwise import StepwiseResult, stepwise, stepwise_search
-
-# imported as a function on purpose: `lrkit.sweep(...)` is the API, and binding it here, after the submodule
-# has loaded, keeps the name pointing at the function rather than at the module lrkit.sweep (until issue 24
-# moves the module to lrkit.search)
-from lrkit.sweep import SweepResult, sweep  # noqa: I001
+from lrkit.search import StepwiseResult, SweepResult, stepwise, stepwise_search, sweep
 
 __version__ = "0.1.0"
 

@@ -9,7 +9,6 @@ own (the ``LRFinder`` callbacks). Imports numpy only.
 
 from __future__ import annotations
 
-from lrkit._files import atomic_write_text  # noqa: F401 - lrkit.sweep and lrkit.stepwise import it from here
 from lrkit.finder._engine import FinderSession, SessionFront, range_test
 from lrkit.finder._options import FinderOptions, check_range
 from lrkit.finder._recipe import SCHEDULES, Recipe, recipe

@@ -118,7 +118,5 @@ def maybe_distributed(stepper: Stepper, group: Any = None) -> Stepper:
     return DistributedStepper(stepper, group)
 
 
-# the old name, kept while benchmarks/sweep.py (issue 24's) imports it
-DistributedTrainer = DistributedStepper
 
 __all__ = ["DistributedStepper", "is_distributed", "is_main_process", "maybe_distributed"]

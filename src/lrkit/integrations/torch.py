@@ -455,7 +455,5 @@ class LRFinder(SessionFront):
             g["lr"] = base * scale
 
 
-# the old name, kept while benchmarks/sweep.py (issue 24's) imports it
-TorchTrainer = TorchStepper
 
 __all__ = ["LRFinder", "TorchStepper", "apply_lr", "find_lr", "restore_state", "scale_lr", "snapshot_state"]

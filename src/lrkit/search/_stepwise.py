@@ -1,17 +1,21 @@
 """Stepwise lr search, the practitioner's method done carefully: train briefly at ``start``, multiply the lr by
-``factor`` until the score gets clearly worse (a second seed when the difference is within noise), then refine
+``factor`` until the score gets clearly worse (more seeds when the difference is within noise), then refine
 between the best lr and its neighbours in log space (factor -> sqrt(factor) -> ...) and choose.
 
 Two layers: :func:`stepwise` is the decision logic, pure and deterministic, driven by any
-``evaluate(lrs, seed) -> scores``; :func:`stepwise_search` runs it on the sweep engine (:mod:`lrkit.sweep`): every
-candidate is a trial of an Optuna study, so an interrupted search resumes without redoing a finished trial and
-several workers evaluate the next few candidates at once. This module imports numpy only.
+``evaluate(lrs, seed) -> scores``; :func:`stepwise_search` runs it on the sweep engine: every candidate is a trial
+of an Optuna study, so an interrupted search resumes without redoing a finished trial and several workers evaluate
+the next few candidates at once.
+
+Comparing lrs: seed k of every lr is the same draw (``seed``, ``seed+1``, ... in order), so two lrs are compared on
+equal footing only over the same seeds. Before an lr is chosen (and before the refinement centres on it), any lr
+that has more seeds and that it does not beat by more than the noise makes it run more seeds, up to
+``max_seeds``; when the budget (``max_trials``) runs out first, the lrs are compared on the seeds they share.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import json
 import math
@@ -24,17 +28,13 @@ from typing import Any
 import numpy as np
 
 from lrkit.errors import LrkitError
+from lrkit.search._lrs import clean_lr
 
 # what a trial's status says
 OK, FAILED = "ok", "failed"
 CHOICES = ("best", "below_edge")
 
 Evaluate = Callable[[list[float], int], Sequence[Any]]
-
-
-def _clean_lr(x: float) -> float:
-    """Round to 12 significant digits: the same key in every run and in the sweep engine's storage."""
-    return float(f"{float(x):.12g}")
 
 
 # -- the record of one trial and of the search ---------------------------------------------------------------------
@@ -166,7 +166,7 @@ class StepwiseResult:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write :meth:`to_dict` as JSON, atomically (a temporary file renamed into place)."""
-        from lrkit.finder import atomic_write_text
+        from lrkit._files import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
@@ -268,7 +268,7 @@ class _Search:
         self.at: dict[Fraction, list[StepTrial]] = {}
 
     def lr(self, e: Fraction) -> float:
-        return _clean_lr(self.cfg["start"] * self.cfg["factor"] ** float(e))
+        return clean_lr(self.cfg["start"] * self.cfg["factor"] ** float(e))
 
     def n(self, e: Fraction) -> int:
         return len(self.at.get(e, []))
@@ -319,6 +319,41 @@ class _Search:
         ok = [e for e in self.at if (below is None or e < below) and math.isfinite(self.mean(e))]
         return min(ok, key=lambda e: (self.mean(e), e)) if ok else None
 
+    def mean_over(self, e: Fraction, n: int) -> float:
+        """Signed mean score over the first ``n`` seeds at ``e`` (the seeds every lr tried n times shares)."""
+        return self.sign * float(np.mean([t.score for t in self.at[e][:n]]))
+
+    def clearly_worse(self, e: Fraction, b: Fraction) -> bool:
+        """Whether ``e``'s mean is worse than ``b``'s by more than the margin, and that excess is more than ``z``
+        standard errors of the seed noise (never when the noise is not known yet): the ascent's stopping test."""
+        m, mb = self.mean(e), self.mean(b)
+        d, thr = m - mb, self.cfg["margin"] * abs(mb)
+        if d <= thr:
+            return False
+        sd = self.noise()
+        return sd is not None and d - thr > self.cfg["z"] * sd * math.sqrt(1 / self.n(e) + 1 / self.n(b))
+
+    def leader(self, below: Fraction | None = None) -> Fraction | None:
+        """The best lr below ``below``, compared on equal seeds: while an lr with more seeds is not clearly worse
+        (:meth:`clearly_worse`) than the lowest mean, the lowest mean runs its next seed (up to ``max_seeds``,
+        within ``max_trials``); past that, the lowest mean over the seeds they share (ties to the smaller lr).
+        Without seed noise one seed is exact: the lowest mean."""
+        cfg = self.cfg
+        while True:
+            b = self.best(below)
+            if b is None or self.noise() == 0:  # no seed noise (given, or every repeat scored the same)
+                return b
+            rivals = [e for e in self.at if e != b and (below is None or e < below) and math.isfinite(self.mean(e))
+                      and self.n(e) > self.n(b) and not self.clearly_worse(e, b)]
+            if not rivals:
+                return b
+            if self.n(b) < cfg["max_seeds"] and len(self.trials) < cfg["max_trials"]:
+                self.run([b], "confirm")
+                continue
+            group = [b, *rivals]
+            shared = min(self.n(e) for e in group)
+            return min(group, key=lambda e: (self.mean_over(e, shared), e))
+
     def worse(self, e: Fraction, b: Fraction) -> bool:
         """Whether ``e`` is worse than ``b`` by more than the margin, running more seeds while it is unclear."""
         cfg = self.cfg
@@ -328,11 +363,9 @@ class _Search:
                 return True
             if not math.isfinite(mb):
                 return False  # the best failed on a new seed; the caller picks another best
-            d, thr = m - mb, cfg["margin"] * abs(mb)
-            if d <= thr:
+            if m - mb <= cfg["margin"] * abs(mb):
                 return False
-            sd = self.noise()
-            if sd is not None and d - thr > cfg["z"] * sd * math.sqrt(1 / self.n(e) + 1 / self.n(b)):
+            if self.clearly_worse(e, b):
                 return True
             more = [x for x in (e, b) if self.n(x) < cfg["max_seeds"]]
             if not more or len(self.trials) >= cfg["max_trials"]:
@@ -441,7 +474,7 @@ def stepwise(
 
     # 2. descend when the best is the smallest lr tried
     while len(s.trials) < cfg["max_trials"]:
-        b = s.best(below=edge)
+        b = s.leader(below=edge)
         if b != min(s.at):
             break
         lower = b - 1
@@ -453,13 +486,13 @@ def stepwise(
     step = Fraction(1)
     while f ** float(step) > cfg["resolution"] * (1 + 1e-9) and len(s.trials) < cfg["max_trials"]:
         step /= 2
-        b = s.best(below=edge)
+        b = s.leader(below=edge)
         cands = [e for e in (b - step, b + step)
                  if s.n(e) == 0 and (edge is None or e < edge) and s.lr(e) <= cfg["max_lr"] * (1 + 1e-9)]
         s.run(cands, "refine")
 
     # 4. choose
-    b = s.best(below=edge)
+    b = s.leader(below=edge)
     mb = s.mean(b)
     if cfg["choose"] == "best":
         chosen = b
@@ -519,31 +552,36 @@ def stepwise_search(
     direction: str = "minimize",
     seed: int = 0,
     retry_failed: bool = False,
+    timeout_s: float | None = None,
+    progress: bool = True,
     diagnose: bool = True,
     heartbeat_interval: int | None = 10,
 ) -> StepwiseResult:
     """The stepwise search (see :func:`stepwise`) with each candidate a trial of the sweep engine's Optuna study.
 
     ``train_fn(lr, trial)`` trains a short budget, calls ``trial.report(loss, step)`` and returns the final score,
-    exactly as for :func:`lrkit.sweep.sweep`; with ``budget_epochs`` it is called as
+    exactly as for :func:`lrkit.sweep`; with ``budget_epochs`` it is called as
     ``train_fn(lr, trial, budget_epochs=...)``. ``trial.seed`` is the seed to train with. ``storage`` (default: the
-    SQLite file ``lrkit-sweep.db`` here) and ``study_name`` (default ``"<module>.<function>"``, plus
-    ``"[epochs=B]"`` with a budget) name the study: rerunning the same search resumes it and reuses every finished
-    trial with the same lr and seed. ``n_workers`` processes run the next ``lookahead`` (default ``n_workers``)
-    candidates of the ascent at once. The cost in steps is the last reported step + 1, summed over the trials.
-    ``diagnose`` attaches the doctor's verdict to each trial when :mod:`lrkit.doctor` is available.
+    SQLite file ``lrkit-sweep.db`` here) and ``study_name`` (default ``"search:<module>.<function>"``, plus
+    ``"[epochs=B]"`` with a budget) name the study, which is defined by the objective, the direction and the
+    budget: rerunning resumes it and reuses every finished trial with the same lr and seed (whatever ``start``
+    and ``factor``). One process drives a search: its ``n_workers`` processes run the next ``lookahead`` (default
+    ``n_workers``) candidates of the ascent at once. ``timeout_s``, ``progress``, ``retry_failed`` and
+    ``heartbeat_interval`` are as for :func:`lrkit.sweep`. The cost in steps is the last reported step + 1, summed
+    over the trials. ``diagnose`` attaches the doctor's verdict to each trial.
     """
-    engine = importlib.import_module("lrkit.sweep")  # the module (lrkit.sweep itself is the function)
+    from lrkit.search import _engine, _storage
+    from lrkit.search._records import RUNNING, WAITING, attach_verdicts
 
-    engine._optuna()  # a clear error naming the extra when Optuna is missing
+    _storage.optuna_module()  # a clear error naming the extra when Optuna is missing
     if not callable(train_fn):
         raise LrkitError(f"train_fn must be a callable train_fn(lr, trial), got {type(train_fn).__name__}")
-    if isinstance(n_workers, bool) or not isinstance(n_workers, (int, np.integer)) or n_workers < 1:
-        raise LrkitError(f"n_workers must be an integer >= 1, got {n_workers!r}")
-    lookahead = int(n_workers) if lookahead is None else lookahead
+    n_workers = _engine.check_workers(n_workers)
+    lookahead = n_workers if lookahead is None else lookahead
     check_stepwise_args(start, factor, margin=margin, noise=noise, max_lr=max_lr, resolution=resolution,
                         max_seeds=max_seeds, max_trials=max_trials, lookahead=lookahead, choose=choose,
                         direction=direction)
+    timeout_s = _engine.check_timeout(timeout_s, n_workers)
     fn: Callable[..., Any] = train_fn
     if budget_epochs is not None:
         budget_epochs = _positive("budget_epochs", budget_epochs, "budget_epochs=2")
@@ -552,25 +590,34 @@ def stepwise_search(
                              f"{getattr(train_fn, '__name__', 'train_fn')} has no budget_epochs parameter; add "
                              "one (def train(lr, trial, budget_epochs=2)) or leave budget_epochs unset")
         fn = functools.partial(train_fn, budget_epochs=budget_epochs)
+    name = _engine.objective_name(train_fn)
     if study_name is None:
-        study_name = f"{getattr(train_fn, '__module__', 'lrkit')}.{getattr(train_fn, '__qualname__', 'train')}"
-        if budget_epochs is not None:
-            study_name += f"[epochs={budget_epochs:g}]"
-    spec = engine.SweepStudy(storage=storage, study_name=study_name, direction=direction,
-                             heartbeat_interval=heartbeat_interval)
+        study_name = f"search:{name}" + ("" if budget_epochs is None else f"[epochs={budget_epochs:g}]")
+    spec = _engine.SweepStudy(storage=storage, study_name=study_name, direction=direction,
+                              heartbeat_interval=heartbeat_interval)
+    identity = {"kind": "search", "objective": name, "direction": direction, "budget_epochs": budget_epochs}
+    _engine.check_sendable(spec, fn, n_workers)
+    storage = spec.open_storage()
+    study, _ = spec.open(identity, storage)  # a clear error before any training when the study holds another
 
     def evaluate(lrs: list[float], trial_seed: int) -> list[Any]:
-        return engine.run_points(spec, fn, [(lr, trial_seed) for lr in lrs],
-                                 n_workers=min(int(n_workers), len(lrs)), retry_failed=retry_failed)
+        records = _engine.run_open(spec, study, storage, fn, [(lr, trial_seed) for lr in lrs],
+                                   n_workers=min(n_workers, len(lrs)), retry_failed=retry_failed, wait=True,
+                                   timeout_s=timeout_s, progress=progress, label="search")
+        busy = [r for r in records if r.state in (RUNNING, WAITING)]
+        if busy:
+            raise LrkitError(f"lr {busy[0].lr:.4g} (seed {busy[0].seed}) is being run by another worker and "
+                             f"{spec.display} keeps no heartbeat to tell whether it is alive; rerun when it is done, "
+                             "or, if its worker is gone, rerun with retry_failed (--retry-failed)")
+        return records
 
     result = stepwise(evaluate, start, factor, margin=margin, noise=noise, z=z, max_seeds=max_seeds,
                       resolution=resolution, max_lr=max_lr, max_trials=max_trials, lookahead=lookahead,
                       choose=choose, direction=direction, seed=seed)
-    result.config.update(budget_epochs=budget_epochs, n_workers=int(n_workers))
-    result.study_name, result.storage = study_name, spec._safe_url
+    result.config.update(budget_epochs=budget_epochs, n_workers=n_workers)
+    result.study_name, result.storage = study_name, spec.display
     if diagnose:
-        records = [t.record for t in result.trials if t.record is not None]
-        engine.attach_verdicts(engine.SweepResult(records, direction=direction, study_name=study_name))
+        attach_verdicts([t.record for t in result.trials if t.record is not None])
     return result
 
 
