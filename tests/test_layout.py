@@ -64,10 +64,11 @@ def _lrkit_deps(name: str) -> set[str]:
 
 
 def _part(name: str) -> str:
-    """The unit cycles are judged between: a subpackage (lrkit.finder, lrkit.schedules, lrkit.doctor, lrkit.cli) or
+    """The unit cycles are judged between: a subpackage (lrkit.finder, lrkit.schedules, lrkit.doctor, lrkit.search,
+    lrkit.cli) or
     a module (lrkit.plot, lrkit.integrations.torch, ...)."""
     parts = name.split(".")
-    if len(parts) > 2 and parts[1] in ("finder", "schedules", "doctor", "cli"):
+    if len(parts) > 2 and parts[1] in ("finder", "schedules", "doctor", "search", "cli"):
         return ".".join(parts[:2])
     return name
 
