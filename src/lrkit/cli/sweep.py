@@ -77,7 +77,7 @@ def write_outputs(result: Any, args: argparse.Namespace) -> None:
 
 
 def _around(spec: str, decades: float, num: int) -> list[float]:
-    from lrkit import FinderResult, range_test
+    from lrkit.finder import FinderResult, range_test
     from lrkit._util import load_callable
     from lrkit.search import lrs_around
 
@@ -87,7 +87,7 @@ def _around(spec: str, decades: float, num: int) -> list[float]:
     if all(callable(getattr(built, m, None)) for m in ("step", "snapshot", "restore")):
         result = range_test(built, progress=False)
     elif isinstance(built, (tuple, list)) and len(built) in (4, 5):
-        from lrkit import find_lr
+        from lrkit.integrations.torch import find_lr
 
         result = find_lr(*built[:4], progress=False)
     else:

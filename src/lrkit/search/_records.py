@@ -222,7 +222,7 @@ class SweepResult:
 def attach_verdicts(records: SweepResult | Sequence[TrialRecord]) -> None:
     """Attach the doctor's diagnosis (``lrkit.diagnose(curve).to_dict()``) to each record (of a result, or a list)
     with a curve; a curve the doctor cannot judge gets ``{"error": ...}`` (its LrkitError, e.g. too few points)."""
-    from lrkit import diagnose
+    from lrkit.doctor import diagnose
     from lrkit.errors import LrkitError
 
     for t in getattr(records, "trials", records):
