@@ -77,8 +77,8 @@ def write_outputs(result: Any, args: argparse.Namespace) -> None:
 
 
 def _around(spec: str, decades: float, num: int) -> list[float]:
-    from lrkit.finder import FinderResult, range_test
     from lrkit._util import load_callable
+    from lrkit.finder import FinderResult, range_test
     from lrkit.search import lrs_around
 
     if spec.endswith(".json") or os.path.exists(spec):
