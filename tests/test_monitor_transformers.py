@@ -110,8 +110,8 @@ def test_callback_restores_and_lowers_lr_on_nan(tmp_path):
     nan = [e for e in cb.events if e.kind == "nan"]
     assert nan and nan[0].step == 14  # the first logged window that contains the NaN loss
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
-    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)
-    assert cb._snaps.step <= 12
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)  # one cut, 10x: later NaN rows are stale
+    assert len(nan) == 1 and cb._snaps.step <= 12
     assert any("restored the snapshot" in str(w.message) for w in caught)
 
 
