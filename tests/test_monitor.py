@@ -1,6 +1,8 @@
 """The online Monitor (events, exact resume, bounded memory) and the PyTorch helper acting on real training."""
 
 import json
+import math
+import re
 import warnings
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 from lrkit.curve import Curve
 from lrkit.doctor import Monitor, diagnose
 from lrkit.doctor.checks import MAX_POINTS
+from lrkit.doctor.monitor import SnapshotKeeper, start_level
 from lrkit.errors import LrkitError
 
 N = 1500
@@ -373,3 +376,203 @@ def test_guard_measures_each_steps_update_to_weight_ratio():
     assert np.isnan(al[0])
     np.testing.assert_allclose(al[1:], cos, rtol=1e-4, atol=1e-6)
     assert "update_ratio" not in MonitorGuard(model, opt).monitor.curve().extra  # off by default
+
+
+# ------------------------------------------------------------------------------------------ the guard's policy
+class _Weights(SnapshotKeeper):
+    """A guard's snapshots of a numpy weight vector (the executor's side, as a framework helper does it)."""
+
+    def __init__(self, w, every=50):
+        super().__init__(every)
+        self.w = w
+
+    def copy(self):
+        return self.w.copy() if np.isfinite(self.w).all() else None
+
+    def put_back(self, state):
+        self.w[:] = state
+
+
+H = np.array([1.0, 4.0, 10.0])  # the curvatures of 0.5 * sum(H w^2): gradient descent is stable iff lr < 2 / 10
+
+
+def _descend(lr, steps=400, act=True, seed=0, **kw):
+    """Gradient descent on the quadratic at ``lr``, each loss measured with 1% noise before its step, guarded by a
+    Monitor whose events a minimal executor carries out (restore, scale the lr, tell the Monitor): the lrs each
+    event fired at, the final lr and loss, and the events."""
+    rng = np.random.default_rng(seed)
+    w = np.ones(3)
+    m = Monitor(**kw)
+    snaps = _Weights(w)
+    if act:
+        snaps.take(-1, m)
+    fired_at, loss = [], float("nan")
+    with np.errstate(over="ignore", invalid="ignore"):
+        for t in range(steps):
+            loss = float(0.5 * np.sum(H * w**2) * (1 + 0.01 * rng.standard_normal()))
+            w -= lr * H * w
+            events = m.update(t, loss, lr=lr)
+            for ev in events:
+                fired_at.append((ev.kind, lr))
+                if act and ev.action == "rollback":
+                    restored = snaps.restore()
+                    lr *= ev.factor
+                    m.acted(t, restored=restored, lr=lr)
+            if act and not events:
+                snaps.keep(t, m)
+    return fired_at, lr, loss, m.events
+
+
+def test_guard_cuts_a_far_too_high_lr_until_the_descent_is_stable():
+    """Started at 50x a good lr (0.1 here; stable iff lr < 0.2, in closed form), the guard rolls back and cuts until the
+    run is stable, then leaves it alone: every cut was of an unstable lr, so it ends within one cut (hard_cut, 0.1)
+    of the bound; the loss ends near 0. Unguarded, the same run overflows; at the good lr the guard never fires."""
+    fired, lr, loss, events = _descend(5.0)
+    assert fired and all(at >= 0.2 for _, at in fired)  # no cut of a stable lr
+    assert 0.2 * 0.1 <= lr < 0.2
+    assert loss < 1e-3 * 7.5  # the start is 0.5 * (1 + 4 + 10)
+    assert not [e for e in events if e.action == "raise_lr"]
+    assert not np.isfinite(_descend(5.0, act=False)[2])
+    assert _descend(0.1)[0] == [] and _descend(0.1)[1] == 0.1
+
+
+def test_guard_cuts_again_when_the_restored_run_does_not_come_back():
+    """After a rollback the run is on probation: its smoothed loss must come back below the restored snapshot's level
+    within ``probation`` steps, else it is rolled back and cut again (a relapse); no snapshot is good meanwhile."""
+    m = Monitor(probation=30)
+    for i in range(60):
+        assert not m.update(i, 2.0 - i / 60)
+        if i == 49:
+            m.took_snapshot(49)  # its level: the smoothed loss of then, the bias-corrected EMA (beta 0.98)
+            level = sum(0.98 ** (49 - k) * 0.02 * (2.0 - k / 60) for k in range(50)) / (1 - 0.98**50)
+    assert [e.kind for i in range(60, 70) for e in m.update(i, 4.0) if e.kind != "spike"] == ["divergence"]
+    m.acted(69, restored=49, lr=0.3)
+    seen = [(i, m.healthy, m.update(i, level + 0.05)) for i in range(70, 110)]
+    relapses = [(i, ev) for i, _, evs in seen for ev in evs]
+    assert [(i, ev.kind, ev.action, ev.factor) for i, ev in relapses] == [(99, "relapse", "rollback", 0.3)]
+    assert f"did not come back below {level:.4g} in 30 steps at lr 0.3" in relapses[0][1].message
+    assert not any(ok for _, ok, _ in seen)
+
+
+def test_no_raise_soon_after_a_cut_nor_above_half_the_lr_that_diverged():
+    """A crawl after a divergence: no raise within ``calm`` steps of the cut, and then at most up to half the lr that
+    diverged (1.0 here; the lr is 0.3 after the cut, so a raise of 0.5 / 0.3 = 1.67x, not the crawl's 3x)."""
+    m = Monitor(calm=300)
+    for i in range(30):
+        m.update(i, 1.0 + 0.001 * i, lr=1.0)
+    div = [e for i in range(30, 40) for e in m.update(i, 3.0, lr=1.0) if e.kind != "spike"]
+    assert [e.kind for e in div] == ["divergence"]
+    m.acted(39, restored=-1, lr=0.3)
+    crawl = 1.0 - 0.0001 * np.arange(600)  # falls 6% in 600 steps: a crawl
+    raises = [(i, e) for i in range(40, 640) for e in m.update(i, crawl[i - 40], lr=0.3) if e.kind == "too_slow"]
+    assert raises and raises[0][0] == div[0].step + 300
+    assert raises[0][1].factor == pytest.approx(0.5 / 0.3) and "half the lr 1 that diverged" in raises[0][1].message
+
+
+def test_a_loss_that_rose_is_no_crawl():
+    """A loss that crept up from its start (1.3x, under the blow-up line) is no "flat" run to raise the lr of (the
+    Monitor used to say "the loss is flat (2.225 -> 6.492): raise the lr about 10x"): it is stuck above its start, the
+    offline doctor's rule (more than 3 batch-noise sds above it for half the steps), a sign of a too high lr."""
+    rng = np.random.default_rng(3)
+    y = 1.0 + np.minimum(np.arange(300) / 100, 0.3) + 0.01 * rng.standard_normal(300)
+    m = Monitor()
+    events = [e for i in range(300) for e in m.update(i, y[i])]
+    assert not [e for e in events if e.action == "raise_lr"]
+    stuck = [e for e in events if e.kind == "stuck"]
+    assert stuck and stuck[0].step == 99 and stuck[0].action == "rollback" and stuck[0].factor == 0.3
+    assert "sat above its start 1" in stuck[0].message
+
+
+def test_chance_level_collapse_is_lowered_not_raised():
+    """A loss flat at ln 10 with almost no batch noise from its first steps: a model collapsed to a constant
+    prediction (the offline doctor's chance rule), lowered hard; before, "flat: raise the lr about 10x"."""
+    rng = np.random.default_rng(4)
+    y = math.log(10) * (1 + 0.001 * rng.standard_normal(200))
+    y[:3] = [2.6, 2.5, 2.4]
+    m = Monitor()
+    events = [e for i in range(200) for e in m.update(i, y[i])]
+    assert [(e.kind, e.step, e.factor) for e in events] == [("stuck", 99, 0.1)]
+    assert "ln 10" in events[0].message
+
+
+def test_losses_of_any_sign():
+    """No ratio against a negative or near-zero start or baseline: differences instead, and the blow-up line is half
+    the loss's scale (|start|, or the descent so far when larger) above the start."""
+    rng = np.random.default_rng(5)
+    y = -1.0 + 0.01 * rng.standard_normal(40)
+    y[20:] += 6.0  # from -1 to +5: a blow-up of 6 against a scale of 1
+    m = Monitor()
+    ev = [e for i in range(40) for e in m.update(i, y[i]) if e.kind != "spike"]
+    assert [e.kind for e in ev] == ["divergence"] and "above its start -1" in ev[0].message
+    assert not re.search(r"\dx its start", ev[0].message)
+    # a log-likelihood-like loss that starts near 0 and descends below it: no false alarm on its noise
+    z = -2.0 * (1 - np.exp(-np.arange(300) / 50)) + 0.02 * rng.standard_normal(300)
+    m = Monitor()
+    assert not [e for i in range(300) for e in m.update(i, z[i]) if e.kind in ("divergence", "stuck", "too_slow")]
+    # a spike on a negative level: its size over the recent median, no ratio
+    s = -3.0 + 0.01 * rng.standard_normal(200)
+    s[150:154] = 2.0
+    m = Monitor()
+    spike = [e for i in range(200) for e in m.update(i, s[i]) if e.kind == "spike"]
+    assert spike and re.search(r"step 150: 2, \+4\.99\d over the median -2\.99\d of the last 64", spike[0].message)
+
+
+def test_start_level_is_the_untouched_first_loss_unless_a_lucky_batch():
+    assert start_level([1.4, 2.55, 2.47, 3.16, 1.94]) == 1.4  # blown up within the first steps: the first loss
+    assert start_level([0.72, 2000.0, 1900.0, 1950.0, 2100.0]) == 0.72  # far beyond a lucky batch
+    assert start_level([0.5, 1.0, 1.01, 0.99, 1.0]) == 1.0  # a lucky low first batch: the median of the five
+    assert start_level([2.0, 1.9]) == 2.0
+
+
+def test_a_snapshot_counts_only_once_healthy_updates_followed_it():
+    """The weights after an update have no loss yet: a snapshot is pending until 5 healthy updates followed it; a
+    rollback meanwhile goes back to the last good one; none is taken while the Monitor is not healthy."""
+    m = Monitor()
+    w = np.zeros(1)
+    snaps = _Weights(w, every=10)
+    snaps.take(-1, m)
+    for i in range(30):
+        w[0] = i
+        m.update(i, 1.0 - 0.01 * i)
+        snaps.keep(i, m)
+    assert snaps.step == 19 and snaps._pending[0] == 29  # 9 (good at 14), 19 (good at 24), 29 pending
+    w[0] = 99.0
+    assert snaps.restore() == 19 and w[0] == 19 and snaps._pending is None
+    m.acted(30, restored=19)
+    for i in range(31, 60):  # on probation: no snapshot taken
+        m.update(i, 0.5)
+        snaps.keep(i, m)
+        assert snaps._pending is None or m.healthy
+    w[:] = np.nan
+    assert _Weights(w).take(0) is False  # a NaN state is never kept
+
+
+def test_guard_state_resumes_exactly_mid_probation():
+    """The Monitor's state in the middle of a guarded run (after a cut, on probation) resumes exactly: the same events
+    as the run without a break, the same state at the end."""
+    full = _descend(5.0, steps=120)[3]
+    m = Monitor()
+    w = np.ones(3)
+    snaps = _Weights(w)
+    snaps.take(-1, m)
+    rng = np.random.default_rng(0)
+    lr, out = 5.0, []
+    with np.errstate(over="ignore", invalid="ignore"):
+        for t in range(120):
+            loss = float(0.5 * np.sum(H * w**2) * (1 + 0.01 * rng.standard_normal()))
+            w -= lr * H * w
+            events = m.update(t, loss, lr=lr)
+            out += events
+            for ev in events:
+                if ev.action == "rollback":
+                    restored = snaps.restore()
+                    lr *= ev.factor
+                    m.acted(t, restored=restored, lr=lr)
+            if not events:
+                snaps.keep(t, m)
+            if t == 20:
+                assert m._probation is not None  # noqa: SLF001 - the break falls inside a probation
+                state = json.loads(json.dumps(m.state_dict()))
+                m = Monitor()
+                m.load_state_dict(state)
+    assert out == full

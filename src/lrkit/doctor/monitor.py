@@ -335,7 +335,7 @@ class Monitor:
             if step - self._best_step >= self.patience and drop >= t.slow_drop:
                 self._fire(out, "plateau", step, f"no {self.min_delta:.0%} improvement of the smoothed loss "
                            f"({self._ref:.4g}) for {step - self._best_step} steps", "lower_lr", 0.5)
-            elif drop < t.flat_drop and self._ready("too_slow", step) and self._at_chance() is not None:
+            elif drop < t.slow_drop and self._ready("too_slow", step) and self._at_chance() is not None:
                 level, k = self._at_chance()
                 self._fire(out, "stuck", step, f"the loss sits at {level:.4g} = ln {k} with almost no batch noise: "
                            f"chance level for {k} classes, a model collapsed to a constant prediction (a far too high "
