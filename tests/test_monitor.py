@@ -576,3 +576,35 @@ def test_guard_state_resumes_exactly_mid_probation():
                 m = Monitor()
                 m.load_state_dict(state)
     assert out == full
+
+
+def test_guard_rescues_a_run_started_at_50x_a_good_lr():
+    """A plain PyTorch loop at 50x a good lr: unguarded it goes NaN; guarded it is rolled back and cut until stable,
+    below the closed-form stability bound, and learns (``_guard_task``)."""
+    from _guard_task import BATCH, LR_HIGH, N, D, check_rescue, regression
+
+    from lrkit.integrations.torch_monitor import LrMonitor
+
+    x, y = (torch.tensor(a) for a in regression())
+
+    def train(act):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(D, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=LR_HIGH)
+        guard = LrMonitor(model, opt, act=act)
+        start = float(torch.nn.functional.mse_loss(model(x), y))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for t in range(300):
+                i = (t * BATCH) % N
+                loss = torch.nn.functional.mse_loss(model(x[i:i + BATCH]), y[i:i + BATCH])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                guard.update(t, loss.item())
+        with torch.no_grad():
+            return guard, opt.param_groups[0]["lr"], start, float(torch.nn.functional.mse_loss(model(x), y))
+
+    assert not np.isfinite(train(False)[3])
+    guard, lr, start, final = train(True)
+    check_rescue(guard.events, lr, start, final, x.numpy())

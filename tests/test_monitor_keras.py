@@ -147,3 +147,27 @@ def test_bad_arguments():
         LrMonitor(act={"skip_batches"})
     with pytest.raises(LrkitError, match="snapshot_every must be >= 1"):
         LrMonitor(snapshot_every=0)
+
+
+def test_callback_rescues_a_run_started_at_50x_a_good_lr():
+    """Keras at 50x a good lr: unguarded it goes NaN; with the callback acting it is rolled back and cut until stable,
+    below the closed-form stability bound, and learns (``_guard_task``)."""
+    from _guard_task import BATCH, LR_HIGH, N, check_rescue, regression
+
+    x, y = regression()
+
+    def train(act):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(1)])
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=LR_HIGH), loss="mse")
+        start = float(model.evaluate(x, y, batch_size=N, verbose=0))
+        cb = LrMonitor(act=act, stop_on_nan=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit(x, y, batch_size=BATCH, epochs=4, shuffle=False, verbose=0, callbacks=[cb])
+        lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        return cb, lr, start, float(model.evaluate(x, y, batch_size=N, verbose=0))
+
+    assert not np.isfinite(train(False)[3])
+    cb, lr, start, final = train(True)
+    check_rescue(cb.events, lr, start, final, x)
