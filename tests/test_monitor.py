@@ -581,7 +581,7 @@ def test_guard_state_resumes_exactly_mid_probation():
 def test_guard_rescues_a_run_started_at_50x_a_good_lr():
     """A plain PyTorch loop at 50x a good lr: unguarded it goes NaN; guarded it is rolled back and cut until stable,
     below the closed-form stability bound, and learns (``_guard_task``)."""
-    from _guard_task import BATCH, LR_HIGH, N, D, check_rescue, regression
+    from _guard_task import BATCH, LR_HIGH, D, N, check_rescue, regression
 
     from lrkit.integrations.torch_monitor import LrMonitor
 
