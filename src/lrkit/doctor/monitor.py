@@ -103,7 +103,8 @@ class SnapshotKeeper:
     stays pending until ``confirm_after`` (5) healthy updates followed it (the weights after an update have no loss
     yet: at a far too high lr the first update can already have ruined them), then replaces the last good one and the
     Monitor learns its level (:meth:`Monitor.took_snapshot`). A rollback (:meth:`restore`) goes back to the last good
-    one and drops a pending one; so a helper holds at most two copies, the second for ``confirm_after`` steps."""
+    one and drops a pending one; so a helper holds at most two copies (the one it let go of waits in :attr:`spare`, for
+    ``copy()`` to write the next one into instead of allocating anew)."""
 
     confirm_after = 5
 
@@ -114,6 +115,7 @@ class SnapshotKeeper:
         self.state: Any = None
         self.step: int | None = None  # the step of the last good snapshot (-1: before the first update)
         self._pending: tuple[int, Any] | None = None
+        self.spare: Any = None  # a state let go of, for copy() to reuse
 
     def copy(self) -> Any:  # pragma: no cover - every helper implements it
         raise NotImplementedError
@@ -127,6 +129,7 @@ class SnapshotKeeper:
         state = self.copy()
         if state is None:
             return False
+        self.spare = self.state
         self.state, self.step, self._pending = state, int(step), None
         if monitor is not None:
             monitor.took_snapshot(int(step))
@@ -139,6 +142,7 @@ class SnapshotKeeper:
             return
         if self._pending is not None:
             if step - self._pending[0] >= self.confirm_after:
+                self.spare = self.state
                 (self.step, self.state), self._pending = self._pending, None
                 monitor.took_snapshot(self.step)
             return
@@ -149,7 +153,8 @@ class SnapshotKeeper:
 
     def restore(self) -> int | None:
         """Put the last good snapshot back (dropping a pending one); its step, or None when there is none yet."""
-        self._pending = None
+        if self._pending is not None:
+            self.spare, self._pending = self._pending[1], None
         if self.state is None:
             return None
         self.put_back(self.state)
@@ -219,6 +224,7 @@ class Monitor:
         # out of that noise
         self._window: deque[float] = deque(maxlen=NOISE_WINDOW)
         self._noise_best = math.nan
+        self._window_best: tuple[float, ...] | None = None  # the window at the best, until its noise is needed
         # the last 5 losses since the start or a rollback: a blow-up must lift their median too, as the offline
         # doctor's running median does (one bad batch lifts the smoothed loss but not the median)
         self._recent: deque[float] = deque(maxlen=5)
@@ -238,6 +244,7 @@ class Monitor:
         # updates since the start or the last rollback, and how many of them had the smoothed loss above the start
         # by more than three batch-noise sds (the offline doctor's "stuck" rule, live)
         self._since, self._above = 0, 0
+        self._chance_due = 0  # the next step the chance rule is read at
         # steps, loss, lr, grad_norm, update_ratio, grad_alignment (downsampled when long)
         self._hist: list[list[float]] = [[], [], [], [], [], []]
         self._stride, self._pending = 1, []
@@ -278,7 +285,9 @@ class Monitor:
         if sm < self._best:
             self._best, self._moved_best = sm, self._moved
             # NaN until a few losses are in: no progress proven
-            self._noise_best = step_noise(self._window) if len(self._window) >= 3 else math.nan
+            # (read lazily, when a climb back is in question: O(64) numpy work at most once per best)
+            self._window_best, self._noise_best = (tuple(self._window), math.nan) if len(self._window) >= 3 else \
+                (None, math.nan)
             if self._init - sm > self._span:
                 self._span = self._init - sm
         if sm < self._ref * (1.0 - self.min_delta) if self._ref > 0 else sm < self._ref - self.min_delta:
@@ -301,8 +310,8 @@ class Monitor:
         span = init - self._best
         # a rise while the weights barely moved (summed update ratio below still_weights) is batch noise, not the lr
         blowup = (len(self._recent) == 5 and sm - init > limit and med5 - init > limit and not self._still(0.0))
-        climb = (not blowup and span > 0.05 * scale and span > 3 * self._noise_best
-                 and (sm - self._best) / span > t.rise and self._n >= 20 and not self._still(self._moved_best))
+        climb = (not blowup and span > 0.05 * scale and self._n >= 20 and (sm - self._best) / span > t.rise
+                 and span > 3 * self._noise_at_best() and not self._still(self._moved_best))
         self._alarming = blowup or climb  # while it holds, no snapshot is a good state (even if no event may fire)
         if blowup and self._ready("divergence", step):
             # the harder the blow-up, the harder the cut: 1 / sqrt(how many times the start the smoothed loss is),
@@ -335,8 +344,8 @@ class Monitor:
             if step - self._best_step >= self.patience and drop >= t.slow_drop:
                 self._fire(out, "plateau", step, f"no {self.min_delta:.0%} improvement of the smoothed loss "
                            f"({self._ref:.4g}) for {step - self._best_step} steps", "lower_lr", 0.5)
-            elif drop < t.slow_drop and self._ready("too_slow", step) and self._at_chance() is not None:
-                level, k = self._at_chance()
+            elif drop < t.slow_drop and self._ready("too_slow", step) and self._at_chance(step) is not None:
+                level, k = self._at_chance(step)
                 self._fire(out, "stuck", step, f"the loss sits at {level:.4g} = ln {k} with almost no batch noise: "
                            f"chance level for {k} classes, a model collapsed to a constant prediction (a far too high "
                            "lr, or labels that carry no signal)", "rollback", self.hard_cut)
@@ -351,12 +360,22 @@ class Monitor:
                                f"{factor:.2g}x{how}", "raise_lr", factor)
         return out
 
-    def _at_chance(self) -> tuple[float, int] | None:
+    def _noise_at_best(self) -> float:
+        """The batch noise (:func:`lrkit.curve.step_noise` of the last NOISE_WINDOW losses) when the smoothed loss last
+        set its best; NaN until a few losses were in."""
+        if self._window_best is not None:
+            self._noise_best, self._window_best = step_noise(self._window_best), None
+        return self._noise_best
+
+    def _at_chance(self, step: int) -> tuple[float, int] | None:
         """(level, K) when the recent losses sit at ln K with almost no batch noise (the offline doctor's chance rule:
-        ``chance_tol``, ``chance_noise``), else None."""
+        ``chance_tol``, ``chance_noise``), else None; after a no, the next look is 16 steps later (O(64) work)."""
+        if step < self._chance_due:
+            return None
         level = float(np.median(self._window))
         k = chance_classes(level, self.t.chance_tol)
         if k is None or step_noise(self._window) > self.t.chance_noise * abs(level):
+            self._chance_due = step + 16
             return None
         return level, k
 
@@ -514,7 +533,7 @@ class Monitor:
                 "guard": {"span": self._span, "lr": self._lr, "ceiling": self._ceiling, "calm_until": self._calm_until,
                           "probation": self._probation, "snap_levels": [[k, v] for k, v in self._snap_levels.items()],
                           "starts": list(self._starts), "sample_start": self._sample_start,
-                          "above": [self._since, self._above]},
+                          "above": [self._since, self._above], "chance_due": self._chance_due},
                 "min_delta": self.min_delta, "ref": self._ref,
                 "spike_action": self.spike_action, "use_shape": self.use_shape, "crawl_cache": list(self._crawl_cache),
                 "loss_spikes": self._loss_spikes.state_dict(), "gn_spikes": self._gn_spikes.state_dict(),
@@ -522,7 +541,7 @@ class Monitor:
                 "n": self._n, "init": self._init, "first": list(self._first), "best": [self._best, self._best_step],
                 "last_fired": dict(self._last_fired), "diverged": self._diverged,
                 "moved": [self._moved, self._moved_best, self._last_step],
-                "noise": [list(self._window), self._noise_best],
+                "noise": [list(self._window), self._noise_at_best()],
                 "recent": list(self._recent), "alarming": self._alarming, "hist": [list(h) for h in self._hist],
                 "stride": self._stride, "pending": [list(p) for p in self._pending],
                 "events": [asdict(e) for e in self.events]}
@@ -567,3 +586,4 @@ class Monitor:
             self._snap_levels = {int(k): float(v) for k, v in guard["snap_levels"]}
             self._starts, self._sample_start = [float(v) for v in guard["starts"]], bool(guard["sample_start"])
             self._since, self._above = (int(v) for v in guard["above"])
+            self._chance_due = int(guard["chance_due"])

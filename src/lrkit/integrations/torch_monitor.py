@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -100,6 +101,27 @@ class UpdateRatio:
         self._update = None
 
 
+def _copy_into(dst: Any, src: Any) -> bool:
+    """Copy the tensors of the (nested) state ``src`` into the same-shaped ones of ``dst`` in place; False (``dst``
+    then half written) when their keys, shapes or dtypes differ."""
+    if isinstance(src, torch.Tensor):
+        if not (isinstance(dst, torch.Tensor) and dst.shape == src.shape and dst.dtype == src.dtype):
+            return False
+        dst.copy_(src)
+        return True
+    if isinstance(src, dict):
+        if not isinstance(dst, dict) or dst.keys() != src.keys():
+            return False
+        for k, v in src.items():
+            if isinstance(v, (dict, torch.Tensor)):
+                if not _copy_into(dst[k], v):
+                    return False
+            else:
+                dst[k] = copy.deepcopy(v)
+        return True
+    return False
+
+
 class Snapshots(SnapshotKeeper):
     """The last good state of a model and its optimiser, in CPU memory (when to take, confirm and restore one:
     :class:`~lrkit.doctor.monitor.SnapshotKeeper`). A restore keeps the optimiser's current lrs."""
@@ -108,12 +130,16 @@ class Snapshots(SnapshotKeeper):
         super().__init__(every)
         self.model, self.optimizer = model, optimizer
 
-    def copy(self) -> tuple[dict, dict] | None:
-        """Copies of the model's and the optimiser's state, or None when a weight is already NaN/inf."""
+    def copy(self) -> tuple[dict, dict]:
+        """Copies of the model's and the optimiser's state, written into the spare one when it has the same tensors
+        (a NaN weight needs no check here: the NaN loss it gives next drops the snapshot before it counts)."""
         with torch.no_grad():
-            if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-                return None
-        return _to_cpu(self.model.state_dict()), _to_cpu(self.optimizer.state_dict())
+            spare, self.spare = self.spare, None
+            model, opt = self.model.state_dict(), self.optimizer.state_dict()
+            if spare is not None and _copy_into(spare[0], model) and _copy_into(spare[1]["state"], opt["state"]):
+                spare[1]["param_groups"] = copy.deepcopy(opt["param_groups"])
+                return spare
+            return _to_cpu(model), _to_cpu(opt)
 
     def put_back(self, state: tuple[dict, dict]) -> None:
         lrs = [g["lr"] for g in self.optimizer.param_groups]
