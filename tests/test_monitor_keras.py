@@ -108,23 +108,25 @@ print("ok", len(cb.ratios))
     assert out.returncode == 0 and "ok 3" in out.stdout, out.stderr[-2000:]
 
 
-def test_nan_batch_rolls_back_to_the_last_good_state_and_halves_the_lr():
-    x = X.copy()
-    x[40] = np.inf  # batch 2 (rows 32-47) makes the loss and then every weight NaN
+def test_nan_batch_rolls_back_to_the_last_good_state_and_cuts_the_lr():
+    """A snapshot is good once 5 healthy batches followed it: with snapshot_every=1, the state after batch 0 is kept
+    (pending) and good from batch 5; batch 6's is still pending when batch 8 goes NaN, so the rollback restores batch
+    0's state and cuts the lr 10x (a NaN cuts hard)."""
+    x = np.random.default_rng(1).normal(size=(160, 4)).astype("float32")  # 10 batches of 16
+    y = (x @ np.array([[1.0], [-2.0], [0.5], [0.0]], dtype="float32") + 0.1).astype("float32")
+    x[130] = np.inf  # batch 8 (rows 128-143) makes the loss and then every weight NaN
     cb = LrMonitor(act=True, snapshot_every=1)
     model = make()
-    with pytest.warns(RuntimeWarning, match=r"\[nan\].*restored the snapshot of batch 1.*lr x0.5"):
-        model.fit(x, Y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
-    # the twin: batches 0 and 1 at lr 0.05, no batch 2, then batches 3 and 4 at lr 0.025
+    with pytest.warns(RuntimeWarning, match=r"\[nan\] step 8.*restored the snapshot of batch 0, lr x0.1 -> 0.005"):
+        model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
+    # the twin: batch 0 at lr 0.05, then (batches 1-8 undone) batch 9 at lr 0.005
     twin = make()
-    bs = batches(x, Y)
-    for xb, yb in bs[:2]:
-        twin.train_on_batch(xb, yb)
-    twin.optimizer.learning_rate = 0.025
-    for xb, yb in bs[3:]:
-        twin.train_on_batch(xb, yb)
+    bs = batches(x, y)
+    twin.train_on_batch(*bs[0])
+    twin.optimizer.learning_rate = 0.005
+    twin.train_on_batch(*bs[9])
     assert [e.kind for e in cb.events] == ["nan"]
-    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(0.025)
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(0.005)
     for a, b in zip(model.get_weights(), twin.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
@@ -145,3 +147,27 @@ def test_bad_arguments():
         LrMonitor(act={"skip_batches"})
     with pytest.raises(LrkitError, match="snapshot_every must be >= 1"):
         LrMonitor(snapshot_every=0)
+
+
+def test_callback_rescues_a_run_started_at_50x_a_good_lr():
+    """Keras at 50x a good lr: unguarded it goes NaN; with the callback acting it is rolled back and cut until stable,
+    below the closed-form stability bound, and learns (``_guard_task``)."""
+    from _guard_task import BATCH, LR_HIGH, N, check_rescue, regression
+
+    x, y = regression()
+
+    def train(act):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(1)])
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=LR_HIGH), loss="mse")
+        start = float(model.evaluate(x, y, batch_size=N, verbose=0))
+        cb = LrMonitor(act=act, stop_on_nan=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit(x, y, batch_size=BATCH, epochs=4, shuffle=False, verbose=0, callbacks=[cb])
+        lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        return cb, lr, start, float(model.evaluate(x, y, batch_size=N, verbose=0))
+
+    assert not np.isfinite(train(False)[3])
+    cb, lr, start, final = train(True)
+    check_rescue(cb.events, lr, start, final, x)

@@ -103,9 +103,10 @@ def test_callback_restores_and_lowers_lr_on_nan(tmp_path):
     kinds = [(e.kind, e.step) for e in cb.events]
     assert ("nan", 30) in kinds
     assert all(torch.isfinite(p).all() for p in model.parameters())  # the NaN weights were replaced
-    assert model.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.025)
-    assert any("restored the snapshot of step 30" in str(w.message) or "restored the snapshot of step 20"
-               in str(w.message) for w in caught)
+    assert model.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.005)  # a NaN cuts the lr 10x
+    # snapshots at least 10 steps apart from the one before the first update (-1), each good once 5 healthy steps
+    # followed it: 9, 19 (good from step 24), then 29 still pending at step 30
+    assert any("restored the snapshot of step 19, lr x0.1 -> 0.005" in str(w.message) for w in caught)
 
 
 def test_callback_warns_only_by_default(tmp_path):
@@ -115,3 +116,40 @@ def test_callback_warns_only_by_default(tmp_path):
         trainer(tmp_path, 35, [cb]).fit(model, loader())
     assert model.trainer.optimizers[0].param_groups[0]["lr"] == 0.05
     assert not all(torch.isfinite(p).all() for p in model.parameters())  # nothing was undone
+
+
+class Linear(L.LightningModule):
+    def __init__(self, lr):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net, self.lr = torch.nn.Linear(8, 1), lr
+
+    def training_step(self, batch, batch_idx):
+        return torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def test_callback_rescues_a_run_started_at_50x_a_good_lr(tmp_path):
+    """Lightning at 50x a good lr: unguarded it goes NaN; with the callback acting it is rolled back and cut until
+    stable, below the closed-form stability bound, and learns (``_guard_task``)."""
+    from _guard_task import BATCH, LR_HIGH, check_rescue, regression
+
+    x, y = (torch.tensor(a) for a in regression())
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH)
+
+    def train(act):
+        model, cb = Linear(LR_HIGH), LrMonitor(act=act)
+        with torch.no_grad():
+            start = float(torch.nn.functional.mse_loss(model.net(x), y))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer(tmp_path, 300, [cb]).fit(model, data)
+        with torch.no_grad():
+            final = float(torch.nn.functional.mse_loss(model.net(x), y))
+        return cb, model.trainer.optimizers[0].param_groups[0]["lr"], start, final
+
+    assert not np.isfinite(train(False)[3])
+    cb, lr, start, final = train(True)
+    check_rescue(cb.events, lr, start, final, x.numpy())

@@ -1,7 +1,10 @@
-"""Per-step overhead of the live doctor (``lrkit.Monitor.update``) on a training step of a small MLP, side by side
-with PyTorch's own per-step lr watcher (``ReduceLROnPlateau.step(loss)``).
+"""Per-step overhead of the live doctor (``lrkit.Monitor.update``) and of the guard that acts on it
+(``lrkit.torch.LrMonitor(model, optimizer, act=True).update``: the Monitor, the policy and the snapshots of the
+model and optimiser in CPU memory about every 50 steps) on a training step of a small MLP, side by side with
+PyTorch's own per-step lr watcher (``ReduceLROnPlateau.step(loss)``).
 
-Run: ``python benchmarks/doctor/bench_monitor_overhead.py`` (about 30 s, one CPU thread). Interleaved blocks of
+Run: ``python benchmarks/doctor/bench_monitor_overhead.py`` (about 30 s, one CPU thread; times are this thread's CPU
+time, so other work on a busy machine does not count). Interleaved blocks of
 steps, medians over repeats; target: the Monitor adds < 1% to a bare step. Also the opt-in update-to-weight ratio
 (``MonitorGuard(update_ratio=True)``: copies of the weights, norms and the gradient alignment's dot product per step)
 beside the per-step diagnostic most loops already pay for, the total gradient norm (``clip_grad_norm_``).
@@ -9,19 +12,23 @@ beside the per-step diagnostic most loops already pay for, the total gradient no
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
+import warnings
 
 import numpy as np
 import torch
 
 from lrkit.doctor import Monitor
-from lrkit.integrations.torch_monitor import UpdateRatio, total_norm
+from lrkit.integrations.torch_monitor import LrMonitor, UpdateRatio, total_norm
 
 STEPS, REPEATS = 200, 15
 
 
 def main() -> None:
+    logging.getLogger("lrkit.monitor").setLevel(logging.ERROR)  # events are counted, not printed
+    warnings.simplefilter("ignore", RuntimeWarning)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
@@ -30,11 +37,12 @@ def main() -> None:
     x, y = torch.randn(4096, 64), torch.randint(0, 10, (4096,))
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(torch.optim.SGD([torch.zeros(1)], lr=0.1), patience=10**9)
     monitor = Monitor()
+    guard = LrMonitor(model, opt, act=True)
     step_no = 0
 
     def block(kind: str) -> float:
         nonlocal step_no
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         for _ in range(STEPS):
             i = (step_no * 64) % 4032
             loss = torch.nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
@@ -44,41 +52,60 @@ def main() -> None:
             v = loss.item()
             if kind == "monitor":
                 monitor.update(step_no, v, lr=1e-3, grad_norm=1.0)
+            elif kind == "guard":
+                guard.update(step_no, v)
             elif kind == "plateau":
                 plateau.step(v)
             step_no += 1
-        return (time.perf_counter() - t0) / STEPS
+        return (time.thread_time() - t0) / STEPS
 
-    for k in ("bare", "monitor", "plateau"):  # warm up
+    for k in ("bare", "monitor", "guard", "plateau"):  # warm up
         block(k)
-    times: dict[str, list[float]] = {"bare": [], "monitor": [], "plateau": []}
+    times: dict[str, list[float]] = {"bare": [], "monitor": [], "guard": [], "plateau": []}
     for _ in range(REPEATS):
         for k in times:
             times[k].append(block(k))
     med = {k: statistics.median(v) for k, v in times.items()}
     m2 = Monitor()
     n = 100_000
-    t0 = time.perf_counter()
+    t0 = time.thread_time()
     for i in range(n):
         m2.update(i, 1.0 + 1.0 / (1 + i), lr=1e-3, grad_norm=1.0)
-    per_update = (time.perf_counter() - t0) / n
+    per_update = (time.thread_time() - t0) / n
     m2u = Monitor()  # with the update ratio (it also sums the weights' movement) and the gradient alignment
-    t0 = time.perf_counter()
+    t0 = time.thread_time()
     for i in range(n):
         m2u.update(i, 1.0 + 1.0 / (1 + i), lr=1e-3, grad_norm=1.0, update_ratio=1e-3, grad_alignment=0.1)
-    per_update_ur = (time.perf_counter() - t0) / n
+    per_update_ur = (time.thread_time() - t0) / n
     s2 = torch.optim.lr_scheduler.ReduceLROnPlateau(torch.optim.SGD([torch.zeros(1)], lr=0.1), patience=10**9)
-    t0 = time.perf_counter()
+    t0 = time.thread_time()
     for i in range(n):
         s2.step(1.0 + 1.0 / (1 + i))
-    per_plateau = (time.perf_counter() - t0) / n
+    per_plateau = (time.thread_time() - t0) / n
+    # the guard's own cost per step, isolated: its update (the Monitor and the policy) on the run's losses, and the
+    # snapshots (a copy of the model and the optimiser state to CPU memory) spread over the steps between them
+    # (the fastest of 5 passes over 5000 steps, beside the fastest block of bare steps: both as little disturbed by
+    # other work on the machine as it got)
+    descent = 2.3 * np.exp(-np.arange(5000) / 1000) + 0.3 + 0.05 * np.random.default_rng(1).standard_normal(5000)
+    passes = []
+    for _ in range(5):
+        g2 = LrMonitor(model, opt, act=True)
+        t0 = time.thread_time()
+        for i, v in enumerate(descent):  # a noisy descent: the guard watches and keeps snapshots, nothing goes wrong
+            g2.update(i, float(v))
+        passes.append((time.thread_time() - t0) / len(descent))
+    per_guard, bare_min = min(passes), min(times["bare"])
+    t0 = time.thread_time()
+    for _ in range(REPEATS):
+        g2.snapshots.spare = g2.snapshots.copy()
+    per_copy = (time.thread_time() - t0) / REPEATS
     # a run that crawls all along: a crawl event (with the shape model's "raise by about") every cooldown steps
     crawl = 2.3 - 2e-5 * np.arange(n // 5) + 0.02 * np.random.default_rng(0).standard_normal(n // 5)
     per_crawl = {}
     for use_shape in (True, False):
-        m3, t0 = Monitor(use_shape=use_shape), time.perf_counter()
+        m3, t0 = Monitor(use_shape=use_shape), time.thread_time()
         events = sum(len(m3.update(i, float(v), lr=1e-3, grad_norm=1.0)) for i, v in enumerate(crawl))
-        per_crawl[use_shape] = ((time.perf_counter() - t0) / len(crawl), events)
+        per_crawl[use_shape] = ((time.thread_time() - t0) / len(crawl), events)
     params = list(model.parameters())
     ratio, ratio_al = UpdateRatio(params), UpdateRatio(params, alignment=True)
     loss = torch.nn.functional.cross_entropy(model(x[:64]), y[:64])
@@ -86,35 +113,41 @@ def main() -> None:
     costs: dict[str, list[float]] = {"ratio": [], "ratio_al": [], "gn": [], "ours": [], "torch": []}
     grads = [p.grad for p in params]
     for _ in range(REPEATS):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         for _ in range(STEPS):
             ratio.before()
             ratio.after()
-        costs["ratio"].append((time.perf_counter() - t0) / STEPS)
-        t0 = time.perf_counter()
+        costs["ratio"].append((time.thread_time() - t0) / STEPS)
+        t0 = time.thread_time()
         for _ in range(STEPS):
             ratio_al.before()
             ratio_al.after()
-        costs["ratio_al"].append((time.perf_counter() - t0) / STEPS)
-        t0 = time.perf_counter()
+        costs["ratio_al"].append((time.thread_time() - t0) / STEPS)
+        t0 = time.thread_time()
         for _ in range(STEPS):
             torch.nn.utils.clip_grad_norm_(params, float("inf"))
-        costs["gn"].append((time.perf_counter() - t0) / STEPS)
+        costs["gn"].append((time.thread_time() - t0) / STEPS)
         for key, norm in (("ours", total_norm), ("torch", torch.nn.utils.get_total_norm)):
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             for _ in range(STEPS):
                 float(norm(grads))
-            costs[key].append((time.perf_counter() - t0) / STEPS)
+            costs[key].append((time.thread_time() - t0) / STEPS)
     per_ratio, per_gn = statistics.median(costs["ratio"]), statistics.median(costs["gn"])
     per_al = statistics.median(costs["ratio_al"])
     print(f"MLP 64-256-256-10, batch 64, AdamW, 1 thread; medians of {REPEATS} interleaved blocks of {STEPS} steps")
     print(f"  bare step                      {med['bare'] * 1e6:8.1f} us")
     print(f"  + lrkit Monitor.update         {med['monitor'] * 1e6:8.1f} us  ({med['monitor'] / med['bare'] - 1:+.2%})")
+    print(f"  + lrkit LrMonitor(act=True)    {med['guard'] * 1e6:8.1f} us  ({med['guard'] / med['bare'] - 1:+.2%}; "
+          f"{len(guard.events)} events, the last good snapshot of step {guard.snapshots.step})")
     print(f"  + torch ReduceLROnPlateau.step {med['plateau'] * 1e6:8.1f} us  ({med['plateau'] / med['bare'] - 1:+.2%})")
     print(f"isolated cost per call: Monitor.update {per_update * 1e6:.2f} us "
           f"({per_update / med['bare']:.2%} of a bare step), ReduceLROnPlateau.step {per_plateau * 1e6:.2f} us "
           f"({per_plateau / med['bare']:.2%}); ratio {per_update / per_plateau:.1f}x; Monitor.update with the update "
           f"ratio and alignment {per_update_ur * 1e6:.2f} us ({per_update_ur / med['bare']:.2%})")
+    print(f"the guard LrMonitor(act=True).update on its own: {per_guard * 1e6:.2f} us per step, its snapshots included "
+          f"(one copy {per_copy * 1e6:.0f} us, about every {g2.snapshots.every + g2.snapshots.confirm_after} steps): "
+          f"{per_guard / bare_min:.2%} of a bare step ({bare_min * 1e6:.0f} us; both the fastest of their repeats); "
+          f"target < 1%")
     print(f"a {len(crawl)}-step crawl ({per_crawl[True][1]} crawl events): Monitor.update {per_crawl[True][0] * 1e6:.2f} us "
           f"per call with the shape model's factors ({per_crawl[True][0] / med['bare']:.2%} of a bare step), "
           f"{per_crawl[False][0] * 1e6:.2f} us with fixed factors")

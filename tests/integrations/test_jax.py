@@ -162,7 +162,9 @@ def test_lr_monitor_rolls_back_to_the_last_good_state_and_lowers_the_lr():
     opt_state = tx.init(params)
     monitor = lrkit.jax.LrMonitor(act=True)
     after = {}
-    with pytest.warns(RuntimeWarning, match="restored the snapshot of step 249"):
+    # snapshots 50 steps apart, each good once 5 healthy steps followed it: 0, 50, ..., 200; the one taken at step
+    # 250 (after the first update at lr 1.5) is still pending when the loss blows up, so 200 is restored
+    with pytest.warns(RuntimeWarning, match="restored the snapshot of step 200"):
         for t in range(300):
             if t == 250:  # too high: the loss blows up
                 opt_state = lrkit.jax.set_lr(opt_state, 1.5)
@@ -172,7 +174,7 @@ def test_lr_monitor_rolls_back_to_the_last_good_state_and_lowers_the_lr():
             n_events = len(monitor.events)
             params, opt_state = monitor.update(t, loss, params, opt_state)
             if len(monitor.events) > n_events and monitor.events[-1].kind == "divergence":
-                assert np.array_equal(np.array(params["w"]), after[249])  # the snapshot after step 249
+                assert np.array_equal(np.array(params["w"]), after[200])  # the snapshot after step 200
                 assert lrkit.jax.get_lr(opt_state) == pytest.approx(1.5 * monitor.events[-1].factor)
                 break
     assert [e.kind for e in monitor.events][-1] == "divergence" and monitor.events[-1].factor < 1
@@ -230,3 +232,38 @@ def test_missing_jax_names_the_extra(monkeypatch):
         monkeypatch.delitem(sys.modules, name, raising=False)
     with pytest.raises(LrkitError, match=r"pip install 'lrkit\[jax\]'"):
         importlib.import_module("lrkit.jax")
+
+
+def test_lr_monitor_rescues_a_run_started_at_50x_a_good_lr():
+    """A JAX loop at 50x a good lr: unguarded it goes NaN; with the helper acting (and the state before the first
+    update kept with ``start``) it is rolled back and cut until stable, below the closed-form stability bound, and
+    learns (``_guard_task``)."""
+    import warnings
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    from _guard_task import BATCH, LR_HIGH, N, check_rescue, regression
+
+    x, y = regression()
+    tx = lrkit.jax.inject_lr(optax.sgd, learning_rate=LR_HIGH)
+    mse = lambda p, b: jnp.mean((b[0] @ p["w"] + p["b"] - b[1]) ** 2)  # noqa: E731
+    step = lrkit.jax.make_train_step(mse, tx)
+
+    def train(act):
+        params = {"w": jnp.zeros((x.shape[1], 1)), "b": jnp.zeros(1)}
+        opt_state = tx.init(params)
+        monitor = lrkit.jax.LrMonitor(act=act)
+        monitor.start(params, opt_state)
+        start = float(mse(params, (x, y)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for t in range(300):
+                i = (t * BATCH) % N
+                params, opt_state, loss = step(params, opt_state, (x[i:i + BATCH], y[i:i + BATCH]),
+                                               lrkit.jax.get_lr(opt_state))
+                params, opt_state = monitor.update(t, loss, params, opt_state)
+        return monitor, lrkit.jax.get_lr(opt_state), start, float(mse(params, (x, y)))
+
+    assert not np.isfinite(train(False)[3])
+    monitor, lr, start, final = train(True)
+    check_rescue(monitor.events, lr, start, final, x)

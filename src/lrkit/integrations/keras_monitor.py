@@ -15,7 +15,9 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from lrkit.doctor.monitor import Event, Monitor, report, resolve_actions
+import numpy as np
+
+from lrkit.doctor.monitor import Event, Monitor, SnapshotKeeper, report, resolve_actions
 from lrkit.errors import LrkitError, missing_extra
 
 try:
@@ -67,6 +69,23 @@ class _OpsUpdateRatio:
         return math.sqrt(moved / size) if size > 0 else None
 
 
+class _Snapshots(SnapshotKeeper):
+    """Host copies of every model, optimiser and metric variable (:func:`lrkit.integrations.keras.snapshot_model`),
+    kept by the guard's rules (:class:`~lrkit.doctor.monitor.SnapshotKeeper`); a copy with a NaN weight is not kept."""
+
+    def __init__(self, model: keras.Model, every: int) -> None:
+        super().__init__(every)
+        self.model = model
+
+    def copy(self) -> dict[str, Any] | None:
+        snap = snapshot_model(self.model)
+        ok = all(np.isfinite(v).all() for v in snap["variables"] if np.issubdtype(v.dtype, np.floating))
+        return snap if ok else None
+
+    def put_back(self, state: dict[str, Any]) -> None:
+        restore_model(self.model, state)
+
+
 class LrMonitor(keras.callbacks.Callback):
     """Watch ``model.fit`` with the lr doctor (see the module docstring). ``act``: False (warn), True (rollback on a
     NaN, divergence or spike, and lower_lr on a plateau) or a set of those actions and "raise_lr"; ``stop_on_nan``:
@@ -92,8 +111,7 @@ class LrMonitor(keras.callbacks.Callback):
         self.losses: list[float] = []  # each batch's own loss, as the Monitor saw it
         self._step = 0
         self._prev = (0.0, 0.0)  # the loss tracker's (sum, count) after the previous batch
-        self._snap: dict[str, Any] | None = None
-        self._snap_step = -1
+        self._snaps: _Snapshots | None = None
         self._loss_metric: Any = None
         self.track_update_ratio = bool(update_ratio)
         self._probe: Any = None  # the update ratio's measure, made at a fit's first batch and kept across its batches
@@ -113,8 +131,9 @@ class LrMonitor(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._loss_metric = None  # found again on the first batch (compile may have rebuilt the metrics)
         self._probe = None  # and the variables the update ratio reads
-        if self.acts:
-            self._snap, self._snap_step = snapshot_model(self.model), self._step
+        if self.acts:  # the state before the next batch's update (-1 at the first fit: before any)
+            self._snaps = _Snapshots(self.model, self.snapshot_every)
+            self._snaps.take(self._step - 1, self.monitor)
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         if not self.track_update_ratio:
@@ -152,8 +171,8 @@ class LrMonitor(keras.callbacks.Callback):
             self.ratios.append(ratio)
         events = self.monitor.update(step, loss, lr=self._lr(), update_ratio=ratio, grad_alignment=align)
         if not events:
-            if self.acts and self.monitor.healthy and step - self._snap_step >= self.snapshot_every:
-                self._snap, self._snap_step = snapshot_model(self.model), step
+            if self._snaps is not None:
+                self._snaps.keep(step, self.monitor)
             return
         self.events += events
         self._handle(events, step)
@@ -167,22 +186,27 @@ class LrMonitor(keras.callbacks.Callback):
             return None
 
     def _handle(self, events: list[Event], step: int) -> None:
+        """Carry out the allowed actions, tell the Monitor what was done and say it in one line per event."""
         for ev in events:
             acted = ""
             action = "rollback" if ev.action == "skip_batches" else ev.action
             if action in self.acts:
+                restored = None
                 if action == "rollback":
-                    if self._snap is not None:
-                        restore_model(self.model, self._snap)
+                    restored = self._snaps.restore() if self._snaps is not None else None
+                    if restored is not None:
                         if self._probe is not None:  # the previous update no longer led to the weights
                             self._probe.forget()
                         self._prev = self._tracker() or (0.0, 0.0)  # the tracker came back with the snapshot
-                        self.monitor.reset_after_rollback(step)
-                        acted = f"restored the snapshot of batch {self._snap_step}"
+                        acted = ("restored the state from before the first batch" if restored < 0 else
+                                 f"restored the snapshot of batch {restored}")
                     else:
                         acted = "no snapshot yet to restore"
+                lr = None
                 if ev.factor is not None and action in ("rollback", "lower_lr", "raise_lr"):
                     acted += (", " if acted else "") + self._scale_lr(ev.factor)
+                    lr = self._lr()
+                self.monitor.acted(step, restored=restored, lr=lr)
             elif ev.kind == "nan" and self.stop_on_nan and not self.acts:
                 self.model.stop_training = True
                 acted = "stopped training"
@@ -197,7 +221,7 @@ class LrMonitor(keras.callbacks.Callback):
         if not math.isfinite(lr) or lr <= 0:
             return "lr not changed"
         opt.learning_rate = lr
-        return f"lr x{factor:g} -> {lr:.3g}"
+        return f"lr x{factor:.2g} -> {lr:.3g}"
 
 
 # the old name, kept while benchmarks/doctor (moved by the lead later) imports it

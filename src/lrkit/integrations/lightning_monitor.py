@@ -47,9 +47,9 @@ class LrMonitor(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_step = trainer.global_step
-        if self.acts:
-            self._snaps = Snapshots(pl_module, trainer.optimizers[0])
-            self._snaps.take(trainer.global_step)
+        if self.acts:  # the state before the next update (-1 at a fresh start: before the first one)
+            self._snaps = Snapshots(pl_module, trainer.optimizers[0], self.snapshot_every)
+            self._snaps.take(trainer.global_step - 1, self.monitor)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         self._skipped = self._skip > 0
@@ -87,11 +87,11 @@ class LrMonitor(pl.Callback):
             self.events += events
             sched = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
             if self._snaps is None:
-                self._snaps = Snapshots(pl_module, opt)
+                self._snaps = Snapshots(pl_module, opt, self.snapshot_every)
             self._skip = max(self._skip, handle(events, self.acts, self._snaps, self.monitor, opt, step, sched,
                                                 self.skip_batches, self._ratio))
-        elif self.acts and step % self.snapshot_every == 0 and self.monitor.healthy:
-            self._snaps.take(step)
+        elif self.acts and self._snaps is not None:
+            self._snaps.keep(step, self.monitor)
 
     def state_dict(self) -> dict[str, Any]:
         return {"monitor": self.monitor.state_dict(), "skip": self._skip}

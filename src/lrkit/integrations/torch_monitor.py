@@ -20,11 +20,12 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
 from typing import Any
 
-from lrkit.doctor.monitor import Event, Monitor, report, resolve_actions
+from lrkit.doctor.monitor import Event, Monitor, SnapshotKeeper, report, resolve_actions
 from lrkit.errors import LrkitError, missing_extra
 
 try:
@@ -100,47 +101,73 @@ class UpdateRatio:
         self._update = None
 
 
-class Snapshots:
-    """The last good state of a model and its optimiser, in CPU memory."""
-
-    def __init__(self, model: torch.nn.Module, optimizer: Any) -> None:
-        self.model, self.optimizer = model, optimizer
-        self.state: tuple[dict, dict] | None = None
-        self.step: int | None = None
-
-    def take(self, step: int) -> bool:
-        """Snapshot now, unless a weight is already NaN/inf (then keep the previous one); True when taken."""
-        with torch.no_grad():
-            if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-                return False
-        self.state = (_to_cpu(self.model.state_dict()), _to_cpu(self.optimizer.state_dict()))
-        self.step = int(step)
-        return True
-
-    def restore(self) -> bool:
-        """Put the last snapshot back, keeping the optimiser's current lrs; False when there is none yet."""
-        if self.state is None:
+def _copy_into(dst: Any, src: Any) -> bool:
+    """Copy the tensors of the (nested) state ``src`` into the same-shaped ones of ``dst`` in place; False (``dst``
+    then half written) when their keys, shapes or dtypes differ."""
+    if isinstance(src, torch.Tensor):
+        if not (isinstance(dst, torch.Tensor) and dst.shape == src.shape and dst.dtype == src.dtype):
             return False
+        dst.copy_(src)
+        return True
+    if isinstance(src, dict):
+        if not isinstance(dst, dict) or dst.keys() != src.keys():
+            return False
+        for k, v in src.items():
+            if isinstance(v, (dict, torch.Tensor)):
+                if not _copy_into(dst[k], v):
+                    return False
+            else:
+                dst[k] = copy.deepcopy(v)
+        return True
+    return False
+
+
+class Snapshots(SnapshotKeeper):
+    """The last good state of a model and its optimiser, in CPU memory (when to take, confirm and restore one:
+    :class:`~lrkit.doctor.monitor.SnapshotKeeper`). A restore keeps the optimiser's current lrs."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: Any, every: int = 50) -> None:
+        super().__init__(every)
+        self.model, self.optimizer = model, optimizer
+
+    def copy(self) -> tuple[dict, dict]:
+        """Copies of the model's and the optimiser's state, written into the spare one when it has the same tensors
+        (a NaN weight needs no check here: the NaN loss it gives next drops the snapshot before it counts)."""
+        with torch.no_grad():
+            spare, self.spare = self.spare, None
+            model, opt = self.model.state_dict(), self.optimizer.state_dict()
+            if spare is not None and _copy_into(spare[0], model) and _copy_into(spare[1]["state"], opt["state"]):
+                spare[1]["param_groups"] = copy.deepcopy(opt["param_groups"])
+                return spare
+            return _to_cpu(model), _to_cpu(opt)
+
+    def put_back(self, state: tuple[dict, dict]) -> None:
         lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.model.load_state_dict(self.state[0])
-        self.optimizer.load_state_dict(self.state[1])
+        self.model.load_state_dict(state[0])
+        self.optimizer.load_state_dict(state[1])
         for g, lr in zip(self.optimizer.param_groups, lrs):
             g["lr"] = lr
-        return True
+
+
+def restored_words(step: int | None) -> str:
+    """How a helper names the snapshot it restored (-1: the one taken before the first update)."""
+    return "restored the state from before the first update" if step == -1 else f"restored the snapshot of step {step}"
 
 
 def handle(events: list[Event], acts: frozenset[str], snaps: Snapshots | None, monitor: Monitor, optimizer: Any,
            step: int, scheduler: Any = None, skip_batches: int = 0, ratio: UpdateRatio | None = None) -> int:
-    """Warn about each event and carry out the allowed actions; returns how many batches to skip from now. A restore
-    makes ``ratio`` forget the previous update (it no longer led to the weights)."""
+    """Carry out the allowed actions of each event, tell the Monitor what was done (:meth:`Monitor.acted`) and say
+    it in one line per event; returns how many batches to skip from now. A restore makes ``ratio`` forget the
+    previous update (it no longer led to the weights)."""
     skip = 0
     for ev in events:
         acted = ""
         if ev.action in acts:
+            restored = None
             if ev.action in ("rollback", "skip_batches"):
-                if snaps is not None and snaps.restore():
-                    acted = f"restored the snapshot of step {snaps.step}"
-                    monitor.reset_after_rollback(step)
+                restored = snaps.restore() if snaps is not None else None
+                if restored is not None:
+                    acted = restored_words(restored)
                     if ratio is not None:
                         ratio.forget()
                 else:
@@ -148,9 +175,12 @@ def handle(events: list[Event], acts: frozenset[str], snaps: Snapshots | None, m
                 if ev.action == "skip_batches":
                     skip = max(skip, skip_batches)
                     acted += f", skipping the next {skip_batches} batches"
+            lr = None
             if ev.factor is not None and optimizer is not None and ev.action in ("rollback", "lower_lr", "raise_lr"):
                 scale_lr(optimizer, ev.factor, scheduler)
-                acted += f"{', ' if acted else ''}lr x{ev.factor:g} -> {optimizer.param_groups[0]['lr']:.3g}"
+                lr = optimizer.param_groups[0]["lr"]
+                acted += f"{', ' if acted else ''}lr x{ev.factor:.2g} -> {lr:.3g}"
+            monitor.acted(step, restored=restored, lr=lr)
         report(ev, acted)
     return skip
 
@@ -175,12 +205,14 @@ class LrMonitor:
         self.monitor = monitor if monitor is not None else Monitor(**monitor_kwargs)
         self.acts = resolve_actions(act)
         self.optimizer, self.scheduler = optimizer, scheduler
-        self.snapshots = Snapshots(model, optimizer)
+        self.snapshots = Snapshots(model, optimizer, snapshot_every)
         self.snapshot_every = int(snapshot_every)
         self.skip_batches = 2 * self.snapshot_every if skip_batches is None else int(skip_batches)
         self._skip = 0
         self.events: list[Event] = []
         self._ratio = UpdateRatio(model.parameters(), alignment=True) if update_ratio else None
+        if self.acts:  # the state before the first update: a run that blows up at once has somewhere to go back to
+            self.snapshots.take(-1, self.monitor)
         if self._ratio is not None:
             self._ratio.before()
 
@@ -195,8 +227,8 @@ class LrMonitor:
             self.events += events
             self._skip = max(self._skip, handle(events, self.acts, self.snapshots, self.monitor, self.optimizer,
                                                 step, self.scheduler, self.skip_batches, self._ratio))
-        elif self.acts and step % self.snapshot_every == 0 and self.monitor.healthy:
-            self.snapshots.take(step)
+        elif self.acts:
+            self.snapshots.keep(step, self.monitor)
         if self._ratio is not None:
             self._ratio.before()  # after any rollback: the next step is measured from the weights it starts from
         return events

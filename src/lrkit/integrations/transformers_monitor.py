@@ -3,11 +3,14 @@ is the mean over the logging window, ``learning_rate``, ``grad_norm``) to a :cla
 created with ``window=args.logging_steps`` (a windowed mean needs no spike persistence). It warns by default and,
 with ``act=...``, restores the last good state and lowers the lr, rolls back and skips batches, or lowers the lr
 on a plateau. Snapshots (CPU memory) are taken at a logged row that looked healthy, at least ``snapshot_every``
-optimiser steps apart. Keep ``logging_nan_inf_filter=False`` to let a NaN loss reach the log (and the doctor).
+optimiser steps apart. At each logged row the weights are checked: NaN weights are a NaN event whatever the log says
+(the Trainer's ``logging_nan_inf_filter`` hides NaN losses), and a NaN row over finite weights is skipped (the
+Trainer's running loss stays NaN once a NaN entered it).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,6 +18,7 @@ from lrkit.doctor.monitor import Event, Monitor
 from lrkit.errors import missing_extra
 
 try:
+    import torch
     from transformers import TrainerCallback
 except ImportError as e:  # pragma: no cover - exercised only without transformers
     raise missing_extra("transformers", "transformers") from e
@@ -53,8 +57,8 @@ class LrMonitor(TrainerCallback):
             self.monitor = Monitor(**{"window": max(int(args.logging_steps), 1) if args.logging_steps > 1 else None,
                                       "check_after": 10, **self._monitor_kwargs})
         if self.acts and model is not None and optimizer is not None:
-            self._snaps = Snapshots(model, optimizer)
-            self._snaps.take(state.global_step)
+            self._snaps = Snapshots(model, optimizer, self.snapshot_every)
+            self._snaps.take(state.global_step, self.monitor)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if self._skip > 0 and model is not None:  # skipping after a spike: no gradient, no update
@@ -80,17 +84,22 @@ class LrMonitor(TrainerCallback):
         ratio = sum(self._ratios) / len(self._ratios) if self._ratios else None
         align = sum(self._aligns) / len(self._aligns) if self._aligns else None
         self._ratios, self._aligns = [], []
-        events = self.monitor.update(state.global_step, float(logs["loss"]), lr=logs.get("learning_rate"),
+        loss = float(logs["loss"])
+        if model is not None and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            loss = math.nan  # the weights went NaN, whatever the log says (logging_nan_inf_filter hides the NaN loss)
+        elif not math.isfinite(loss):
+            # finite weights under a NaN row: the Trainer's running loss stays NaN once a NaN entered it (it resets
+            # it by subtracting it from itself); this row says nothing about the run now
+            return
+        events = self.monitor.update(state.global_step, loss, lr=logs.get("learning_rate"),
                                      grad_norm=logs.get("grad_norm"), update_ratio=ratio, grad_alignment=align)
         if not events:
-            # snapshot only after a healthy logged window: the monitor has vouched for these weights
-            if (self._snaps is not None and self.monitor.healthy
-                    and state.global_step - (self._snaps.step or 0) >= self.snapshot_every):
-                self._snaps.take(state.global_step)
+            if self._snaps is not None:  # snapshots only after healthy logged windows (the Monitor vouches for them)
+                self._snaps.keep(state.global_step, self.monitor)
             return
         self.events += events
         if self._snaps is None and model is not None and optimizer is not None:
-            self._snaps = Snapshots(model, optimizer)
+            self._snaps = Snapshots(model, optimizer, self.snapshot_every)
         self._skip = max(self._skip, handle(events, self.acts, self._snaps, self.monitor, optimizer,
                                             state.global_step, lr_scheduler, self.skip_batches, self._ratio))
         if self.stop_on_nan and not self.acts and any(e.kind == "nan" for e in events):
