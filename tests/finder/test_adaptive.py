@@ -251,7 +251,8 @@ def test_time_running_out_in_the_extension_stops_it_and_names_the_budget():
             return super().step(lr)
 
     q = SlowAbove(1.0)
-    res = find(q, family="sgd", momentum=0.0, start_lr=1e-5, end_lr=0.5, num_iter=60, max_seconds=0.4)
+    res = find(q, family="sgd", momentum=0.0, start_lr=1e-5, end_lr=0.5, num_iter=60, max_seconds=0.4,
+               extend_decades=2.0)  # the extension past end_lr is asked for
     assert res.config["steps"]["ramp"] == 60 and 0 < res.config["steps"]["extend"] < 25
     assert res.stop_reason.startswith("time budget spent: max_seconds=0.4 s ran out")
     assert "into the extension" in res.stop_reason and "max_seconds=0.4" in res.suggestion.reason

@@ -48,7 +48,7 @@ def test_defaults_are_those_every_find_lr_documents():
     assert (o.start_lr, o.end_lr, o.num_iter, o.mode, o.smooth, o.diverge_factor) == (1e-7, 10.0, 100,
                                                                                         "exponential", 0.98, 4.0)
     assert (o.confirm, o.max_steps, o.max_seconds, o.val_every, o.rule) == (True, 200, None, 5, None)
-    assert (o.extend_steps, o.extend_decades, o.n_candidates, o.spread) == (25, 2.0, 3, 3.0)
+    assert (o.extend_steps, o.extend_decades, o.n_candidates, o.spread) == (25, 0.0, 3, 3.0)
     assert (o.max_confirm_steps, o.min_confirm_steps, o.margin) == (40, 10, 0.02)
     with pytest.raises(dataclasses.FrozenInstanceError):
         o.end_lr = 1.0  # type: ignore[misc]
@@ -70,7 +70,7 @@ def test_build_applies_overrides_and_names_every_field_for_a_typo():
     (dict(num_iter=100.0), "num_iter"), (dict(mode="cosine"), "mode"), (dict(smooth=1.0), "smooth"),
     (dict(diverge_factor=1.0), "diverge_factor"), (dict(max_seconds=0), "max_seconds"),
     (dict(val_every=0), "val_every"), (dict(momentum=1.0), "momentum"), (dict(family="adamw"), "family"),
-    (dict(extend_decades=0), "extend_decades"), (dict(max_confirm_steps=0), "max_confirm_steps"),
+    (dict(extend_decades=-1), "extend_decades"), (dict(max_confirm_steps=0), "max_confirm_steps"),
     (dict(margin=1.0), "margin"), (dict(max_skipped=-1), "max_skipped"),
 ])
 def test_a_bad_option_is_refused_when_built(bad, match):

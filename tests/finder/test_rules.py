@@ -55,8 +55,10 @@ def test_a_registered_rule_is_found_by_name_and_unknown_names_list_the_known():
 def test_clean_curve_keeps_the_prefix_before_the_first_non_finite_point():
     x, y = clean_curve([1e-3, 1e-2, 1e-1, 1.0], [2.0, 1.0, np.nan, 0.5])
     assert x.tolist() == [1e-3, 1e-2] and y.tolist() == [2.0, 1.0]
-    x, _ = clean_curve([1e-3, 0.0, 1e-1], [2.0, 1.0, 0.5])  # an lr of 0 is no point on a log axis
-    assert x.tolist() == [1e-3]
+    x, _ = clean_curve([1e-3, 0.0, 1e-1], [2.0, 1.0, 0.5])  # an lr of 0 is no point on a log axis: left out
+    assert x.tolist() == [1e-3, 1e-1]
+    x, y = clean_curve([1e-3, 1e-2, 1e-1], [np.nan, 1.0, 0.5])  # a NaN before the first finite loss: left out
+    assert x.tolist() == [1e-2, 1e-1] and y.tolist() == [1.0, 0.5]
     with pytest.raises(LrkitError, match="same length"):
         clean_curve([1e-3, 1e-2], [1.0])
 
