@@ -58,3 +58,28 @@ def test_a_figure_is_saved_in_its_extensions_format_and_never_half_written(tmp_p
         save_figure(fig, tmp_path / "d.notaformat")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pdf", "b.svg", "c", "d.png"]
     plt.close(fig)
+
+
+@pytest.mark.parametrize("skip_start, skip_end", [(0, 0), (5, 0), (0, 10), (10, 5)])
+def test_skip_start_and_skip_end_leave_points_out_of_the_drawn_curves(skip_start, skip_end):
+    """torch-lr-finder's plot(skip_start, skip_end): the drawn loss is the recorded one without those points."""
+    import matplotlib.pyplot as plt
+
+    from lrkit.finder import Replay, range_test
+
+    losses = [2.0 - 0.01 * i for i in range(60)] + [2.0 * 1.2**i for i in range(20)]
+    res = range_test(Replay(losses), confirm=False, progress=False, num_iter=80, diverge_factor=1e9)
+    fig, ax = plt.subplots()
+    res.plot(ax=ax, rules=["minimum"], skip_start=skip_start, skip_end=skip_end)
+    raw = next(line for line in ax.lines if line.get_label() == "loss")
+    x, y = raw.get_data()
+    keep = slice(skip_start, len(res.lrs) - skip_end)
+    np.testing.assert_array_equal(x, res.lrs[keep])
+    np.testing.assert_array_equal(y, res.losses[keep])
+    marked = next(line for line in ax.lines if line.get_label().startswith("minimum:"))
+    assert marked.get_xdata()[0] == res.suggest("minimum", skip_start=skip_start, skip_end=skip_end).lr
+    plt.close(fig)
+    from lrkit.errors import LrkitError
+
+    with pytest.raises(LrkitError, match="skip_end must be a count"):
+        res.plot(skip_end=-1)

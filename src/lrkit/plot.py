@@ -30,36 +30,57 @@ def save_figure(fig: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=120, bbox_inches="tight"), binary=True)
 
 
+def _kept(n: int, skip_start: int, skip_end: int) -> np.ndarray:
+    """Whether each of ``n`` recorded points is drawn, after leaving out ``skip_start`` and ``skip_end``."""
+    for what, v in (("skip_start", skip_start), ("skip_end", skip_end)):
+        if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0):
+            from lrkit.errors import LrkitError  # plot.py stays a leaf of lrkit (tests/test_layout.py)
+
+            raise LrkitError(f"{what} must be a count of points >= 0, got {v!r}")
+    keep = np.zeros(n, dtype=bool)
+    keep[skip_start:n - skip_end] = True
+    return keep
+
+
 def plot_finder(result: Any, path: str | os.PathLike | None = None, ax: Any = None,
-                rules: Sequence[str] = ()) -> Any:
-    """Loss against lr (log x axis): raw points, the curve the rule judged (the robust fit of the raw losses, or the
-    smoothed loss), the suggestion and its interval, the confirmation runs; extra ``rules`` marked too. Saves to
-    ``path`` when given; returns the Axes. ``result`` is a :class:`~lrkit.finder.FinderResult` (what it judged comes
-    from its ``robust_fit()``)."""
+                rules: Sequence[str] = (), skip_start: int = 0, skip_end: int = 0) -> Any:
+    """Loss against lr (log x axis; linear for a linear ramp): raw points, the curve the rule judged (the robust fit of the raw losses, or the
+    smoothed loss), the suggestion and its interval, the confirmation runs; extra ``rules`` marked too (applied with
+    the same skips). ``skip_start``/``skip_end`` leave out that many recorded points at either end of the curves.
+    Saves to ``path`` when given; returns the Axes. ``result`` is a :class:`~lrkit.finder.FinderResult` (what it
+    judged comes from its ``robust_fit()``)."""
     plt = _pyplot()
+    lrs = np.asarray(result.lrs)
+    keep = _kept(len(lrs), skip_start, skip_end)
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-    lrs = np.asarray(result.lrs)
-    shown = [np.asarray(result.losses)]
+    losses = np.asarray(result.losses)
+    shown = [losses[keep]]
     if result.val_losses is not None:
         idx = np.asarray(result.val_steps, dtype=np.int64)
-        ax.plot(lrs, result.losses, ".", color="0.75", ms=3, label="training loss")
-        ax.plot(lrs[idx], result.val_losses, "-o", ms=3, color="C0", label="validation loss")
-        shown.append(np.asarray(result.val_losses))
+        idx_kept = keep[idx]
+        ax.plot(lrs[keep], losses[keep], ".", color="0.75", ms=3, label="training loss")
+        ax.plot(lrs[idx][idx_kept], np.asarray(result.val_losses)[idx_kept], "-o", ms=3, color="C0",
+                label="validation loss")
+        shown.append(np.asarray(result.val_losses)[idx_kept])
     else:
-        ax.plot(lrs, result.losses, ".", color="0.6", ms=3, label="loss")
-        ax.plot(lrs, result.smoothed_losses, "-", color="C0", lw=1, alpha=0.6, label="smoothed loss (EMA)")
+        ax.plot(lrs[keep], losses[keep], ".", color="0.6", ms=3, label="loss")
+        ax.plot(lrs[keep], np.asarray(result.smoothed_losses)[keep], "-", color="C0", lw=1, alpha=0.6,
+                label="smoothed loss (EMA)")
         fit = result.robust_fit()
         if fit is not None:
-            ax.plot(10**fit.log_lrs, fit.fitted, "-", color="C1", lw=2, label="robust fit (what the rule judges)")
+            fit_lrs = 10**fit.log_lrs
+            in_view = (fit_lrs >= lrs[keep].min()) & (fit_lrs <= lrs[keep].max()) if keep.any() else fit_lrs < 0
+            ax.plot(fit_lrs[in_view], fit.fitted[in_view], "-", color="C1", lw=2,
+                    label="robust fit (what the rule judges)")
             if fit.lr_diverge is not None:
                 ax.axvline(fit.lr_diverge, color="C3", ls=":", lw=1.5, label=f"loss turns up at {fit.lr_diverge:.3g}")
-            shown.append(fit.fitted)
-    ax.set_xscale("log")
+            shown.append(fit.fitted[in_view])
+    ax.set_xscale("linear" if result.config.get("mode") == "linear" else "log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss")
-    y = np.concatenate([v[np.isfinite(v)] for v in shown])
+    y = np.concatenate([v[np.isfinite(v)] for v in shown]) if shown else np.zeros(0)
     if y.size:  # keep the divergence tail from squashing the informative part of the curve
         lo = float(y.min())
         first = np.asarray(shown[-1])
@@ -79,7 +100,7 @@ def plot_finder(result: Any, path: str | os.PathLike | None = None, ax: Any = No
     if getattr(result, "confirmations", None):
         ax.plot([], [], "^", color="C4", label="confirmation runs (their final loss)")
     for k, rule in enumerate(rules):
-        other = result.suggest(rule)
+        other = result.suggest(rule, skip_start=skip_start, skip_end=skip_end)
         if other.lr is not None:
             ax.axvline(other.lr, color=f"C{5 + k}", ls="--", lw=1, label=f"{rule}: {other.lr:.3g}")
     ax.set_title(f"LR range test — {result.stop_reason.split(':')[0]}", fontsize=10)

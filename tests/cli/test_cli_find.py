@@ -115,3 +115,32 @@ def test_recipe_and_single_ramp_options(tmp_path, monkeypatch, capsys):
     assert main(["find", "--example", "digits", "--no-progress", "--no-plot", "--no-confirm"]) == 0
     single = FinderResult.load(tmp_path / "lr_find.json")
     assert single.confirmations == [] and len(single.lrs) <= 100 and single.suggestion.rule == "robust"
+
+
+USER_RAISES = """
+    class DataMissing(Exception):
+        pass
+
+    def make():
+        raise DataMissing("no such file: train.csv")
+"""
+
+
+def test_a_target_that_raises_is_one_line_naming_its_error_and_exit_2(tmp_path, monkeypatch, capsys):
+    """Before: a traceback and exit status 1."""
+    write_module(tmp_path, USER_RAISES)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "usermod", raising=False)
+    assert main(["find", "usermod:make", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == "lrkit find: error: usermod:make() raised DataMissing: no such file: train.csv\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["usermod.py"]
+
+
+@pytest.mark.parametrize("steps", ["0", "-3"])
+def test_max_steps_below_one_is_refused(tmp_path, monkeypatch, capsys, steps):
+    monkeypatch.chdir(tmp_path)
+    assert main(["find", "--example", "digits", "--max-steps", steps, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "max_steps must be a positive integer" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []

@@ -251,9 +251,62 @@ def test_time_running_out_in_the_extension_stops_it_and_names_the_budget():
             return super().step(lr)
 
     q = SlowAbove(1.0)
-    res = find(q, family="sgd", momentum=0.0, start_lr=1e-5, end_lr=0.5, num_iter=60, max_seconds=0.4)
+    res = find(q, family="sgd", momentum=0.0, start_lr=1e-5, end_lr=0.5, num_iter=60, max_seconds=0.4,
+               extend_decades=2.0)  # the extension past end_lr is asked for
     assert res.config["steps"]["ramp"] == 60 and 0 < res.config["steps"]["extend"] < 25
     assert res.stop_reason.startswith("time budget spent: max_seconds=0.4 s ran out")
     assert "into the extension" in res.stop_reason and "max_seconds=0.4" in res.suggestion.reason
     assert "confirm" not in res.config["steps"] and q.steps == res.total_steps
     assert np.array_equal(q.w, np.ones(20))
+
+
+# ---- issue 23 ---------------------------------------------------------------------------------------------------
+class Recording(Quadratic):
+    """A Quadratic that records every lr it is stepped at."""
+
+    def __init__(self, lam_max: float = 1.0) -> None:
+        super().__init__(lam_max)
+        self.seen: list[float] = []
+
+    def step(self, lr):
+        self.seen.append(lr)
+        return super().step(lr)
+
+
+def test_the_default_test_never_tries_an_lr_past_end_lr():
+    """Before: a ramp that never diverged was extended two decades past end_lr (to 50 here, 100x end_lr)."""
+    q = Recording(1.0)  # diverges past lr 2: end_lr 0.5 never gets there
+    res = find(q, family="sgd", momentum=0.0, start_lr=1e-5, end_lr=0.5, num_iter=60)
+    assert max(q.seen) <= 0.5 and res.lrs.max() <= 0.5 and "extend" not in res.config["steps"]
+    assert res.suggestion.lr is not None and res.suggestion.lr <= 0.5  # a lower bound, confirmed by short runs
+    assert "lower bound" in res.suggestion.reason
+    # asked for, the extension still goes past end_lr, and the result says how far
+    q2 = Recording(1.0)
+    ext = find(q2, family="sgd", momentum=0.0, start_lr=1e-5, end_lr=0.5, num_iter=60, extend_decades=1.0)
+    assert 0.5 < max(q2.seen) <= 5.0 and ext.config["extended_to"] == pytest.approx(5.0)
+
+
+def test_a_linear_ramp_gives_a_pick_that_trains_where_the_exponential_one_does():
+    q_exp, q_lin = Quadratic(1.0), Quadratic(1.0)
+    exp = find(q_exp, family="sgd", momentum=0.0, start_lr=1e-4, end_lr=10.0)
+    lin = find(q_lin, family="sgd", momentum=0.0, start_lr=1e-4, end_lr=10.0, mode="linear")
+    assert exp.suggestion.lr is not None and lin.suggestion.lr is not None
+    assert 0.1 < lin.suggestion.lr < 2.0  # below the closed-form limit 2 / lam_max: it trains
+    assert 1 / 3 < lin.suggestion.lr / exp.suggestion.lr < 3
+    assert lin.config["mode"] == "linear" and np.allclose(np.diff(lin.lrs), (10.0 - 1e-4) / 99)
+    assert lin.robust_fit().scale == "linear"
+
+
+def test_a_stepper_whose_data_runs_out_is_a_clear_error_not_a_silent_stop():
+    """Before: StopIteration raised by step() ended the test's own generator, and range_test returned None."""
+
+    class RunsOut(Quadratic):
+        def step(self, lr):
+            if self.steps >= 30:
+                raise StopIteration
+            return super().step(lr)
+
+    q = RunsOut(1.0)
+    with pytest.raises(LrkitError, match="ran out.*re-iterable loader"):
+        find(q, family="sgd", momentum=0.0)
+    assert np.array_equal(q.w, np.ones(20))  # restored

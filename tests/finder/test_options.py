@@ -48,7 +48,7 @@ def test_defaults_are_those_every_find_lr_documents():
     assert (o.start_lr, o.end_lr, o.num_iter, o.mode, o.smooth, o.diverge_factor) == (1e-7, 10.0, 100,
                                                                                         "exponential", 0.98, 4.0)
     assert (o.confirm, o.max_steps, o.max_seconds, o.val_every, o.rule) == (True, 200, None, 5, None)
-    assert (o.extend_steps, o.extend_decades, o.n_candidates, o.spread) == (25, 2.0, 3, 3.0)
+    assert (o.extend_steps, o.extend_decades, o.n_candidates, o.spread) == (25, 0.0, 3, 3.0)
     assert (o.max_confirm_steps, o.min_confirm_steps, o.margin) == (40, 10, 0.02)
     with pytest.raises(dataclasses.FrozenInstanceError):
         o.end_lr = 1.0  # type: ignore[misc]
@@ -70,7 +70,7 @@ def test_build_applies_overrides_and_names_every_field_for_a_typo():
     (dict(num_iter=100.0), "num_iter"), (dict(mode="cosine"), "mode"), (dict(smooth=1.0), "smooth"),
     (dict(diverge_factor=1.0), "diverge_factor"), (dict(max_seconds=0), "max_seconds"),
     (dict(val_every=0), "val_every"), (dict(momentum=1.0), "momentum"), (dict(family="adamw"), "family"),
-    (dict(extend_decades=0), "extend_decades"), (dict(max_confirm_steps=0), "max_confirm_steps"),
+    (dict(extend_decades=-1), "extend_decades"), (dict(max_confirm_steps=0), "max_confirm_steps"),
     (dict(margin=1.0), "margin"), (dict(max_skipped=-1), "max_skipped"),
 ])
 def test_a_bad_option_is_refused_when_built(bad, match):
@@ -155,3 +155,44 @@ def test_the_public_surface_has_no_module_shadowed_by_a_function():
     assert lrkit.finder.rules() == sorted(lrkit.finder.rules())
     # the functions lrkit.sweep and lrkit.stepwise live in the package lrkit.search: no module of those names
     assert not {"sweep", "stepwise", "suggest"} & {m.name for m in pkgutil.iter_modules(lrkit.__path__)}
+
+
+# ---- issue 23: what peer users expect of the options ------------------------------------------------------------
+@pytest.mark.parametrize("bad, match", [
+    (dict(max_steps=0), "max_steps must be a positive integer"), (dict(max_steps=-5), "max_steps"),
+    (dict(start_lr=[1e-5, 1e-6], end_lr=[1.0]), "start_lr has 2 values and end_lr 1"),
+    (dict(start_lr=[1e-5, 2.0], end_lr=1.0), "param group 1: start_lr"),
+    (dict(start_lr=[], end_lr=1.0), "empty list"), (dict(start_lr=None, end_lr=-1.0), "end_lr"),
+    (dict(num_iter=None, start_lr=2.0, end_lr=1.0), "smaller than end_lr"),
+])
+def test_bad_new_options_are_refused_when_built(bad, match):
+    with pytest.raises(LrkitError, match=match):
+        FinderOptions(**bad)
+
+
+def test_start_lr_none_and_num_iter_none_resolve_from_what_the_stepper_exposes():
+    o, ranges = FinderOptions(start_lr=None, num_iter=None).resolve(base_lrs=[3e-4, 3e-5], steps_per_epoch=40)
+    assert (o.start_lr, o.end_lr, o.num_iter, ranges) == (3e-4, 10.0, 40, None)
+    o, ranges = FinderOptions(start_lr=None, end_lr=[1.0, 0.1]).resolve(base_lrs=[3e-4, 3e-5])
+    assert (o.start_lr, o.end_lr) == (3e-4, 1.0) and ranges == [(3e-4, 1.0), (3e-5, 0.1)]
+    q = Quadratic()  # a stepper with neither base_lrs nor steps_per_epoch
+    with pytest.raises(LrkitError, match="start_lr=None.*base_lrs"):
+        range_test(q, start_lr=None, progress=False)
+    with pytest.raises(LrkitError, match="num_iter=None runs one epoch.*pass num_iter"):
+        range_test(q, num_iter=None, progress=False)
+    with pytest.raises(LrkitError, match="use_group_ramps"):
+        range_test(q, start_lr=[1e-5, 1e-6], end_lr=[1.0, 0.1], progress=False)
+    assert q.calls == []  # refused before any step
+    q.base_lrs, q.steps_per_epoch = [0.01], 30
+    res = range_test(q, start_lr=None, num_iter=None, end_lr=100.0, confirm=False, progress=False)
+    assert res.lrs[0] == 0.01 and res.config["num_iter"] == 30 and len(res.lrs) <= 30
+
+
+def test_a_session_starts_at_the_optimisers_lr_when_told_it():
+    q = Quadratic()
+    session = FinderSession(FinderOptions(start_lr=None, num_iter=None, confirm=False, progress=False), q.snapshot,
+                            q.restore, base_lrs=[0.02], steps_per_epoch=25)
+    assert session.lr == 0.02 and session.options.num_iter == 25
+    while not session.record(q.step(session.lr)):
+        pass
+    assert session.result.lrs[0] == 0.02 and len(session.result.lrs) <= 25

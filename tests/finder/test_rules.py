@@ -55,8 +55,10 @@ def test_a_registered_rule_is_found_by_name_and_unknown_names_list_the_known():
 def test_clean_curve_keeps_the_prefix_before_the_first_non_finite_point():
     x, y = clean_curve([1e-3, 1e-2, 1e-1, 1.0], [2.0, 1.0, np.nan, 0.5])
     assert x.tolist() == [1e-3, 1e-2] and y.tolist() == [2.0, 1.0]
-    x, _ = clean_curve([1e-3, 0.0, 1e-1], [2.0, 1.0, 0.5])  # an lr of 0 is no point on a log axis
-    assert x.tolist() == [1e-3]
+    x, _ = clean_curve([1e-3, 0.0, 1e-1], [2.0, 1.0, 0.5])  # an lr of 0 is no point on a log axis: left out
+    assert x.tolist() == [1e-3, 1e-1]
+    x, y = clean_curve([1e-3, 1e-2, 1e-1], [np.nan, 1.0, 0.5])  # a NaN before the first finite loss: left out
+    assert x.tolist() == [1e-2, 1e-1] and y.tolist() == [1.0, 0.5]
     with pytest.raises(LrkitError, match="same length"):
         clean_curve([1e-3, 1e-2], [1.0])
 
@@ -225,3 +227,115 @@ def test_recipe_without_a_suggestion_raises_with_the_reason():
         recipe(none, "cosine", 1000)
     with pytest.raises(LrkitError, match="onecycle, cosine, wsd"):
         recipe(Suggestion(1e-3, None, "x", ""), "linear", 1000)
+
+
+# ---- issue 23: linear ramps, what a curve leaves out, skips, fastai's slide --------------------------------------
+LIN = np.linspace(0.0, 1.0, 201)[1:]  # a linear ramp 0.005 .. 1 (the lr-0 point of a ramp from 0 left out)
+
+
+def linear_curve(x=LIN):
+    """Flat at 2, a linear fall to 0.5 over lr 0.1 .. 0.3, flat to 0.5, then a rise of 10 per unit of lr: the fit
+    climbs a quarter of the descent (0.375) above its floor at lr 0.5 + 0.375 / 10 = 0.5375."""
+    y = np.interp(x, [0.0, 0.1, 0.3], [2.0, 2.0, 0.5])
+    return np.where(x > 0.5, 0.5 + 10 * (x - 0.5), y)
+
+
+def test_robust_on_a_linear_ramp_fits_on_the_lr_axis_and_finds_the_divergence():
+    """Before: fitted on a log axis, where a linear ramp's points crowd into the last decade and 0.2 decades of
+    bandwidth smear the rise: the divergence was put at 0.41, on the floor, before the loss rose at all."""
+    assert lrkit.finder.ramp_mode(LIN) == "linear" and lrkit.finder.ramp_mode(LRS) == "exponential"
+    s = suggest(LIN, linear_curve(), "robust", family="adam")
+    lr_div = s.lr * ADAM_FACTOR
+    assert abs(lr_div - 0.5375) <= 0.005  # one point of the ramp
+    fit = fit_curve(LIN, linear_curve(), scale="linear")
+    assert fit.scale == "linear" and fit.lr_min == pytest.approx(0.4, abs=0.11)  # on the floor 0.3 .. 0.5
+    # told the mode explicitly, the same
+    assert suggest(LIN, linear_curve(), "robust", family="adam", mode="linear") == s
+
+
+def test_steepest_on_a_linear_ramp_is_per_unit_of_lr():
+    """-tanh((lr - 0.5) / 0.3) falls fastest per unit of lr at 0.5; per decade (lr x slope) only at about 0.59."""
+    y = -np.tanh((LIN - 0.5) / 0.3)
+    s = suggest(LIN, y, "steepest")
+    assert abs(s.lr - 0.5) <= 0.005 and "per unit of lr" in s.reason
+    per_decade = suggest(LIN, y, "steepest", mode="exponential")
+    assert per_decade.lr > 0.55 and "per decade" in per_decade.reason
+
+
+def test_an_lr_of_zero_or_a_leading_nan_is_left_out_with_a_note_not_the_whole_curve():
+    """Before: an lr of 0 (a linear ramp from 0) cut the curve before its first point, and so did a NaN first loss:
+    "only 0 finite points were recorded"."""
+    base = suggest(LIN, linear_curve(), "robust", family="adam")
+    with_zero = suggest(np.r_[0.0, LIN], np.r_[2.0, linear_curve()], "robust", family="adam")
+    assert with_zero.lr == base.lr and "1 point(s) at an lr <= 0 were left out" in with_zero.reason
+    y = linear_curve().copy()
+    y[:2] = np.nan
+    leading = suggest(LIN, y, "robust", family="adam")
+    assert leading.lr == pytest.approx(base.lr, rel=0.05) and "first 2 loss(es) were NaN/inf" in leading.reason
+    y[50] = np.inf  # a NaN/inf after the first finite loss still ends the curve there
+    cut = suggest(LIN, y, "minimum")
+    assert cut.lr == pytest.approx(LIN[49] / 10)  # the lowest loss before the inf: the last point of the fall
+
+
+def test_skip_start_and_skip_end_leave_points_out_of_the_rule():
+    y = (X + 2.5) ** 2  # minimum at log10(lr) = -2.5
+    full = suggest(LRS, y, "minimum")
+    assert full.lr == pytest.approx(10**-2.5 / 10, rel=0.05)
+    # without the last 60 points (log10 lr > -2) the minimum is still there; without the last 100 it is not
+    assert suggest(LRS, y, "minimum", skip_end=60).lr == full.lr
+    assert suggest(LRS, y, "minimum", skip_end=100).lr == pytest.approx(LRS[-101] / 10)
+    assert suggest(LRS, y, "minimum", skip_start=90).lr == pytest.approx(LRS[90] / 10)  # only the rising part left
+    few = suggest(LRS, y, "minimum", skip_start=80, skip_end=78)
+    assert few.lr is None and "after skipping 80 at the start and 78 at the end" in few.reason
+    for bad in (-1, 1.5, True):
+        with pytest.raises(LrkitError, match="skip_start must be a count"):
+            suggest(LRS, y, "minimum", skip_start=bad)
+
+
+def test_slide_walks_down_from_the_end_while_the_slope_keeps_changing():
+    """fastai's slide rule, by its definition: from the end, a window of 15 points moves down while the loss's slope
+    per point differs between its two ends by more than 0.005; the pick is the window's left end where it stops."""
+    assert "slide" in rules()
+    n = 60
+    lrs = np.geomspace(1e-5, 1.0, n)
+    # slope per point: -0.01 (steady fall) up to point 30, then growing by 0.004 per point (the turn and the rise)
+    slope = np.where(np.arange(n) <= 30, -0.01, -0.01 + 0.004 * (np.arange(n) - 30))
+    losses = 3.0 + np.concatenate([[0.0], np.cumsum(slope[1:])])
+    g = np.gradient(losses)
+    s = suggest(lrs, losses, "slide")
+    left = int(np.argmin(np.abs(lrs - s.lr)))
+    # the stop condition holds at the window after the pick's (its right end within the steady fall, where the slope
+    # is the same at both ends) and failed at every window before it (from the end of the curve down)
+    assert abs(g[left - 1 + 15] - g[left - 1]) <= 0.005
+    assert all(abs(g[r] - g[r - 15]) > 0.005 for r in range(left + 15, n))
+    assert 31 <= left + 15 <= 33  # the window whose right end reaches the steady fall: points 30-31
+    short = suggest(lrs[:15], losses[:15], "slide")
+    assert short.lr is None and "raise num_iter" in short.reason
+
+
+def test_the_robust_fit_of_a_long_curve_is_linear_in_memory_and_agrees_with_the_exact_fit(monkeypatch):
+    """Before: every point against every other, 4,000 points took 489 MB and 10,000 about 3 GB. A long curve is
+    now fitted on a grid of 8 points per bandwidth (cubic interpolation between them)."""
+    import time
+    import tracemalloc
+
+    from lrkit.finder import _rules
+
+    rng = np.random.default_rng(0)
+    x = np.linspace(-7.0, 1.0, 10_000)
+    y = np.where(x < -2, 2.0 - 0.3 * np.clip(x + 5, 0, 3), 1.1 + 3 * (x + 2) ** 2) + 0.05 * rng.standard_normal(x.size)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    fit = fit_curve(10**x, y)
+    elapsed = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 64 * 2**20 and elapsed < 10  # (about 9 MB and 0.3 s on one core; the timing is only a guard)
+    # against the exact fit (every point evaluated), on a shorter curve the exact path still handles quickly
+    short, ys = 10 ** x[::4], y[::4]
+    grid, grid_pick = fit_curve(short, ys), suggest(short, ys, family="adam")
+    monkeypatch.setattr(_rules, "_GRID_PER_BANDWIDTH", 10**6)  # forces the exact path
+    exact, exact_pick = fit_curve(short, ys), suggest(short, ys, family="adam")
+    assert np.max(np.abs(grid.fitted - exact.fitted)) < 1e-3 * np.ptp(exact.fitted)
+    assert (grid.lr_diverge, grid.lr_min, grid.diverged) == (exact.lr_diverge, exact.lr_min, exact.diverged)
+    assert grid_pick.lr == exact_pick.lr and abs(np.log10(fit.lr_diverge / exact.lr_diverge)) < 0.01

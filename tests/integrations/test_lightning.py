@@ -92,7 +92,7 @@ def test_find_lr_restores_exactly_and_matches_the_torch_adapter():
     res = lrkit.lightning.find_lr(t, model, train_dataloaders=loader, num_iter=25, end_lr=1.0, progress=False,
                                   confirm=False)
     assert_same(before, state(model, loader))
-    assert t.global_step == 0 and model._trainer is None and "log" not in model.__dict__
+    assert t.global_step == 0 and model.trainer is t and "log" not in model.__dict__  # attached, as after fit
     assert len(res.lrs) == 25
     # the same curve as the plain PyTorch adapter on the same model, optimiser, loss and data
     opt = torch.optim.Adam(model.parameters(), lr=model.lr)
@@ -114,7 +114,7 @@ def test_default_path_is_the_adaptive_test_restores_exactly_and_equals_it_on_the
     before = state(model, loader)
     res = lrkit.lightning.find_lr(t, model, train_dataloaders=loader, num_iter=30, end_lr=1.0, progress=False)
     assert_same(before, state(model, loader))
-    assert t.global_step == 0 and model._trainer is None
+    assert t.global_step == 0 and model.trainer is t
     assert res.config["confirm"] and sum(res.config["steps"].values()) <= 200 and len(res.confirmations) == 3
     # the engine on the plain torch stepper with the same model, optimiser, loss and data: the same everything
     opt = torch.optim.Adam(model.parameters(), lr=model.lr)
@@ -237,3 +237,113 @@ def test_missing_lightning_names_the_extra(monkeypatch):
         monkeypatch.delitem(sys.modules, name, raising=False)
     with pytest.raises(LrkitError, match=r"pip install 'lrkit\[lightning\]'"):
         importlib.import_module("lrkit.lightning")
+
+
+# ---- issue 23: what Lightning's own tuner tests and users expect ------------------------------------------------
+class SplitData(pl.LightningDataModule):
+    """A datamodule whose setup() splits at random with the global RNG (as most do, with random_split)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(160, 8, generator=g)
+        self.full = TensorDataset(x, (x[:, 0] - x[:, 1] > 0).long())
+        self.setups = 0
+
+    def setup(self, stage: str) -> None:
+        self.setups += 1
+        self.train, self.val = torch.utils.data.random_split(self.full, [128, 32])
+
+    def train_dataloader(self):
+        return DataLoader(self.train, batch_size=16, shuffle=True)
+
+
+def test_setup_and_train_dataloader_run_inside_the_snapshot_so_a_later_fit_splits_and_shuffles_the_same():
+    torch.manual_seed(7)
+    model_a, dm_a = Net(), SplitData()
+    rng = torch.get_rng_state()
+    lrkit.lightning.find_lr(trainer(), model_a, datamodule=dm_a, num_iter=20, progress=False)
+    assert dm_a.setups == 1 and torch.equal(torch.get_rng_state(), rng)  # the RNG is where it was
+    split_a = list(dm_a.train.indices)
+    lrkit.lightning.find_lr(trainer(), model_a, datamodule=dm_a, num_iter=20, progress=False)
+    assert list(dm_a.train.indices) == split_a  # a second call splits the same way
+    t_a = trainer(max_steps=8)
+    t_a.fit(model_a, datamodule=dm_a)
+    # the same fit without the range test: same split, same batches, same weights
+    torch.manual_seed(7)
+    model_b, dm_b = Net(), SplitData()
+    t_b = trainer(max_steps=8)
+    t_b.fit(model_b, datamodule=dm_b)
+    assert list(dm_b.train.indices) == list(dm_a.train.indices) == split_a
+    for (k, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+class SkipsSome(Net):
+    """Returns None from training_step for every third batch: Lightning skips those (no backward, no step)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def training_step(self, batch, batch_idx):
+        self.calls += 1
+        if self.calls % 3 == 0:
+            return None
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_training_step_returning_none_skips_the_batch_as_lightning_does():
+    torch.manual_seed(0)
+    model = SkipsSome()
+    loader = make()[1]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = lrkit.lightning.find_lr(trainer(), model, train_dataloaders=loader, num_iter=30, progress=False,
+                                  confirm=False)
+    assert len(res.lrs) == 30 and np.isfinite(res.losses).all()  # every recorded point is a real step
+    assert model.calls - model.calls // 3 == 30  # each skipped batch was replaced by the next one, at the same lr
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # the same points as the plain torch adapter whose loss skips the same batches
+    model.calls = 0
+    opt = torch.optim.Adam(model.parameters(), lr=model.lr)
+
+    def loss_fn(m, batch):
+        m.calls += 1
+        return None if m.calls % 3 == 0 else nn.functional.cross_entropy(m(batch[0]), batch[1])
+
+    ref = torch_find_lr(model, opt, None, loader, loss_fn=loss_fn, num_iter=30, progress=False, confirm=False)
+    np.testing.assert_array_equal(res.losses, ref.losses)
+
+
+class Lazy(pl.LightningModule):
+    """A module that builds its layers in configure_model (as for sharded training), idempotently."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lr = 1e-3
+        self.net: nn.Module | None = None
+
+    def configure_model(self) -> None:
+        if self.net is None:
+            self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+def test_a_module_built_in_configure_model_is_tested_and_restored_and_stays_attached():
+    torch.manual_seed(0)
+    model, loader = Lazy(), make()[1]
+    t = trainer(max_steps=3)
+    res = lrkit.lightning.find_lr(t, model, train_dataloaders=loader, num_iter=20, progress=False, apply=True)
+    assert res.suggestion.lr is not None and model.lr == res.suggestion.lr
+    assert model.trainer is t  # attached, as Lightning's tuner leaves it
+    built = {k: v.clone() for k, v in model.state_dict().items()}
+    assert built  # the layers exist, with the weights they were built with (restored after the test)
+    t.fit(model, train_dataloaders=loader)  # fit's own configure_model call is a no-op; training works
+    assert t.global_step == 3 and any(not torch.equal(v, built[k]) for k, v in model.state_dict().items())

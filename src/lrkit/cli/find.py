@@ -40,7 +40,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-confirm", action="store_true",
                    help="one ramp only: no extension and no short confirmation runs at the pick, /3 and /9")
     p.add_argument("--max-steps", type=int, default=200,
-                   help="optimiser steps for ramp + confirmation runs in all (default 200)")
+                   help="optimiser steps for ramp + confirmation runs in all (>= 1; default 200)")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="time budget in seconds: the ramp stops when it is spent, the confirmation runs share what "
                         "is left or are skipped (default: none)")
@@ -57,8 +57,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def _load_target(spec: str) -> Any:
-    """Import ``module:function`` (the current folder is importable) and call the function."""
-    return load_callable(spec)()
+    """Import ``module:function`` (the current folder is importable) and call the function; an error the function
+    raises becomes one line that names its type (the command's contract: one line on stderr, status 2)."""
+    make = load_callable(spec)
+    try:
+        return make()
+    except LrkitError:
+        raise
+    except Exception as e:
+        raise LrkitError(f"{spec}() raised {type(e).__name__}: {e}") from e
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,17 +20,20 @@ from lrkit.finder._rules import (
     clean_curve,
     divergence_factor,
     fit_curve,
+    fit_recorded,
     infer_family,
     never_diverged,
+    ramp_mode,
     register_rule,
     rules,
     suggest,
     wants_raw,
 )
-from lrkit.finder._stepper import Replay, Stepper
+from lrkit.finder._stepper import Replay, Stepper, group_lrs
 
 __all__ = [
-    "DEFAULT_RULE", "SCHEDULES", "CurveFit", "FinderOptions", "FinderResult", "FinderSession", "Recipe", "Replay", "SessionFront",
-    "Stepper", "Stop", "Suggestion", "check_range", "clean_curve", "divergence_factor", "fit_curve", "infer_family",
-    "never_diverged", "range_test", "recipe", "register_rule", "rules", "suggest", "wants_raw",
+    "DEFAULT_RULE", "SCHEDULES", "CurveFit", "FinderOptions", "FinderResult", "FinderSession", "Recipe", "Replay",
+    "SessionFront", "Stepper", "Stop", "Suggestion", "check_range", "clean_curve", "divergence_factor", "fit_curve",
+    "fit_recorded", "group_lrs", "infer_family", "never_diverged", "ramp_mode", "range_test", "recipe",
+    "register_rule", "rules", "suggest", "wants_raw",
 ]

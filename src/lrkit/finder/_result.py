@@ -15,7 +15,8 @@ import numpy as np
 from lrkit._files import atomic_write_text
 from lrkit.curve import Curve
 from lrkit.errors import LrkitError
-from lrkit.finder._rules import CurveFit, Suggestion, clean_curve, fit_curve, suggest, wants_raw
+from lrkit.finder._rules import CurveFit, Suggestion, fit_recorded, suggest, wants_raw
+from lrkit.finder._stepper import group_lrs
 
 FORMAT_VERSION = 1
 
@@ -65,23 +66,34 @@ class FinderResult:
             return Curve(idx, self.val_losses, self.lrs[idx], name="val_loss")
         return Curve(np.arange(len(self.lrs)), self.losses, self.lrs, name="loss")
 
-    def suggest(self, rule: str | None = None) -> Suggestion:
-        """Apply a suggestion rule (by name; default ``"robust"``) to the recorded curve:
-        the validation losses in validation mode, else the raw or the smoothed losses as the rule asks."""
+    def suggest(self, rule: str | None = None, *, skip_start: int = 0, skip_end: int = 0) -> Suggestion:
+        """Apply a suggestion rule (by name; default ``"robust"``) to the recorded curve: the validation losses in
+        validation mode, else the raw or the smoothed losses as the rule asks; ``skip_start``/``skip_end`` leave
+        out that many points at either end (see :func:`lrkit.finder.suggest`)."""
         if self.val_losses is not None:
             idx = np.asarray(self.val_steps, dtype=np.int64)
             lrs, y = self.lrs[idx], np.asarray(self.val_losses)
         else:
             lrs, y = self.lrs, self.losses if wants_raw(rule) else self.smoothed_losses
-        return suggest(lrs, y, rule=rule, family=self.config.get("family"), momentum=self.config.get("momentum"))
+        return suggest(lrs, y, rule=rule, family=self.config.get("family"), momentum=self.config.get("momentum"),
+                       mode=self.config.get("mode"), skip_start=skip_start, skip_end=skip_end)
+
+    @property
+    def group_suggestions(self) -> list[float] | None:
+        """The pick for every param group, group 0 first: the groups' own ramps mapped at the pick when the test
+        ramped each group over its own ``start_lr``..``end_lr`` (``config["group_ranges"]``); else None (the
+        groups keep their ratios to ``suggestion.lr``). None without a pick."""
+        ranges = self.config.get("group_ranges")
+        if not ranges or self.suggestion.lr is None:
+            return None
+        return group_lrs(self.suggestion.lr, ranges, self.config.get("mode", "exponential"))
 
     def robust_fit(self) -> CurveFit | None:
         """The robust fit of the raw losses that the rule judged (None in validation mode, for rules that judge the
         smoothed loss, or with fewer than 5 finite points)."""
         if self.val_losses is not None or not wants_raw(self.config.get("rule", "").split("+")[0] or None):
             return None
-        x, y = clean_curve(self.lrs, self.losses)
-        return fit_curve(x, y, ended_nonfinite=len(x) < len(self.lrs)) if len(x) >= 5 else None
+        return fit_recorded(self.lrs, self.losses, self.config.get("mode"))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (non-finite losses become null)."""
@@ -139,11 +151,14 @@ class FinderResult:
         steps = self.config.get("steps")
         return int(sum(steps.values())) if steps else len(self.lrs)
 
-    def plot(self, path: str | os.PathLike | None = None, ax: Any = None, rules: Sequence[str] = ()) -> Any:
-        """Plot loss against lr (log axis) with the suggestion marked; save to ``path`` if given. Returns the Axes."""
+    def plot(self, path: str | os.PathLike | None = None, ax: Any = None, rules: Sequence[str] = (), *,
+             skip_start: int = 0, skip_end: int = 0) -> Any:
+        """Plot loss against lr (log axis) with the suggestion marked; save to ``path`` if given. Returns the Axes.
+        ``skip_start``/``skip_end`` leave out that many points at either end of the drawn curve (and of the extra
+        ``rules``' curve)."""
         from lrkit.plot import plot_finder
 
-        return plot_finder(self, path=path, ax=ax, rules=rules)
+        return plot_finder(self, path=path, ax=ax, rules=rules, skip_start=skip_start, skip_end=skip_end)
 
     def __str__(self) -> str:
         s = self.suggestion

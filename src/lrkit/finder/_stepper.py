@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -14,8 +15,12 @@ class Stepper(Protocol):
     skipped (e.g. a GradScaler found inf gradients) and must not be recorded. ``snapshot()`` captures everything
     the test changes (weights, buffers, optimiser state, RNGs, the data's position); ``restore(snap)`` puts it back
     bit for bit. Optional: ``evaluate() -> float``, the validation loss (a stepper without validation data has no
-    ``evaluate`` or sets it to None), and ``optimizer``, read by :func:`lrkit.finder.infer_family` so the rule knows
-    Adam from SGD. Each framework's adapter has one (``lrkit.torch.TorchStepper``, ``lrkit.keras.KerasStepper``...).
+    ``evaluate`` or sets it to None); ``optimizer``, read by :func:`lrkit.finder.infer_family` so the rule knows
+    Adam from SGD; ``base_lrs``, the optimiser's lr per param group (group 0 first; for ``start_lr=None``);
+    ``steps_per_epoch``, optimiser steps in one pass over the training data (for ``num_iter=None``);
+    ``use_group_ramps(ranges, mode)``, to ramp each param group over its own ``(start, end)`` (per-group lists):
+    ``step(lr)`` then gets group 0's lr and sets each group's with :func:`group_lrs`. Each framework's adapter has
+    one (``lrkit.torch.TorchStepper``, ``lrkit.keras.KerasStepper``...).
     """
 
     def step(self, lr: float) -> float | None: ...
@@ -41,6 +46,20 @@ class Replay:
 
     def restore(self, snap: object) -> None:
         self.i = 0
+
+
+def group_lrs(lr: float, ranges: Sequence[Sequence[float]], mode: str = "exponential") -> list[float]:
+    """Every param group's lr when group 0's is ``lr``, each group ramping over its own ``(start, end)`` in
+    ``ranges`` along the same schedule (``mode`` "exponential" or "linear"): group 0's position on its ramp, mapped
+    onto each group's."""
+    s0, e0 = ranges[0]
+    if mode == "linear":
+        t = (lr - s0) / (e0 - s0)
+        lrs = [float(s + t * (e - s)) for s, e in ranges]
+    else:
+        t = math.log(lr / s0) / math.log(e0 / s0)
+        lrs = [float(s * (e / s) ** t) for s, e in ranges]
+    return [float(lr)] + lrs[1:]  # group 0's exactly
 
 
 def can_evaluate(stepper: object) -> bool:

@@ -57,8 +57,14 @@ class DistributedStepper:
         # the engine checks callable(stepper.evaluate) for the validation-loss mode
         self.evaluate: Callable[[], float] | None = (
             self._evaluate if callable(getattr(stepper, "evaluate", None)) else None)
-        # the wrapped stepper's optimiser, so the rule knows its family as on one process
+        # the wrapped stepper's optimiser, so the rule knows its family as on one process, and what start_lr=None,
+        # num_iter=None and per-group ramps read from it
         self.optimizer = getattr(stepper, "optimizer", None)
+        self.base_lrs = getattr(stepper, "base_lrs", None)
+        self.steps_per_epoch = getattr(stepper, "steps_per_epoch", None)
+        use = getattr(stepper, "use_group_ramps", None)
+        if callable(use):
+            self.use_group_ramps = use
 
     def _mean(self, compute: Callable[[], float | None], what: str) -> float | None:
         """Run ``compute`` on this rank and return the rank-order mean of every rank's value (None if skipped)."""

@@ -11,7 +11,7 @@ the numpy and python RNGs (which a batch iterator may use) are restored too.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -117,6 +117,20 @@ class JaxStepper:
         """The optimiser's injected hyperparameters (see :func:`hyperparams`): the rule reads its family there."""
         return hyperparams(self.opt_state)
 
+    @property
+    def base_lrs(self) -> list[float] | None:
+        """The injected lr of ``opt_state`` (see :func:`get_lr`): where ``start_lr=None`` starts."""
+        lr = get_lr(self.opt_state)
+        return None if lr is None else [lr]
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        """The ``len()`` of ``batches`` (``num_iter=None``), None without one."""
+        try:
+            return len(self.batches)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
     def snapshot(self) -> Any:
         """The current ``(params, opt_state)`` references and the numpy/python RNG states."""
         return (self.params, self.opt_state, np.random.get_state(), random.getstate())
@@ -134,6 +148,10 @@ class JaxStepper:
         try:
             batch = next(self._iter)
         except StopIteration:
+            if isinstance(self.batches, Iterator):
+                raise LrkitError(f"batches ran out after {self._seen} batches and cannot start again (a one-shot "
+                                 "iterator or generator); pass a list or a re-iterable loader, which is cycled, or "
+                                 "an iterator with enough batches for max_steps steps") from None
             self._iter = iter(self.batches)
             try:
                 batch = next(self._iter)
@@ -156,7 +174,10 @@ class JaxStepper:
         return _scalar(loss, "train_step's loss")
 
     def _evaluate(self) -> float:
-        """The mean of ``loss_fn(params, batch)`` over ``val_loader`` on the current params."""
+        """The mean of ``loss_fn(params, batch)`` over ``val_loader`` on the current params; a one-shot iterator is
+        read once and its batches kept for the next evaluations."""
+        if isinstance(self.val_loader, Iterator):
+            self.val_loader = list(self.val_loader)
         losses = [_scalar(self.loss_fn(self.params, b), "loss_fn's value") for b in self.val_loader]
         if not losses:
             raise LrkitError("val_loader yielded no batches; pass a non-empty list of batches")
@@ -210,8 +231,10 @@ class LRFinder(SessionFront):
     def __init__(self, params: Any, opt_state: Any, *, apply: bool = True, options: FinderOptions | None = None,
                  **overrides: Any) -> None:
         self.params, self.opt_state, self.apply = params, opt_state, apply
+        lr = get_lr(opt_state)
         self.session = FinderSession(FinderOptions.build(options, **overrides), snapshot=self._snapshot,
-                                     restore=self._restore, optimizer=hyperparams(opt_state))
+                                     restore=self._restore, optimizer=hyperparams(opt_state),
+                                     base_lrs=None if lr is None else [lr])
 
     def record(self, loss: Any, params: Any, opt_state: Any) -> tuple[Any, Any]:
         """The loss of the step just run at :attr:`lr` and the state it produced; returns the state to continue

@@ -14,7 +14,7 @@ iteration count) and the numpy/python/torch RNGs are restored exactly afterwards
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -155,6 +155,22 @@ class KerasStepper:
         """The model's optimiser (read by :func:`lrkit.finder.infer_family`: the rule knows Adam from SGD)."""
         return self.model.optimizer
 
+    @property
+    def base_lrs(self) -> list[float]:
+        """The optimiser's lr (one group): where ``start_lr=None`` starts."""
+        return [float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))]
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        """Batches in one pass over the data (``num_iter=None``): ``ceil(samples / batch_size)`` for arrays, the
+        ``len()`` of an iterable of batches (None without one)."""
+        if self._arrays:
+            return -(-self._n // self.batch_size)
+        try:
+            return len(self.x)
+        except TypeError:
+            return None
+
     # -- the Stepper protocol -------------------------------------------------------------------------------
     def snapshot(self) -> Any:
         """Host copies of all variables and the RNG states (see :func:`snapshot_model`)."""
@@ -173,7 +189,10 @@ class KerasStepper:
         return float(logs["loss"])
 
     def _evaluate(self) -> float:
-        """The mean ``test_on_batch`` loss over ``val_loader`` (metric variables are restored with the rest)."""
+        """The mean ``test_on_batch`` loss over ``val_loader`` (metric variables are restored with the rest); a
+        one-shot iterator is read once and its batches kept for the next evaluations."""
+        if isinstance(self.val_loader, Iterator):
+            self.val_loader = list(self.val_loader)
         losses = [float(self.model.test_on_batch(*_check_batch(b), return_dict=True)["loss"]) for b in self.val_loader]
         if not losses:
             raise LrkitError("val_loader yielded no batches; pass a non-empty list of (x, y) batches")
@@ -224,8 +243,10 @@ class LRFinder(keras.callbacks.Callback):
         _check_model(self.model)
         self.result = None
         model = self.model
+        lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
         self._session = FinderSession(self.options, snapshot=lambda: snapshot_model(model),
-                                      restore=lambda snap: restore_model(model, snap), optimizer=model.optimizer)
+                                      restore=lambda snap: restore_model(model, snap), optimizer=model.optimizer,
+                                      base_lrs=[lr], steps_per_epoch=self.params.get("steps") if self.params else None)
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         if self._session is not None and not self._session.done:

@@ -7,7 +7,11 @@ The test does not run Lightning's fit loop: it calls ``configure_optimizers`` an
 :class:`~lrkit.integrations.torch.TorchStepper` (Lightning is built on torch; accumulation, clipping and mixed precision taken from the
 ``Trainer``), so the trainer's loop state (global step, epoch, callbacks, loggers) is never touched and a
 ``trainer.fit`` right after starts from step 0. ``self.log`` calls inside ``training_step`` are ignored during
-the test. Manual optimisation (``automatic_optimization = False``) is not supported.
+the test, and a batch whose ``training_step`` returns None is skipped (no step), as Lightning skips it. The data
+hooks (``prepare_data``, ``setup``, ``train_dataloader``) and ``configure_model`` run inside the test's snapshot:
+the RNGs are put back afterwards, so a ``random_split`` in ``setup`` splits the same way again in the ``fit`` that
+follows. Afterwards the module stays attached to the trainer, as after Lightning's own tuner. Manual optimisation
+(``automatic_optimization = False``) is not supported.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ try:
 except ImportError as e:
     raise missing_extra("lightning", "lightning") from e
 
-from lrkit.integrations.torch import TorchStepper
+from lrkit.integrations.torch import TorchStepper, _rng_state, _set_rng_state
 from lrkit.integrations.torch_scheduler import ScheduleLR
 from lrkit.integrations.torch_scheduler import scheduler as torch_scheduler
 from lrkit.schedules import as_schedule
@@ -41,8 +45,8 @@ def _ignore_log(*args: Any, **kwargs: Any) -> None:
 
 class LightningStepper(TorchStepper):
     """A :class:`~lrkit.integrations.torch.TorchStepper` whose loss is the module's own
-    ``training_step(batch, batch_idx)`` output (a tensor, or a dict with ``"loss"``), also on ``val_loader``
-    batches (in eval mode, without gradients); other options as in ``TorchStepper``."""
+    ``training_step(batch, batch_idx)`` output (a tensor, or a dict with ``"loss"``; None skips the batch), also on
+    ``val_loader`` batches (in eval mode, without gradients); other options as in ``TorchStepper``."""
 
     def __init__(self, module: pl.LightningModule, optimizer: torch.optim.Optimizer, train_loader: Iterable[Any],
                  **kwargs: Any) -> None:
@@ -57,15 +61,17 @@ class LightningStepper(TorchStepper):
         self._with_idx = is_param_in_hook_signature(module.training_step, "batch_idx", min_args=2)
         super().__init__(module, optimizer, None, train_loader, loss_fn=self._training_step_loss, **kwargs)
 
-    def _training_step_loss(self, module: Any, batch: Any) -> torch.Tensor:
+    def _training_step_loss(self, module: Any, batch: Any) -> torch.Tensor | None:
         idx = self._batch_idx
         self._batch_idx += 1
         batch = module.on_after_batch_transfer(module.on_before_batch_transfer(batch, 0), 0)
         out = module.training_step(batch, idx) if self._with_idx else module.training_step(batch)
+        if out is None:  # Lightning skips such a batch (no backward, no optimiser step): so does the test
+            return None
         loss = out.get("loss") if isinstance(out, Mapping) else out
         if not isinstance(loss, torch.Tensor):
-            raise LrkitError(f"training_step returned {type(out).__name__} for batch {idx}, not a loss tensor or a "
-                             "dict with 'loss'; the range test needs the loss of every batch")
+            raise LrkitError(f"training_step returned {type(out).__name__} for batch {idx}, not a loss tensor, a "
+                             "dict with 'loss', or None (skip the batch)")
         return loss
 
     def restore(self, snap: Any) -> None:
@@ -82,7 +88,8 @@ class LightningStepper(TorchStepper):
 
 
 class _Attached:
-    """Attach the module to ``trainer`` and silence ``self.log`` for the duration; undo both on exit."""
+    """Attach the module to ``trainer`` and silence ``self.log`` for the duration; on exit ``self.log`` works again
+    and the module stays attached."""
 
     def __init__(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.trainer, self.module = trainer, module
@@ -101,7 +108,7 @@ class _Attached:
         for name, had in self._had.items():
             if not had:
                 m.__dict__.pop(name, None)
-        m.trainer = self._prev_trainer
+        # the module stays attached to the trainer (as after Lightning's tuner): fit and the user expect it there
 
 
 def _precision_options(trainer: pl.Trainer, device: torch.device) -> dict[str, Any]:
@@ -137,6 +144,14 @@ def _lr_attr_name(module: pl.LightningModule, apply: bool | str) -> str | None:
             return name
     raise LrkitError("apply=True but the module has neither 'lr' nor 'learning_rate' (attribute or hparam); "
                      "pass apply='<name>' or set self.lr in __init__")
+
+
+def _configure_model(trainer: pl.Trainer, module: pl.LightningModule) -> None:
+    """Build the layers a module creates in ``configure_model`` (as ``fit`` does first; Lightning asks the hook to
+    be idempotent, so fit's own call is a no-op), in the strategy's tensor-init context."""
+    if is_overridden("configure_model", module):
+        with trainer.strategy.tensor_init_context():
+            module.configure_model()
 
 
 def _single_optimizer(trainer: pl.Trainer, module: pl.LightningModule) -> torch.optim.Optimizer:
@@ -192,9 +207,11 @@ def find_lr(
 ) -> FinderResult:
     """Run lrkit's range test on a LightningModule's ``training_step`` and ``configure_optimizers`` optimiser.
 
-    Data come from ``train_dataloaders``, ``datamodule`` or the module's ``train_dataloader()``; accumulation,
-    gradient clipping (by norm) and mixed precision from ``trainer``. Weights, buffers, RNGs and the trainer
-    are left exactly as they were. ``apply`` (True: the module's ``lr`` or ``learning_rate`` attribute/hparam; or
+    Data come from ``train_dataloaders``, ``datamodule`` or the module's ``train_dataloader()`` (``setup`` and
+    ``train_dataloader`` run inside the snapshot: the RNGs are put back, so the data split and order of a later
+    ``fit`` or a second call are the same); a module that builds its layers in ``configure_model`` has them built
+    first. Accumulation, gradient clipping (by norm) and mixed precision come from ``trainer``. Weights, buffers,
+    RNGs and the trainer's loop state are left exactly as they were; the module is attached to ``trainer``. ``apply`` (True: the module's ``lr`` or ``learning_rate`` attribute/hparam; or
     its name) sets it to the pick (unchanged when there is none), which ``configure_optimizers`` then reads.
     ``options`` (an :class:`lrkit.FinderOptions`) with ``overrides`` by field name, as in
     :func:`lrkit.torch.find_lr` (default: the adaptive test within 200 steps); ``val_loader``: batches whose
@@ -204,14 +221,19 @@ def find_lr(
     if not isinstance(trainer, pl.Trainer):
         raise LrkitError(f"trainer must be a lightning.pytorch.Trainer, got {type(trainer).__name__}")
     attr = _lr_attr_name(module, apply)
-    loader = _train_loader(trainer, module, datamodule, train_dataloaders)
-    device = trainer.strategy.root_device
-    original = next(module.parameters()).device if any(True for _ in module.parameters()) else device
+    rng = _rng_state()  # the data hooks and configure_model draw from the RNGs: put them back afterwards
     try:
-        module.to(device)
-        result = _run(trainer, module, None, loader, val_loader, o, device)
+        loader = _train_loader(trainer, module, datamodule, train_dataloaders)
+        _configure_model(trainer, module)
+        device = trainer.strategy.root_device
+        original = next(module.parameters()).device if any(True for _ in module.parameters()) else device
+        try:
+            module.to(device)
+            result = _run(trainer, module, None, loader, val_loader, o, device)
+        finally:
+            module.to(original)
     finally:
-        module.to(original)
+        _set_rng_state(rng)
     if attr is not None and result.suggestion.lr is not None:
         lightning_setattr(module, attr, result.suggestion.lr)
     return result

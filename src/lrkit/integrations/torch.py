@@ -1,8 +1,9 @@
 """PyTorch adapter: :class:`TorchStepper` (the range test's view of a model, an optimiser and a loader),
 :func:`find_lr`, :class:`LRFinder` (the same test inside your own training loop) and :func:`apply_lr`.
 
-Handles batches as tuples/lists ``(inputs..., target)``, dicts (Hugging Face style, ``labels`` inside, or a model
-that returns ``.loss``), or anything through ``loss_fn(model, batch) -> loss``; AMP (``torch.autocast`` and a
+Handles batches as tuples/lists ``(input, target, extra...)`` (the model gets the first item, the criterion the
+second, as torch-lr-finder and Lightning read them), dicts (Hugging Face style, ``labels`` inside, or a model that
+returns ``.loss``), or anything through ``loss_fn(model, batch) -> loss``; AMP (``torch.autocast`` and a
 ``GradScaler``), gradient accumulation and clipping. The snapshot is kept in CPU memory (or on disk), never as a
 second copy on the accelerator, and restores parameters, buffers, optimiser state, lrs, train/eval flags and
 the RNG states bit for bit.
@@ -14,13 +15,13 @@ import itertools
 import os
 import random
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from lrkit.errors import LrkitError, missing_extra
-from lrkit.finder import FinderOptions, FinderResult, FinderSession, SessionFront, range_test
+from lrkit.finder import FinderOptions, FinderResult, FinderSession, SessionFront, group_lrs, range_test
 
 try:
     import torch
@@ -61,6 +62,11 @@ def _describe(batch: Any) -> str:
     if isinstance(batch, (list, tuple)):
         return f"{type(batch).__name__}(" + ", ".join(_describe(v) for v in list(batch)[:6]) + ")"
     return type(batch).__name__
+
+
+def _one_shot(data: Any) -> bool:
+    """Whether ``data`` is an iterator (a generator, ``iter(loader)``...), which cannot start again."""
+    return isinstance(data, Iterator)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -106,9 +112,22 @@ def scale_lr(optimizer: Any, factor: float, scheduler: Any = None) -> None:
         scheduler.base_lrs = [b * factor for b in scheduler.base_lrs]
 
 
-def apply_lr(optimizer: Any, lr: float, scheduler: Any = None) -> None:
+def apply_lr(optimizer: Any, lr: float | Sequence[float], scheduler: Any = None) -> None:
     """Make ``lr`` the first param group's lr, keeping the ratios between groups, and a scheduler's base lrs
-    with them (see :func:`scale_lr`): how every adapter applies a range test's pick to a torch optimiser."""
+    with them (see :func:`scale_lr`): how every adapter applies a range test's pick to a torch optimiser. A list
+    (one lr per group, e.g. ``result.group_suggestions``) sets each group's own."""
+    if isinstance(lr, Sequence):
+        groups = optimizer.param_groups
+        if len(lr) != len(groups):
+            raise LrkitError(f"{len(lr)} lrs for {len(groups)} param groups; give one per group")
+        for k, (g, v) in enumerate(zip(groups, lr)):
+            factor = float(v) / float(_group_lr(g))
+            g["lr"] = g["lr"] * factor
+            if "initial_lr" in g:
+                g["initial_lr"] = g["initial_lr"] * factor
+            if scheduler is not None and hasattr(scheduler, "base_lrs"):
+                scheduler.base_lrs[k] = scheduler.base_lrs[k] * factor
+        return
     scale_lr(optimizer, float(lr) / float(_group_lr(optimizer.param_groups[0])), scheduler)
 
 
@@ -162,14 +181,20 @@ class TorchStepper:
     Args:
         model, optimizer: what to test; every param group is driven, keeping the ratios between their lrs.
         criterion: ``criterion(output, target) -> loss``; optional for dict batches whose model returns ``.loss``.
-        train_loader: any iterable of batches (cycled when shorter than the test).
-        loss_fn: ``loss_fn(model, batch) -> loss`` for any other batch shape (replaces ``criterion``).
+            A tuple/list batch is read as ``(input, target, extra...)``: the model gets ``input`` only, the
+            criterion ``target``; for several inputs, sample weights or any other use of the extra items, pass
+            ``loss_fn``.
+        train_loader: any iterable of batches, cycled when shorter than the test. A one-shot iterator (a
+            generator) cannot start again: the test draws new batches from it in every phase, and a clear error
+            says so if it runs out.
+        loss_fn: ``loss_fn(model, batch) -> loss`` for any other batch shape (replaces ``criterion``), e.g.
+            ``lambda model, b: criterion(model(b[0], b[1]), b[2])``; a None loss skips the batch (no step).
         accumulation_steps: micro-batches per optimiser step (one point per optimiser step; mean loss).
         max_grad_norm: clip the gradient norm to this value before each step (default: no clipping).
         amp: autocast dtype (``torch.bfloat16``/``torch.float16``) or None (default, no autocast).
         scaler: a ``torch.amp.GradScaler``; a step it skips (inf gradients) is not recorded.
         val_loader: validation batches; with them the stepper has ``evaluate()``, the mean loss over them in eval
-            mode (None without them).
+            mode (None without them). A one-shot iterator is read once and its batches kept for later evaluations.
         snapshot: "memory" (CPU memory, default) or "disk" (a temporary file, deleted after restore).
         device: where batches go (default: the device of the model's first parameter).
     """
@@ -217,6 +242,34 @@ class TorchStepper:
         self._iter: Any = None
         self._batches_seen = 0
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        self._one_shot = _one_shot(train_loader)
+        self._val_batches: list[Any] | None = None  # a one-shot val_loader's batches, once read
+        self._ranges: list[tuple[float, float]] | None = None  # each group's own ramp (use_group_ramps)
+        self._mode = "exponential"
+
+    # -- what the engine reads before it runs ---------------------------------------------------------------
+    @property
+    def base_lrs(self) -> list[float]:
+        """The optimiser's lr per param group (before any scheduler scaled it): where ``start_lr=None`` starts."""
+        return list(self._base_lrs)
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        """Optimiser steps in one pass over ``train_loader`` (its ``len()`` over ``accumulation_steps``; None when
+        it has no length): ``num_iter=None`` runs that many."""
+        try:
+            n = len(self.train_loader)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+        return n // self.accumulation_steps
+
+    def use_group_ramps(self, ranges: Sequence[Sequence[float]], mode: str) -> None:
+        """Ramp each param group over its own ``(start_lr, end_lr)`` (``step(lr)`` gets group 0's lr; see
+        :func:`lrkit.finder.group_lrs`) instead of keeping the groups' ratios."""
+        if len(ranges) != len(self.optimizer.param_groups):
+            raise LrkitError(f"{len(ranges)} (start_lr, end_lr) pairs for {len(self.optimizer.param_groups)} param "
+                             "groups; give one per group")
+        self._ranges, self._mode = [(float(a), float(b)) for a, b in ranges], mode
 
     # -- the Stepper protocol -------------------------------------------------------------------------------
     def snapshot(self) -> Any:
@@ -241,11 +294,13 @@ class TorchStepper:
         self._iter = None
 
     def step(self, lr: float) -> float | None:
-        """One optimiser step at ``lr`` (ratios between param groups kept); the mean loss of its micro-batches,
-        or None when the GradScaler skipped the step."""
-        scale = lr / self._base_lrs[0]
-        for g, base in zip(self.optimizer.param_groups, self._base_lrs):
-            g["lr"] = base * scale
+        """One optimiser step at ``lr`` (ratios between param groups kept, or each group on its own ramp); the
+        mean loss of its micro-batches, or None when the step was skipped (the GradScaler found inf gradients, or
+        ``loss_fn`` returned None for a batch, as Lightning skips a ``training_step`` that returns None)."""
+        lrs = (group_lrs(lr, self._ranges, self._mode) if self._ranges is not None
+               else [base * (lr / self._base_lrs[0]) for base in self._base_lrs])
+        for g, value in zip(self.optimizer.param_groups, lrs):
+            g["lr"] = value
         if not self.model.training:  # a model left in eval mode trains; submodules the user froze stay frozen
             self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -253,6 +308,9 @@ class TorchStepper:
         n = self.accumulation_steps
         for _ in range(n):
             loss = self._loss(self._next_batch())
+            if loss is None:  # a batch the loss skips: no step at all (its gradients so far are dropped)
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
             total += float(loss.detach())
             scaled = loss / n if n > 1 else loss
             (self.scaler.scale(scaled) if self._scaling else scaled).backward()
@@ -275,11 +333,16 @@ class TorchStepper:
         was_training = self.model.training
         self.model.eval()
         total, count = 0.0, 0
+        batches: Iterable[Any] = self.val_loader if self._val_batches is None else self._val_batches
+        if self._val_batches is None and _one_shot(self.val_loader):  # read once: keep its batches for next time
+            batches = self._val_batches = list(self.val_loader)  # type: ignore[arg-type]
         try:
             with torch.no_grad():
-                for batch in self.val_loader:
-                    total += float(self._loss(batch))
-                    count += 1
+                for batch in batches:
+                    loss = self._loss(_to_device(batch, self.device))
+                    if loss is not None:
+                        total += float(loss)
+                        count += 1
         finally:
             self.model.train(was_training)
         if count == 0:
@@ -300,8 +363,17 @@ class TorchStepper:
             if self._batches_seen == 0:
                 raise LrkitError("train_loader yielded no batches; pass a loader with at least one batch "
                                  "(check the dataset size, batch_size and drop_last)") from None
+            if self._one_shot:
+                raise LrkitError(f"train_loader ran out after {self._batches_seen} batches and cannot start again "
+                                 "(it is a one-shot iterator or generator); pass a re-iterable loader (a "
+                                 "DataLoader or a list of batches), which is cycled, or an iterator with enough "
+                                 "batches for max_steps optimiser steps") from None
             self._iter = iter(self.train_loader)  # cycle a loader shorter than the test
-            batch = next(self._iter)
+            try:
+                batch = next(self._iter)
+            except StopIteration:
+                raise LrkitError(f"train_loader yielded nothing when iterated again, after {self._batches_seen} "
+                                 "batches; pass a re-iterable loader (a DataLoader or a list of batches)") from None
         self._batches_seen += 1
         return _to_device(batch, self.device)
 
@@ -325,14 +397,13 @@ class TorchStepper:
             return self.criterion(logits, batch["labels"])
         if isinstance(batch, (list, tuple)) and len(batch) >= 2:
             if self.criterion is None:
-                raise LrkitError("criterion is missing for (inputs, target) batches; pass criterion= "
+                raise LrkitError("criterion is missing for (input, target) batches; pass criterion= "
                                  "(e.g. torch.nn.CrossEntropyLoss()) or loss_fn=")
-            *inputs, target = batch
-            return self.criterion(self.model(*inputs), target)
+            return self.criterion(self.model(batch[0]), batch[1])  # extra items (weights, ids...): see loss_fn
         raise LrkitError(f"cannot compute a loss from a batch of {_describe(batch)}; the range test understands "
                          "(inputs, target) tuples and dicts with 'labels'; pass loss_fn=lambda model, batch: ...")
 
-    def _loss(self, batch: Any) -> torch.Tensor:
+    def _loss(self, batch: Any) -> torch.Tensor | None:
         first = self._batches_seen <= self.accumulation_steps
         try:
             if self.amp is not None:
@@ -343,11 +414,13 @@ class TorchStepper:
         except LrkitError:
             raise
         except Exception as e:
-            if not first:
-                raise
-            raise LrkitError(f"the first batch ({_describe(batch)}) could not produce a loss: "
-                             f"{type(e).__name__}: {e}. Check that the loader yields what the model and criterion "
-                             "expect, or pass loss_fn=lambda model, batch: ...") from e
+            if first:  # the user's error keeps its type (a script may catch an OOM and retry); a hint rides along
+                e.add_note(f"lrkit: the first batch of the range test ({_describe(batch)}) could not produce a loss; "
+                           "check that the loader yields what the model and criterion expect, or pass "
+                           "loss_fn=lambda model, batch: ... (the model and optimiser are restored)")
+            raise
+        if loss is None:
+            return None
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise LrkitError(f"the loss must be a scalar tensor, got {_describe(loss)}; reduce it "
                              "(e.g. criterion with reduction='mean')")
@@ -377,12 +450,16 @@ def find_lr(
 
     ``options`` (a :class:`lrkit.FinderOptions`) with ``overrides`` by field name (``start_lr``, ``end_lr``,
     ``num_iter``, ``confirm``, ``max_steps``, ``max_seconds``, ``val_every``, ``rule``, ``progress``...): by default
-    the adaptive test within 200 optimiser steps (the ramp from 1e-7 to 10, its extension when nothing diverged,
-    short runs at the pick, /3 and /9 that may move it down). With ``val_loader`` the validation loss is judged
-    every ``val_every`` (5) steps on one ramp. Under ``torch.distributed`` every rank runs the test on its shard
-    with the loss averaged over ranks (:class:`~lrkit.integrations.distributed.DistributedStepper`), so all pick the
-    same lr. ``apply=True`` makes the pick the optimiser's lr afterwards (ratios between groups kept; unchanged when
-    there is no pick). See :class:`TorchStepper` for the batch, AMP, accumulation and snapshot options.
+    the adaptive test within 200 optimiser steps (the ramp from 1e-7 to 10, short runs at the pick, /3 and /9 that
+    may move it down). ``start_lr=None`` starts at the optimiser's lr, ``num_iter=None`` ramps over one epoch of
+    ``train_loader``, and lists of ``start_lr``/``end_lr`` (one per param group) ramp each group over its own range.
+    With ``val_loader`` the validation loss is judged every ``val_every`` (5) steps on one ramp. Under
+    ``torch.distributed`` every rank runs the test on its shard with the loss averaged over ranks
+    (:class:`~lrkit.integrations.distributed.DistributedStepper`), so all pick the same lr. ``apply=True`` makes the
+    pick the optimiser's lr afterwards (ratios between groups kept, or every group's own pick,
+    ``result.group_suggestions``, after per-group ramps; unchanged when there is no pick). See :class:`TorchStepper`
+    for the batch, AMP, accumulation and snapshot options. An error in the user's code (an out-of-memory error
+    included) keeps its type, the model and optimiser restored.
     """
     o = FinderOptions.build(options, **overrides)
     stepper: Any = TorchStepper(model, optimizer, criterion, train_loader, loss_fn=loss_fn,
@@ -399,7 +476,7 @@ def find_lr(
     if world_size is not None:
         result.config["world_size"] = world_size
     if apply and result.suggestion.lr is not None:
-        apply_lr(optimizer, result.suggestion.lr)
+        apply_lr(optimizer, result.group_suggestions or result.suggestion.lr)
     return result
 
 
@@ -417,19 +494,21 @@ class LRFinder(SessionFront):
                     break
 
     ``apply`` (default True, as every in-fit finder) makes the pick the optimiser's lr at the end (ratios between
-    groups kept; unchanged when there is no pick). ``options``/``overrides`` as in :func:`find_lr`; no validation
-    mode. :meth:`close` stops early and restores.
+    groups kept, or every group's own pick after per-group ramps; unchanged when there is no pick).
+    ``options``/``overrides`` as in :func:`find_lr` (``num_iter=None`` with ``steps_per_epoch``, the optimiser
+    steps of one epoch of your loop); no validation mode. :meth:`close` stops early and restores.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, apply: bool = True,
-                 options: FinderOptions | None = None, **overrides: Any) -> None:
+                 steps_per_epoch: int | None = None, options: FinderOptions | None = None,
+                 **overrides: Any) -> None:
         _check(model, optimizer)
         self.model, self.optimizer, self.apply = model, optimizer, apply
         self._base_lrs = [float(_group_lr(g)) for g in optimizer.param_groups]
         self.session = FinderSession(
             FinderOptions.build(options, **overrides),
             snapshot=lambda: snapshot_state(model, optimizer), restore=lambda s: restore_state(model, optimizer, s),
-            optimizer=optimizer)
+            optimizer=optimizer, base_lrs=self._base_lrs, steps_per_epoch=steps_per_epoch)
         self._set_lr()
 
     def record(self, loss: float | torch.Tensor | None) -> bool:
@@ -438,9 +517,9 @@ class LRFinder(SessionFront):
             loss = float(loss.detach())
         done = self.session.record(loss)
         if done:
-            lr = self.result.suggestion.lr if self.result is not None else None
-            if self.apply and lr is not None:
-                apply_lr(self.optimizer, lr)
+            result = self.result
+            if self.apply and result is not None and result.suggestion.lr is not None:
+                apply_lr(self.optimizer, result.group_suggestions or result.suggestion.lr)
         else:
             self._set_lr()
         return done
@@ -450,9 +529,11 @@ class LRFinder(SessionFront):
         self.session.close()
 
     def _set_lr(self) -> None:
-        scale = self.session.lr / self._base_lrs[0]
-        for g, base in zip(self.optimizer.param_groups, self._base_lrs):
-            g["lr"] = base * scale
+        lr, ranges = self.session.lr, self.session.group_ranges
+        lrs = (group_lrs(lr, ranges, self.session.options.mode) if ranges is not None
+               else [base * (lr / self._base_lrs[0]) for base in self._base_lrs])
+        for g, value in zip(self.optimizer.param_groups, lrs):
+            g["lr"] = value
 
 
 
