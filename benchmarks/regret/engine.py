@@ -47,8 +47,8 @@ def load_tasks(path: str | None = None):
 # ---- cache ---------------------------------------------------------------------------------------------------
 def task_key(task) -> str:
     """What identifies a task's results: its name and every setting but the builder (bump VERSION for those)."""
-    return "|".join(str(v) for v in (task.name, VERSION, task.optimizer, task.batch_size, task.steps, task.schedule,
-                                        task.weight_decay))
+    fields = (task.name, VERSION, task.optimizer, task.batch_size, task.steps, task.schedule, task.weight_decay)
+    return "|".join(str(v) for v in fields)
 
 
 def cached(kind: str, task, parts: tuple, fn):
@@ -160,7 +160,8 @@ def train(task, lr: float, seed: int, kind: str | None = None, mod=default_tasks
     """Train ``task`` at peak ``lr`` (the task's schedule) for its budget; cached. ``score`` is what counts: the
     final validation loss, or the untrained loss when the run diverged or ended above it."""
     lr = float(lr_key(lr))
-    return cached("train", task, (kind or task.optimizer, lr_key(lr), seed), lambda: _train(task, lr, seed, kind, mod))
+    return cached("train", task, (kind or task.optimizer, lr_key(lr), seed),
+                  lambda: _train(task, lr, seed, kind, mod))
 
 
 # ---- the lr grid ---------------------------------------------------------------------------------------------

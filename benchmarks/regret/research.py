@@ -76,17 +76,6 @@ def div_over(k: float) -> Callable:
     return lambda lm, task: None if _div_or_end(lm) is None else _div_or_end(lm) / k
 
 
-def div_over_family(k_adam: float, k_sgd: float, k_sgdm: float | None = None) -> Callable:
-    def rule(lm, task):
-        d = _div_or_end(lm)
-        if d is None:
-            return None
-        if task.opt_family == "adam":
-            return d / k_adam
-        return d / (k_sgdm if k_sgdm is not None and task.optimizer in ("sgdm", "nesterov") else k_sgd)
-    return rule
-
-
 def min_over(k: float, key: str = "lr_min") -> Callable:
     return lambda lm, task: None if lm.get(key) is None else lm[key] / k
 
@@ -99,6 +88,26 @@ def geo_steep_min10(lm, task):
     if lm.get("lr_steep") is None or lm.get("lr_min") is None:
         return None
     return math.sqrt(lm["lr_steep"] * lm["lr_min"] / 10)
+
+
+def lrkit_factors(lm, task):
+    """lr_div over lrkit's current family factors (Adam-like 10, SGD 1.2 + 3 x momentum): the robust rule."""
+    d = _div_or_end(lm)
+    momentum = 0.0 if task.optimizer == "sgd" else 0.9
+    return None if d is None else d / (10.0 if task.opt_family == "adam" else 1.2 + 3.0 * momentum)
+
+
+def committee(lm, task):
+    """The geometric median of three independent reads: lrkit's factors on lr_div, min/10 of the smoothed curve,
+    and the fit's lr_min / 3."""
+    xs = [x for x in (lrkit_factors(lm, task), min_over(10, "lr_min_smoothed")(lm, task), min_over(3)(lm, task))
+          if x]
+    return float(np.exp(np.median(np.log(xs)))) if xs else None
+
+
+def geo_robust_min10(lm, task):
+    a, b = lrkit_factors(lm, task), min_over(10, "lr_min_smoothed")(lm, task)
+    return math.sqrt(a * b) if a and b else (a or b)
 
 
 def best_confirmation(lm, task):
@@ -119,6 +128,9 @@ CANDIDATES: dict[str, Callable] = {
     "min/10 on smoothed losses": min_over(10, "lr_min_smoothed"),
     "min/3 on smoothed losses": min_over(3, "lr_min_smoothed"),
     "best confirmation run (lowest score)": best_confirmation,
+    "lr_div / lrkit's factors (10; 1.2 + 3 x momentum)": lrkit_factors,
+    "sqrt(lrkit factors x min/10 smoothed)": geo_robust_min10,
+    "median of (lrkit factors, min/10 smoothed, lr_min/3)": committee,
 }
 
 
@@ -154,27 +166,44 @@ def _worker(args):
     return name, out
 
 
-def loo_factors(fitting, infos) -> dict[str, dict[str, float]]:
-    """Per optimiser kind (adam-like / plain SGD / SGD with momentum), the median over seeds and tasks of the ideal
-    factor lr_div / best_lr, fitted leave-one-family-out: {family: {kind: factor}}."""
-    def kind(t):
-        return "adam" if t.opt_family == "adam" else ("sgdm" if t.optimizer in ("sgdm", "nesterov") else "sgd")
+def opt_kind(task) -> str:
+    """adam (Adam, AdamW, RMSprop) | sgd (plain) | sgdm (momentum or Nesterov)."""
+    return "adam" if task.opt_family == "adam" else ("sgdm" if task.optimizer in ("sgdm", "nesterov") else "sgd")
+
+
+def opt_schedule(task) -> str:
+    """The optimiser kind and whether the lr stays constant or decays (a rule told the user's schedule)."""
+    return f"{opt_kind(task)}/{'constant' if task.schedule == 'constant' else 'decaying'}"
+
+
+def loo_factors(fitting, infos, key: Callable) -> dict[str, dict[str, float]]:
+    """Per group ``key(task)``, the geometric median over tasks and seeds of the ideal factor lr_div / best lr,
+    fitted leave-one-family-out: {family: {group: factor}}, and on all fitting tasks under "_all". A group with
+    no example elsewhere falls back to all groups pooled."""
     ideal = []
     for t in fitting:
         best = infos[t.name]["grid"]["best_lr"]
         for lm in infos[t.name]["landmarks"]:
             d = _div_or_end(lm)
             if d:
-                ideal.append((t.family, kind(t), d / best))
+                ideal.append((t.family, key(t), d / best))
+    groups = sorted({key(t) for t in fitting})
+
+    def gmed(xs):
+        return float(np.exp(np.median(np.log(xs))))
+
     out = {}
-    for fam in {t.family for t in fitting}:
-        out[fam] = {}
-        for k in ("adam", "sgd", "sgdm"):
-            xs = [x for f, kk, x in ideal if f != fam and kk == k] or [x for f, kk, x in ideal if kk == k]
-            out[fam][k] = float(np.exp(np.median(np.log(xs)))) if xs else 10.0
-    out["_all"] = {k: float(np.exp(np.median(np.log([x for _, kk, x in ideal if kk == k] or [10.0]))))
-                   for k in ("adam", "sgd", "sgdm")}
+    for fam in sorted({t.family for t in fitting}) + ["_all"]:
+        rest = [(g, x) for f, g, x in ideal if f != fam]
+        out[fam] = {g: gmed([x for gg, x in rest if gg == g] or [x for _, x in rest]) for g in groups}
     return out
+
+
+def factor_rule(factors: dict[str, dict[str, float]], key: Callable, fam: str) -> Callable:
+    def rule(lm, task):
+        d = _div_or_end(lm)
+        return None if d is None else d / factors[fam][key(task)]
+    return rule
 
 
 def main() -> None:
@@ -209,22 +238,23 @@ def main() -> None:
               f"{moved:>10d}/{len(seeds)}")
 
     # 2. candidate rules
-    factors = loo_factors(fitting, infos)
     cands = dict(CANDIDATES)
-    fa = factors["_all"]
-    cands[f"lr_div / factor per optimiser, fitted on all fitting ({fa['adam']:.1f}, {fa['sgd']:.1f}, "
-          f"{fa['sgdm']:.1f})"] = div_over_family(fa["adam"], fa["sgd"], fa["sgdm"])
+    fitted = {name: (key, loo_factors(fitting, infos, key)) for name, key in
+              (("optimiser", opt_kind), ("optimiser x schedule", opt_schedule))}
+    for name, (key, factors) in fitted.items():
+        cands[f"lr_div / factor per {name}, fitted on all fitting tasks"] = factor_rule(factors, key, "_all")
     rules: dict[str, dict[str, list]] = {}
     for t in fitting:
         lms = infos[t.name]["landmarks"]
         r = {name: [fn(lm, t) for lm in lms] for name, fn in cands.items()}
-        f = factors[t.family]
-        r["lr_div / factor per optimiser, leave-one-family-out"] = [
-            div_over_family(f["adam"], f["sgd"], f["sgdm"])(lm, t) for lm in lms]
-        r["lrkit default (reference)"] = infos[t.name]["default"]
+        for name, (key, factors) in fitted.items():
+            r[f"lr_div / factor per {name}, leave-one-family-out"] = [
+                factor_rule(factors, key, t.family)(lm, t) for lm in lms]
+        r["lrkit robust rule, no confirmation (reference)"] = infos[t.name]["robust"]
+        r["lrkit default: find_lr (reference)"] = infos[t.name]["default"]
         rules[t.name] = r
-    jobs = [(t.name, args.tasks, tuple(seeds), {k: [float(x) if x else None for x in v] for k, v in rules[t.name].items()})
-            for t in fitting]
+    jobs = [(t.name, args.tasks, tuple(seeds),
+             {k: [float(x) if x else None for x in v] for k, v in rules[t.name].items()}) for t in fitting]
     if args.jobs > 1:
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
             scored = dict(pool.imap_unordered(_worker, jobs))
@@ -242,15 +272,20 @@ def main() -> None:
         vals = np.array(list(reg.values()))
         fam = {f: float(np.median([reg[t] for t in reg if by_name[t].family == f])) for f in fams}
         summary[n] = {"median": float(np.median(vals)), "max": float(vals.max()),
-                      "within_1_10": int((vals <= 1.10).sum()), "picks": int(picks), "per_task": reg, "by_family": fam}
+                      "within_1_10": int((vals <= 1.10).sum()), "picks": int(picks), "per_task": reg,
+                      "by_family": fam}
         print(f"{n:66s} {np.median(vals):7.3f} {vals.max():7.2f} {int((vals <= 1.10).sum()):>3d}/{len(vals):<3d} "
               f"{picks:>3d}/{len(seeds) * len(vals):<3d}  " + " ".join(f"{f[:5]} {fam[f]:.2f}" for f in fams))
-    print("\nleave-one-family-out factors (adam, sgd, sgd+momentum): " + "; ".join(
-        f"{fam}: {v['adam']:.1f}, {v['sgd']:.1f}, {v['sgdm']:.1f}" for fam, v in sorted(factors.items())))
+    for name, (_, factors) in fitted.items():
+        print(f"\nfactors lr_div / best lr per {name} (geometric median; '_all': every fitting task, else "
+              "without that family):")
+        for fam, v in factors.items():
+            print(f"  {fam:12s} " + ", ".join(f"{g} {x:.2g}" for g, x in v.items()))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump({"seeds": list(seeds), "tasks": [t.name for t in fitting], "factors": factors, "summary": summary,
-                   "lrs": rules}, f, indent=1)
+        json.dump({"seeds": list(seeds), "tasks": [t.name for t in fitting],
+                   "factors": {name: f for name, (_, f) in fitted.items()},
+                   "summary": summary, "lrs": rules}, f, indent=1)
     print(f"\nwall time {time.time() - t0:.0f}s; every number in {os.path.relpath(args.json)}")
 
 

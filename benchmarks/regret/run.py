@@ -112,7 +112,8 @@ def run_all(tasks, tasks_path, seeds, jobs: int, log=print) -> list[dict]:
         results = pool.imap_unordered(_worker, args)
     for r in results:
         done[r["name"]] = r
-        log(f"  {r['name']:36s} {r['seconds']:6.0f}s   (elapsed {time.time() - t0:6.0f}s, {len(done)}/{len(args)})")
+        log(f"  {r['name']:36s} {r['seconds']:6.0f}s   (elapsed {time.time() - t0:6.0f}s, "
+            f"{len(done)}/{len(args)})")
     if jobs > 1:
         pool.close()
         pool.join()
@@ -162,6 +163,16 @@ def per_task_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def suite_table(tasks) -> str:
+    """The suite as a markdown table."""
+    lines = ["| task | family | optimiser | weight decay | batch | steps | schedule | notes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for t in tasks:
+        lines.append(f"| {t.name} | {t.family}{' (held out)' if t.held_out else ''} | {t.optimizer} | "
+                     f"{t.weight_decay:g} | {t.batch_size} | {t.steps} | {t.schedule} | {t.notes} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default=None, help="a Python file defining TASKS (default: tasks.py)")
@@ -174,8 +185,12 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="tasks evaluated in parallel (default 2)")
     ap.add_argument("--per-task", action="store_true", help="also print every task's regret per method")
     ap.add_argument("--json", default=None, help="write every number here (default results/regret[-quick].json)")
+    ap.add_argument("--list", action="store_true", help="print the suite (task, family, optimiser, ...) and exit")
     args = ap.parse_args()
     tasks, mod = engine.load_tasks(args.tasks)
+    if args.list:
+        print(suite_table(tasks))
+        return
     if args.quick:
         tasks = [t for t in tasks if t.name in getattr(mod, "QUICK", ())]
     if args.only:
