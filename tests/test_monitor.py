@@ -219,10 +219,10 @@ def _setup(seed=0):
 
 
 def test_guard_restores_last_good_state_and_lowers_lr_on_nan():
-    from lrkit.integrations.torch_monitor import MonitorGuard
+    from lrkit.integrations.torch_monitor import LrMonitor
 
     x, y, model, opt = _setup()
-    guard = MonitorGuard(model, opt, act=True, snapshot_every=10)
+    guard = LrMonitor(model, opt, act=True, snapshot_every=10)
     snap_weights = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -250,16 +250,16 @@ def test_guard_restores_last_good_state_and_lowers_lr_on_nan():
 
 
 def test_guard_warns_only_by_default_and_skips_after_spike_on_request():
-    from lrkit.integrations.torch_monitor import MonitorGuard
+    from lrkit.integrations.torch_monitor import LrMonitor
 
     x, y, model, opt = _setup(1)
-    guard = MonitorGuard(model, opt)  # warn only
+    guard = LrMonitor(model, opt)  # warn only
     with pytest.warns(RuntimeWarning, match="nan"):
         guard.update(0, float("nan"))
     assert opt.param_groups[0]["lr"] == 0.1 and not guard.should_skip()
 
     x, y, model, opt = _setup(2)
-    guard = MonitorGuard(model, opt, act={"skip_batches"}, snapshot_every=5, skip_batches=7)
+    guard = LrMonitor(model, opt, act={"skip_batches"}, snapshot_every=5, skip_batches=7)
     losses = 1.0 + 0.01 * np.random.default_rng(0).standard_normal(200)
     losses[100:110] += 3.0  # the batches went bad
     skipped = []
@@ -329,11 +329,11 @@ def test_update_ratio_measures_the_gradient_alignment():
 
 @pytest.mark.parametrize("act", [True, False])
 def test_guard_forgets_the_previous_update_only_when_it_restores(act):
-    from lrkit.integrations.torch_monitor import MonitorGuard
+    from lrkit.integrations.torch_monitor import LrMonitor
 
     x, y, model, _ = _setup(6)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    guard = MonitorGuard(model, opt, act=act, snapshot_every=1, update_ratio=True)
+    guard = LrMonitor(model, opt, act=act, snapshot_every=1, update_ratio=True)
     for step in range(8):
         idx = torch.arange(step * 32, step * 32 + 32) % len(x)
         loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
@@ -350,11 +350,11 @@ def test_guard_forgets_the_previous_update_only_when_it_restores(act):
 
 
 def test_guard_measures_each_steps_update_to_weight_ratio():
-    from lrkit.integrations.torch_monitor import MonitorGuard
+    from lrkit.integrations.torch_monitor import LrMonitor
 
     x, y, model, _ = _setup(3)
     opt = torch.optim.SGD(model.parameters(), lr=0.2)  # plain SGD: the update is -lr * gradient
-    guard = MonitorGuard(model, opt, update_ratio=True)
+    guard = LrMonitor(model, opt, update_ratio=True)
     want, grads = [], []
     for step in range(30):
         idx = torch.arange(step * 32, step * 32 + 32) % len(x)
@@ -375,7 +375,7 @@ def test_guard_measures_each_steps_update_to_weight_ratio():
     cos = [float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(grads[1:], grads[:-1])]
     assert np.isnan(al[0])
     np.testing.assert_allclose(al[1:], cos, rtol=1e-4, atol=1e-6)
-    assert "update_ratio" not in MonitorGuard(model, opt).monitor.curve().extra  # off by default
+    assert "update_ratio" not in LrMonitor(model, opt).monitor.curve().extra  # off by default
 
 
 # ------------------------------------------------------------------------------------------ the guard's policy

@@ -1,4 +1,4 @@
-"""Overhead of the Keras live doctor (``LrMonitorKerasCallback``) on ``model.fit``, beside Keras' own per-batch
+"""Overhead of the Keras live doctor (``LrMonitor``) on ``model.fit``, beside Keras' own per-batch
 callback ``TerminateOnNaN``, in the same run.
 
 Run: ``python benchmarks/doctor/bench_keras_monitor_overhead.py`` (Keras 3 on the torch backend, 1 thread; about two
@@ -20,7 +20,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lrkit.integrations.keras_monitor import LrMonitorKerasCallback  # noqa: E402
+from lrkit.integrations.keras_monitor import LrMonitor  # noqa: E402
 
 BATCHES, BATCH, REPEATS = 300, 64, 7
 
@@ -39,7 +39,7 @@ def main() -> None:
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x[:BATCH * 20], y[:BATCH * 20], batch_size=BATCH, epochs=1, verbose=0)  # warm up
     variants = {"bare fit": lambda: [], "+ keras TerminateOnNaN": lambda: [keras.callbacks.TerminateOnNaN()],
-                "+ lrkit LrMonitorKerasCallback": lambda: [LrMonitorKerasCallback()]}
+                "+ lrkit LrMonitor": lambda: [LrMonitor()]}
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(REPEATS):
         for name, callbacks in variants.items():
@@ -55,7 +55,7 @@ def main() -> None:
         extra = "" if name == "bare fit" else f"  (+{(t - bare) / bare:.2%})"
         print(f"  {name:32s} {t * 1e6:8.1f} us per batch{extra}")
     # isolated: the callbacks' own per-batch work on the fitted model (the fit timings above are noisy on a busy box)
-    mine, theirs = LrMonitorKerasCallback(), keras.callbacks.TerminateOnNaN()
+    mine, theirs = LrMonitor(), keras.callbacks.TerminateOnNaN()
     mine.set_model(model)
     theirs.set_model(model)
     logs = {"loss": keras.ops.convert_to_tensor(2.3)}
@@ -68,7 +68,7 @@ def main() -> None:
                 mine._prev = (0.0, 0.0)  # as at an epoch's first batch: every call reads the tracker and feeds the Monitor
             cb.on_train_batch_end(i, logs)
         per[name] = (time.perf_counter() - t0) / n
-    ratio_cb = LrMonitorKerasCallback(update_ratio=True)  # one copy of the weights per batch, and two reductions
+    ratio_cb = LrMonitor(update_ratio=True)  # one copy of the weights per batch, and two reductions
     ratio_cb.set_model(model)
     t0 = time.perf_counter()
     for i in range(n // 10):
@@ -77,7 +77,7 @@ def main() -> None:
         ratio_cb.on_train_batch_end(i, logs)
     per["ratio"] = (time.perf_counter() - t0) / (n // 10)
     print(f"with update_ratio=True: {per['ratio'] * 1e6:.1f} us per batch ({per['ratio'] / bare:.2%} of a bare fit batch)")
-    print(f"isolated cost per batch: LrMonitorKerasCallback {per['lrkit'] * 1e6:.1f} us ({per['lrkit'] / bare:.2%} of a "
+    print(f"isolated cost per batch: LrMonitor {per['lrkit'] * 1e6:.1f} us ({per['lrkit'] / bare:.2%} of a "
           f"bare fit batch), TerminateOnNaN {per['keras'] * 1e6:.1f} us ({per['keras'] / bare:.2%}); ratio "
           f"{per['lrkit'] / per['keras']:.1f}x")
 

@@ -1,5 +1,5 @@
 """What acting on the live doctor's alarms does to a training run: real runs trained at multiples of their grid's best
-lr with no guard, with a guard that acts on a NaN loss only, and with lrkit's ``MonitorGuard(act=True)``.
+lr with no guard, with a guard that acts on a NaN loss only, and with lrkit's ``LrMonitor(act=True)``.
 
 Run: ``python benchmarks/doctor/bench_live_act.py [SET ...]`` (sets of ``make_curves.SETS``; default ``final11``, the
 round's held-out tasks; their cached curves give each task's best lr, ``make_curves.py`` makes them). About 1 minute
@@ -15,7 +15,7 @@ whose weights went NaN scores 1 (all lost). The guards:
 - no guard: a plain loop (what Keras' TerminateOnNaN saves is only the time after the NaN);
 - NaN rollback: the same snapshots and actions as lrkit, but it acts on a NaN loss only (restore the last snapshot,
   halve the lr), the loop a careful user writes by hand;
-- lrkit: ``MonitorGuard(model, optimizer, act=True, update_ratio=True)``, the defaults (divergence: restore and lower
+- lrkit: ``LrMonitor(model, optimizer, act=True, update_ratio=True)``, the defaults (divergence: restore and lower
   the lr; spikes: restore and skip batches).
 
 On good runs a guard should cost nothing (an alarm there rolls back a run that was fine); on too-high runs it
@@ -51,7 +51,7 @@ def train(task: tuple, lr: float, seed: int, guard: str, overrides: dict[str, fl
     guard): (initial, final) full-data loss and the number of alarms the guard raised."""
     import torch
 
-    from lrkit.integrations.torch_monitor import MonitorGuard, total_norm
+    from lrkit.integrations.torch_monitor import LrMonitor, total_norm
 
     data, arch, opt, *rest = task
     batch, steps, kind = (list(rest) + [make_curves.BATCH, make_curves.STEPS, None][len(rest):])[:3]
@@ -69,7 +69,7 @@ def train(task: tuple, lr: float, seed: int, guard: str, overrides: dict[str, fl
     first = full_loss()
     g = None
     if guard != "none":
-        g = MonitorGuard(model, optim, act=True, scheduler=sched, update_ratio=guard == "lrkit",
+        g = LrMonitor(model, optim, act=True, scheduler=sched, update_ratio=guard == "lrkit",
                          **(NAN_ONLY if guard == "nan_rollback" else overrides or {}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the guard warns on every alarm: counted below instead

@@ -6,7 +6,7 @@ PyTorch's own per-step lr watcher (``ReduceLROnPlateau.step(loss)``).
 Run: ``python benchmarks/doctor/bench_monitor_overhead.py`` (about 30 s, one CPU thread; times are this thread's CPU
 time, so other work on a busy machine does not count). Interleaved blocks of
 steps, medians over repeats; target: the Monitor adds < 1% to a bare step. Also the opt-in update-to-weight ratio
-(``MonitorGuard(update_ratio=True)``: copies of the weights, norms and the gradient alignment's dot product per step)
+(``LrMonitor(update_ratio=True)``: copies of the weights, norms and the gradient alignment's dot product per step)
 beside the per-step diagnostic most loops already pay for, the total gradient norm (``clip_grad_norm_``).
 """
 
@@ -154,7 +154,7 @@ def main() -> None:
     print(f"update-to-weight ratio (UpdateRatio before + after) {per_ratio * 1e6:.1f} us ({per_ratio / med['bare']:.2%} "
           f"of a bare step); total gradient norm (clip_grad_norm_) {per_gn * 1e6:.1f} us "
           f"({per_gn / med['bare']:.2%}); ratio {per_ratio / per_gn:.1f}x")
-    print(f"update ratio + gradient alignment (UpdateRatio(alignment=True), MonitorGuard(update_ratio=True)) "
+    print(f"update ratio + gradient alignment (UpdateRatio(alignment=True), LrMonitor(update_ratio=True)) "
           f"{per_al * 1e6:.1f} us ({per_al / med['bare']:.2%} of a bare step); {per_al / per_gn:.1f}x the gradient norm")
     ours, theirs = statistics.median(costs["ours"]), statistics.median(costs["torch"])
     print(f"total norm of the gradients: lrkit's total_norm {ours * 1e6:.1f} us, torch.nn.utils.get_total_norm "

@@ -303,3 +303,42 @@ def test_a_fast_fall_to_a_noise_floor_is_no_evidence_and_a_noisy_crawl_at_a_cons
     crawl = 1.4 - 0.0008 * t + 0.05 * rng.standard_normal(300)
     d = diagnose(Curve(t, crawl, np.full(300, 1e-3)), use_shape=False)
     assert d.verdict == "too_slow" and d.recommendation.action == "raise" and d.recommendation.factor <= 3
+
+
+# ---- the shape model's "too low" under a decaying lr -------------------------------------------------------------
+def test_descent_at_peak_is_the_share_of_the_descent_made_at_half_the_peak_or_more():
+    from lrkit.doctor.checks import _descent_at_peak
+
+    lrs = np.r_[np.full(60, 1.0), np.full(40, 0.1)]
+    # piecewise constant: start 3, level 2 at the end of the peak phase, 1.5 at the end -> (3 - 2) / (3 - 1.5)
+    ys = np.r_[np.full(5, 3.0), np.full(55, 2.0), np.full(40, 1.5)]
+    assert _descent_at_peak(ys, lrs, 1.0) == pytest.approx(2 / 3)
+    ys = np.r_[np.full(60, 3.0), np.full(40, 1.0)]  # all of it after the decay
+    assert _descent_at_peak(ys, lrs, 1.0) == 0.0
+    assert np.isnan(_descent_at_peak(ys, None, 1.0))
+    assert np.isnan(_descent_at_peak(np.full(100, 2.0), lrs, 1.0))  # no descent: no share
+
+
+@pytest.mark.parametrize("descends_at_peak", [True, False])
+def test_a_too_low_shape_vote_is_not_taken_when_the_descent_came_only_as_the_lr_decayed(monkeypatch,
+                                                                                          descends_at_peak):
+    import lrkit.doctor.direction as direction
+
+    # the model's vote is fixed to "too low" so that the test reads the gate alone
+    monkeypatch.setattr(direction, "predict", lambda f, prof=None: ({"too_high": 0.02, "good": 0.03,
+                                                                     "too_low": 0.95}, "loss_only"))
+    n = 600
+    steps = np.arange(n)
+    lrs = np.where(steps < 30, (steps + 1) / 30, 0.5 * (1 + np.cos(np.pi * (steps - 30) / (n - 30))))
+    rng = np.random.default_rng(0)
+    if descends_at_peak:  # a steady fall while the lr is high, slower later: what a too-low peak looks like
+        ys = 3.0 - 1.5 * (1 - np.exp(-steps / 250))
+    else:  # stuck near its start while the lr is high, falling only as it decays (a far too high peak)
+        ys = np.where((lrs >= 0.5) | (steps < 30), 3.0, 3.0 - 1.5 * (0.5 - lrs) / 0.5)
+    ys = ys + 0.01 * rng.standard_normal(n)
+    d = diagnose(Curve(steps, ys, lrs=lrs * 1e-3))
+    if descends_at_peak:
+        assert d.recommendation.action == "raise"
+    else:
+        assert d.recommendation.action != "raise"
+        assert any("'too low' is not taken" in note for note in d.notes)

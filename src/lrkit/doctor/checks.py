@@ -786,6 +786,14 @@ def _shape_call(c: Curve, ys: np.ndarray, f: Features, t: Thresholds, sched: Sch
     shape = {**probs, "variant": model}
     if probs[call] < level or call == "good":
         return None, shape
+    if call == "too_low" and sched.decays:
+        share = _descent_at_peak(ys, c.lrs, sched.peak)
+        if not share >= 0.5:
+            # under a decaying lr the loss keeps falling to the end whatever the peak; when most of the descent came
+            # only as the lr decayed, the run made little progress at its peak lr: no sign of too low a peak
+            notes.append(f"the shape model's 'too low' is not taken: the logged lr decays and only {max(share, 0):.0%}"
+                         " of the descent came while it was above half its peak (a too-low lr descends most there)")
+            return None, shape
     odds = (f"{probs[call]:.0%} of the shape model's vote (from the {SIGNALS[model]}, fitted on lrkit's labelled runs "
             "of small models)")
     if call == "too_high":
@@ -795,6 +803,23 @@ def _shape_call(c: Curve, ys: np.ndarray, f: Features, t: Thresholds, sched: Sch
     return Finding("too_slow", [int(c.steps[f.n // 2]), int(c.steps[-1])], f"the loss is still falling at the end "
                    f"({f.start:.4g} -> {f.final:.4g}, {f.drop:.0%} lower): the shape of runs whose lr was 2x or more "
                    f"too low; {odds}", dict(probs), "raise", 3.0, LIKELY), shape
+
+
+def _descent_at_peak(ys: np.ndarray, lrs: np.ndarray | None, peak: float) -> float:
+    """The share of the run's descent (median of its first 5% of losses minus median of its last 5%) made by the end
+    of the steps at an lr of at least half the peak (median of the last tenth of those steps); NaN when unknown."""
+    if lrs is None or lrs.shape != ys.shape or not peak > 0:
+        return math.nan
+    hi = np.flatnonzero(np.isfinite(lrs) & (lrs >= 0.5 * peak))
+    n = len(ys)
+    if hi.size < 10 or n < 40:
+        return math.nan
+    k = max(2, n // 20)
+    start, end = float(np.median(ys[:k])), float(np.median(ys[-k:]))
+    seg = ys[hi[0]:hi[-1] + 1]
+    at_peak_end = float(np.median(seg[-max(2, len(seg) // 10):]))
+    total = start - end
+    return (start - at_peak_end) / total if total > 0 else math.nan
 
 
 def _update_ratio_finding(c: Curve, t: Thresholds, findings: list[Finding], shape: dict) -> Finding | None:

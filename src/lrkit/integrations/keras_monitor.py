@@ -223,6 +223,3 @@ class LrMonitor(keras.callbacks.Callback):
         opt.learning_rate = lr
         return f"lr x{factor:.2g} -> {lr:.3g}"
 
-
-# the old name, kept while benchmarks/doctor (moved by the lead later) imports it
-LrMonitorKerasCallback = LrMonitor

@@ -241,7 +241,4 @@ class LrMonitor:
         return False
 
 
-# the old name, kept while tests/test_monitor.py and benchmarks/doctor (moved by the lead later) import it
-MonitorGuard = LrMonitor
-
 __all__ = ["LrMonitor", "Snapshots", "UpdateRatio", "handle", "resolve_actions", "scale_lr", "total_norm"]
