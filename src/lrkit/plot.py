@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from lrkit._files import atomic_write
+from lrkit.errors import LrkitError
 from lrkit.schedules._base import sample_steps
 
 #: the most points a schedule's curve is drawn with: a figure shows a few thousand at most
@@ -34,8 +35,6 @@ def _kept(n: int, skip_start: int, skip_end: int) -> np.ndarray:
     """Whether each of ``n`` recorded points is drawn, after leaving out ``skip_start`` and ``skip_end``."""
     for what, v in (("skip_start", skip_start), ("skip_end", skip_end)):
         if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0):
-            from lrkit.errors import LrkitError  # plot.py stays a leaf of lrkit (tests/test_layout.py)
-
             raise LrkitError(f"{what} must be a count of points >= 0, got {v!r}")
     keep = np.zeros(n, dtype=bool)
     keep[skip_start:n - skip_end] = True

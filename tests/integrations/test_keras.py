@@ -153,7 +153,8 @@ def test_callback_stops_at_divergence_like_the_engine():
 
 def test_find_lr_apply_and_validation_batches():
     model = make(seed=3)
-    res = lrkit.keras.find_lr(model, X, Y, batch_size=16, num_iter=20, end_lr=1.0, apply=True, progress=False)
+    # a ramp long enough (60 steps up to 10) for the noisy batches of 16 to show a clear descent and its turn
+    res = lrkit.keras.find_lr(model, X, Y, batch_size=16, num_iter=60, end_lr=10.0, apply=True, progress=False)
     lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
     assert res.suggestion.lr is not None and lr == pytest.approx(res.suggestion.lr, rel=1e-6)
     val = [(X[:32], Y[:32]), (X[32:], Y[32:])]
