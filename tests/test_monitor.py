@@ -73,6 +73,19 @@ def test_crawl_and_plateau():
     assert ev and ev[0].action == "lower_lr" and ev[0].factor == 0.5 and 500 < ev[0].step < 1000
 
 
+def test_a_long_plateau_lowers_the_lr_once_per_patience_not_once_per_cooldown():
+    """After a plateau event the clock starts again, as torch's ReduceLROnPlateau's does after a cut: on a converged
+    run the lr is halved at most once per `patience` steps (it was halved every cooldown, 100 steps, to ~1e-10)."""
+    rng = np.random.default_rng(5)
+    n = 6000
+    flat = np.r_[2.0 * np.exp(-np.arange(300) / 30) + 0.5, np.full(n - 300, 0.5)] + 0.01 * rng.standard_normal(n)
+    m = Monitor(patience=500)
+    steps = [e.step for i in range(n) for e in m.update(i, flat[i]) if e.kind == "plateau"]
+    assert len(steps) >= 2
+    assert all(b - a >= 500 for a, b in zip(steps, steps[1:]))
+    assert len(steps) <= (n - 300) // 500
+
+
 def test_no_divergence_event_on_batch_noise():
     """A flat run of pure batch noise (sd 0.2 around 1.0): its smoothed loss dips a little below the start and comes
     back, which is no climb back; progress counts only when it stood 3 noise sds out (the noise from first differences:

@@ -344,6 +344,9 @@ class Monitor:
             if step - self._best_step >= self.patience and drop >= t.slow_drop:
                 self._fire(out, "plateau", step, f"no {self.min_delta:.0%} improvement of the smoothed loss "
                            f"({self._ref:.4g}) for {step - self._best_step} steps", "lower_lr", 0.5)
+                # the clock starts again from here (as ReduceLROnPlateau's does after a cut): the next plateau needs
+                # another `patience` steps without improvement on today's level, not one cooldown
+                self._ref, self._best_step = sm, step
             elif drop < t.slow_drop and self._ready("too_slow", step) and self._at_chance(step) is not None:
                 level, k = self._at_chance(step)
                 self._fire(out, "stuck", step, f"the loss sits at {level:.4g} = ln {k} with almost no batch noise: "
