@@ -42,7 +42,7 @@ CHILD = textwrap.dedent("""
             super().restore(snap)
 
     for trial in range(int(sys.argv[1])):
-        torch.manual_seed(trial)
+        torch.manual_seed(trial + int(sys.argv[2]))
         model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         x, y = torch.randn(64, 8), torch.randint(0, 2, (64,))
@@ -64,13 +64,12 @@ def test_a_second_ctrl_c_5ms_after_the_first_cannot_leave_the_model_modified(tmp
     it is done."""
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    trials = 4
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    child = subprocess.Popen([sys.executable, str(script), str(trials)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env)
     outcomes = []
-    try:
-        for _ in range(trials):
+    for trial in range(4):  # one child per trial: what a trial prints cannot be confused with the next one's
+        child = subprocess.Popen([sys.executable, str(script), "1", str(trial)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=env)
+        try:
             line = child.stdout.readline().strip()
             assert line == "ready", (line, child.stderr.read() if child.poll() is not None else "")
             time.sleep(0.05)  # the child is asleep inside step()
@@ -78,8 +77,8 @@ def test_a_second_ctrl_c_5ms_after_the_first_cannot_leave_the_model_modified(tmp
             time.sleep(0.005)
             os.kill(child.pid, signal.SIGINT)
             outcomes.append(child.stdout.readline().strip())
-        child.wait(timeout=60)
-    finally:
-        if child.poll() is None:
-            child.kill()
-    assert outcomes == ["restored"] * trials, child.stderr.read()
+            child.wait(timeout=60)
+        finally:
+            if child.poll() is None:
+                child.kill()
+    assert outcomes == ["restored"] * 4, child.stderr.read()
