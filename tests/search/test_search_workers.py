@@ -122,8 +122,10 @@ def test_workers_end_with_their_parent(tmp_path, log, sig):
     db = str(tmp_path / "s.db")
     cmd = [sys.executable, "-c", "import sys; from lrkit.cli import main; sys.exit(main())", "sweep",
            "search_toys:train_blocks", "--lrs", "0.01,0.02,0.04", "--workers", "2", "--storage", db, "--quiet"]
+    # Ctrl-C at its default in the command even where the tests run with it ignored (a shell's background job)
     parent = subprocess.Popen(cmd, cwd=HERE, env={**env_for(log), "LRKIT_TEST_BLOCK": "all"},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 90
         while len({s[2] for s in starts(log)}) < 2:
