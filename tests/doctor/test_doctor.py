@@ -342,3 +342,32 @@ def test_a_too_low_shape_vote_is_not_taken_when_the_descent_came_only_as_the_lr_
     else:
         assert d.recommendation.action != "raise"
         assert any("'too low' is not taken" in note for note in d.notes)
+
+
+def test_nan_at_every_row_of_a_log_written_every_n_steps_is_a_likely_blow_up_not_numerics():
+    """NaN from the first logged row is numerics only when that row is the first step (before any update); a log
+    written every 200 steps that is NaN from its first row may have blown up within those steps."""
+    steps = np.arange(200, 6200, 200)
+    d = diagnose(Curve(steps, np.full(steps.size, np.nan), lrs=np.full(steps.size, 20.0)))
+    assert d.verdict == "diverging" and d.recommendation.action == "lower"
+    assert d.recommendation.certainty == "likely" and d.recommendation.factor == 0.3
+    assert "step 200" in d.findings[0].evidence and "unless the data or the loss code" in d.findings[0].evidence
+
+
+def test_a_sweep_tie_keeps_a_runs_own_advice_when_it_points_toward_the_best_lr():
+    """Within the noise of the comparison (an erratic eval loss is a noisy score), a run whose own finding says
+    lower, toward the sweep's best (lower) lr, keeps that advice instead of a 'keep'."""
+    from lrkit import diagnose_runs
+
+    steps, es = np.arange(1, 101), np.arange(10, 101, 10)
+    rng = np.random.default_rng(0)
+    train = 2.3 * np.exp(-steps / 30) + 0.1 + 0.01 * rng.standard_normal(steps.size)
+    smooth = 2.0 * np.exp(-es / 30) + 0.15
+    erratic = np.array([1.9, 1.2, 0.9, 0.8, 0.75, 1.6, 0.7, 1.9, 0.8, 4.4])  # 3 late rises of >= 25%
+    best = Curve(steps, train, lrs=np.full(steps.size, 1e-3), extra={"eval:val_loss": np.stack([es, smooth])})
+    high = Curve(steps, train, lrs=np.full(steps.size, 1e-2), extra={"eval:val_loss": np.stack([es, erratic])})
+    s = diagnose_runs([best, high])
+    assert s.ranking == [0, 1]
+    rec = s.runs[1].recommendation
+    assert rec.action == "lower" and rec.factor == 0.5 and "jumps between evaluations" in rec.reason
+    assert any("within the noise of the comparison" in n for n in s.runs[1].notes)

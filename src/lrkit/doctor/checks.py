@@ -7,7 +7,7 @@ on the plot, and says what it measured:
 finding             what the log shows                                                              advice
 ==================  ==============================================================================  ==============
 ``not_a_loss``      the metric does not descend by design (reward, return, surrogate, accuracy)     cannot judge
-``numerics``        the loss is NaN/inf from the first logged step, or where the lr is still tiny   not the lr
+``numerics``        the loss is NaN/inf from the first step, or where the lr is still tiny            not the lr
 ``diverging``       NaN/inf after finite values, for good; the loss (or the eval loss) climbed      lower (the lr
                     back and stayed up, or ended above where it started                             it blew up at)
 ``stuck``           the loss sat above its starting level for most of the run, or flat at chance   lower
@@ -453,15 +453,22 @@ def _nonfinite(c: Curve, sched: Schedule) -> Finding | None:
     lr0 = float(c.lrs[i0]) if c.lrs is not None and np.isfinite(c.lrs[i0]) else math.nan
     tiny = sched.known and lr0 == lr0 and lr0 <= 0.01 * sched.peak
     lr_words = f" at lr {lr0:.3g}" if lr0 == lr0 else ""
-    if i0 == 0 and (s0 <= 1 or bad.mean() > 0.9) or tiny:
+    if i0 == 0 and s0 <= 1 or tiny:
         where = "from the first logged step" if i0 == 0 else f"at step {s0}"
         why = ("before any update could have moved the weights" if i0 == 0 and s0 <= 1 else
-               f"where the lr was still {lr0 / sched.peak:.1%} of its peak" if tiny else
-               "at almost every logged step")
+               f"where the lr was still {lr0 / sched.peak:.1%} of its peak")
         return Finding("numerics", [s0], f"the loss is {y[i0]} {where}{lr_words}, {why}: not the lr but numerics, "
                        "the data or the code — check for NaN/inf in the inputs and labels, log(0) or division by zero "
                        "in the loss, and fp16 overflow (use bf16 or a GradScaler)", {"index": i0, "nan_step": s0},
                        "keep", 1.0, CANNOT_TELL)
+    if i0 == 0 and bad.mean() > 0.9:
+        # NaN at the first logged row, but that row is past the first step (a log written every N steps): the run
+        # may have blown up within those steps, or its numerics fail from the start; one log cannot tell which
+        return Finding("diverging", [s0], f"the loss is {y[i0]} from the first logged step, step {s0}{lr_words}, at "
+                       "almost every logged step: the run blew up within its first steps (an lr far too high), "
+                       "unless the data or the loss code give NaN", {"index": 0, "nan_step": s0, "lr": lr0}, "lower",
+                       0.3, LIKELY, ["a short run at a tenth of this lr tells which: if it is NaN too, look at the "
+                                     "data and the loss code (NaN/inf inputs, log(0), fp16 overflow)"])
     after = np.flatnonzero(~bad[i0:]) + i0
     pre = y[max(0, i0 - 5):i0]
     pre = pre[np.isfinite(pre)]

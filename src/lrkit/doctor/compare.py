@@ -184,6 +184,13 @@ def compare(diagnoses: Sequence[Diagnosis], names: Sequence[str] | None = None) 
             continue
         margin = max(TIE, 2 * math.hypot(errors[i], errors[b]) / abs(best)) if best else TIE
         if gap <= margin:
+            own = d.recommendation
+            if own.action == ("lower" if best_lr < lr else "raise"):
+                # within the noise of the comparison, but the run's own evidence points toward the best run's lr:
+                # the two agree, and the run's own advice stands
+                d.notes.append(f"{rank_words} ({scores[i]:.4g} vs {best:.4g} at lr {best_lr:.3g}): within the "
+                               f"noise of the comparison; its own finding points the same way as the sweep's best")
+                continue
             d.recommendation = Recommendation("keep", 1.0, f"as good as the best run within the noise "
                                               f"({scores[i]:.4g} vs {best:.4g} at lr {best_lr:.3g}; {rank_words})",
                                               list(d.recommendation.advice), DIRECT)
