@@ -90,6 +90,17 @@ class Curve:
 _MAD_TO_STD = 1.2533141373155  # sqrt(pi/2): mean absolute deviation -> standard deviation for a normal law
 
 
+def kept_points(n: int, skip_start: int = 0, skip_end: int = 0) -> np.ndarray:
+    """Which of ``n`` recorded points are kept after leaving out ``skip_start`` at the start and ``skip_end`` at the
+    end (a boolean mask); :class:`LrkitError` unless both are counts >= 0."""
+    for what, v in (("skip_start", skip_start), ("skip_end", skip_end)):
+        if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0):
+            raise LrkitError(f"{what} must be a count of points >= 0, got {v!r}")
+    keep = np.zeros(n, dtype=bool)
+    keep[skip_start:n - skip_end] = True
+    return keep
+
+
 def robust_std(values: Sequence[float] | np.ndarray) -> float:
     """The median absolute deviation scaled to a standard deviation (x 1.4826, exact for a normal law)."""
     a = np.asarray(values, dtype=np.float64)

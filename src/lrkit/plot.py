@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from lrkit._files import atomic_write
-from lrkit.errors import LrkitError
+from lrkit.curve import kept_points
 from lrkit.schedules._base import sample_steps
 
 #: the most points a schedule's curve is drawn with: a figure shows a few thousand at most
@@ -31,26 +31,16 @@ def save_figure(fig: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=120, bbox_inches="tight"), binary=True)
 
 
-def _kept(n: int, skip_start: int, skip_end: int) -> np.ndarray:
-    """Whether each of ``n`` recorded points is drawn, after leaving out ``skip_start`` and ``skip_end``."""
-    for what, v in (("skip_start", skip_start), ("skip_end", skip_end)):
-        if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0):
-            raise LrkitError(f"{what} must be a count of points >= 0, got {v!r}")
-    keep = np.zeros(n, dtype=bool)
-    keep[skip_start:n - skip_end] = True
-    return keep
-
-
 def plot_finder(result: Any, path: str | os.PathLike | None = None, ax: Any = None,
                 rules: Sequence[str] = (), skip_start: int = 0, skip_end: int = 0) -> Any:
-    """Loss against lr (log x axis; linear for a linear ramp): raw points, the curve the rule judged (the robust fit of the raw losses, or the
-    smoothed loss), the suggestion and its interval, the confirmation runs; extra ``rules`` marked too (applied with
-    the same skips). ``skip_start``/``skip_end`` leave out that many recorded points at either end of the curves.
-    Saves to ``path`` when given; returns the Axes. ``result`` is a :class:`~lrkit.finder.FinderResult` (what it
-    judged comes from its ``robust_fit()``)."""
+    """Loss against lr (log x axis; linear for a linear ramp): raw points, the curve the rule judged (the robust
+    fit of the raw losses, or the smoothed loss), the suggestion and its interval, the confirmation runs; extra
+    ``rules`` marked too (applied with the same skips). ``skip_start``/``skip_end`` leave out that many recorded
+    points at either end of the curves. Saves to ``path`` when given; returns the Axes. ``result`` is a
+    :class:`~lrkit.finder.FinderResult` (what it judged comes from its ``robust_fit()``)."""
     plt = _pyplot()
     lrs = np.asarray(result.lrs)
-    keep = _kept(len(lrs), skip_start, skip_end)
+    keep = kept_points(len(lrs), skip_start, skip_end)
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -79,7 +69,7 @@ def plot_finder(result: Any, path: str | os.PathLike | None = None, ax: Any = No
     ax.set_xscale("linear" if result.config.get("mode") == "linear" else "log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss")
-    y = np.concatenate([v[np.isfinite(v)] for v in shown]) if shown else np.zeros(0)
+    y = np.concatenate([v[np.isfinite(v)] for v in shown])
     if y.size:  # keep the divergence tail from squashing the informative part of the curve
         lo = float(y.min())
         first = np.asarray(shown[-1])

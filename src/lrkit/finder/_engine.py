@@ -302,7 +302,8 @@ def range_test(stepper: Stepper, options: FinderOptions | None = None, **overrid
     """
     # steppers that wrap an optimiser expose it as .optimizer: the rule then knows Adam from SGD
     o, family, momentum, ranges = _prepare(getattr(stepper, "optimizer", None), options, overrides,
-                                           getattr(stepper, "base_lrs", None), getattr(stepper, "steps_per_epoch", None))
+                                           getattr(stepper, "base_lrs", None),
+                                           getattr(stepper, "steps_per_epoch", None))
     if ranges is not None:
         use = getattr(stepper, "use_group_ramps", None)
         if not callable(use):

@@ -162,11 +162,7 @@ class FinderOptions:
                                      "param groups; give one per group (or one number for all)")
             starts_t = starts_t or (float(starts),) * k  # type: ignore[arg-type]
             ends_t = ends_t or (float(ends),) * k  # type: ignore[arg-type]
-            for g, (a, b) in enumerate(zip(starts_t, ends_t)):
-                try:
-                    check_range(a, b, num_iter)
-                except LrkitError as e:
-                    raise LrkitError(f"param group {g}: {e}") from None
+            check_range(starts_t, ends_t, num_iter)  # every group's, named by its index
             ranges = [(float(a), float(b)) for a, b in zip(starts_t, ends_t)]
             starts, ends = ranges[0]
         check_range(starts, ends, num_iter)

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from lrkit.curve import kept_points
 from lrkit.errors import LrkitError
 
 
@@ -144,16 +145,11 @@ def suggest(lrs, losses, rule: str | None = None, *, family: str | None = None, 
     loss after that (see :func:`clean_curve`).
     """
     name = check_rule(rule)
-    for what, v in (("skip_start", skip_start), ("skip_end", skip_end)):
-        if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0):
-            raise LrkitError(f"{what} must be a count of points >= 0, got {v!r}")
     if mode is not None and mode not in MODES:
         raise LrkitError(f"mode must be 'exponential' or 'linear' (the ramp's shape), got {mode!r}")
     lrs, losses = _arrays(lrs, losses)
-    n = len(lrs)
-    if skip_start or skip_end:
-        lrs, losses = lrs[skip_start:n - skip_end], losses[skip_start:n - skip_end]
-    c = _clean(lrs, losses)
+    keep = kept_points(len(lrs), skip_start, skip_end)
+    c = _clean(lrs[keep], losses[keep])
     if len(c.lrs) < 5:
         skipped = (f" (after skipping {skip_start} at the start and {skip_end} at the end)"
                    if skip_start or skip_end else "")
@@ -388,8 +384,8 @@ def fit_curve(lrs: np.ndarray, losses: np.ndarray, bandwidth: float | None = Non
     scale in units of lr (default: 1/40 of the span or 2.5 point spacings). The divergence point is the first lr
     past the minimum where the fit climbs ``diverge_level`` (default 0.25) times the descent depth (start loss -
     minimum) above its minimum; when the loss never fell clearly (``fell`` is False) that depth is noise: the
-    divergence point is then where the fit climbs 4 fit_noise above its minimum and stays above to the end. Long curves are fitted on a grid (see :func:`_smoother`), in
-    time and memory linear in their length.
+    divergence point is then where the fit climbs 4 fit_noise above its minimum and stays above to the end. Long
+    curves are fitted on a grid (see :func:`_smoother`), in time and memory linear in their length.
     """
     if scale not in ("log", "linear"):
         raise LrkitError(f"scale must be 'log' or 'linear', got {scale!r}")
@@ -559,7 +555,7 @@ def robust(lrs: np.ndarray, losses: np.ndarray, *, ended_nonfinite: bool = False
     # fell but never turned up: the divergence point lies beyond end_lr, so end_lr bounds it from below; but first,
     # the raw losses must have fallen from the first tenth of the ramp to the last (the fit's lowest point at the
     # very end of a flat, noisy curve is often a chance one: an end point of a local fit is its noisiest)
-    k = max(3, n // 10)
+    k = early
     fall = float(np.median(losses[:k]) - np.median(losses[-k:]))
     fall_se = 1.2533 * fit.noise * np.sqrt(2.0 / k)  # standard error of a difference of two medians of k points
     if fall <= 2.5 * fall_se:

@@ -124,5 +124,4 @@ def maybe_distributed(stepper: Stepper, group: Any = None) -> Stepper:
     return DistributedStepper(stepper, group)
 
 
-
 __all__ = ["DistributedStepper", "is_distributed", "is_main_process", "maybe_distributed"]

@@ -60,6 +60,12 @@ def get_lr(opt_state: Any) -> float | None:
     return float(np.asarray(found[0][1])) if len(found) == 1 else None
 
 
+def _base_lrs(opt_state: Any) -> list[float] | None:
+    """The injected lr as the one "param group" of the range test (None without one)."""
+    lr = get_lr(opt_state)
+    return None if lr is None else [lr]
+
+
 def make_train_step(loss_fn: Callable[[Any, Any], Any], optimizer: optax.GradientTransformation, *,
                     jit: bool = True) -> TrainStep:
     """``train_step(params, opt_state, batch, lr) -> (params, opt_state, loss)`` for ``loss_fn(params, batch)``
@@ -120,8 +126,7 @@ class JaxStepper:
     @property
     def base_lrs(self) -> list[float] | None:
         """The injected lr of ``opt_state`` (see :func:`get_lr`): where ``start_lr=None`` starts."""
-        lr = get_lr(self.opt_state)
-        return None if lr is None else [lr]
+        return _base_lrs(self.opt_state)
 
     @property
     def steps_per_epoch(self) -> int | None:
@@ -231,10 +236,9 @@ class LRFinder(SessionFront):
     def __init__(self, params: Any, opt_state: Any, *, apply: bool = True, options: FinderOptions | None = None,
                  **overrides: Any) -> None:
         self.params, self.opt_state, self.apply = params, opt_state, apply
-        lr = get_lr(opt_state)
         self.session = FinderSession(FinderOptions.build(options, **overrides), snapshot=self._snapshot,
                                      restore=self._restore, optimizer=hyperparams(opt_state),
-                                     base_lrs=None if lr is None else [lr])
+                                     base_lrs=_base_lrs(opt_state))
 
     def record(self, loss: Any, params: Any, opt_state: Any) -> tuple[Any, Any]:
         """The loss of the step just run at :attr:`lr` and the state it produced; returns the state to continue

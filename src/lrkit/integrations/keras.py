@@ -28,6 +28,11 @@ except ImportError as e:
     raise missing_extra("keras", "keras") from e
 
 
+def _lr_of(optimizer: Any) -> float:
+    """The optimiser's current lr as a float (a TypeError for a LearningRateSchedule's)."""
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
 def _check_model(model: Any) -> None:
     if not isinstance(model, keras.Model):
         raise LrkitError(f"model must be a keras.Model, got {type(model).__name__}")
@@ -38,7 +43,7 @@ def _check_model(model: Any) -> None:
                          "or call model.build(input_shape) before the range test")
     opt = model.optimizer
     try:
-        opt.learning_rate = float(keras.ops.convert_to_numpy(opt.learning_rate))  # same value: a no-op for a float lr
+        opt.learning_rate = _lr_of(opt)  # same value: a no-op for a float lr
     except TypeError as e:
         raise LrkitError(f"the range test sets the lr per batch, but this {type(opt).__name__} was built with a "
                          "LearningRateSchedule, whose lr cannot be set; compile the model for the test with a float "
@@ -158,7 +163,7 @@ class KerasStepper:
     @property
     def base_lrs(self) -> list[float]:
         """The optimiser's lr (one group): where ``start_lr=None`` starts."""
-        return [float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))]
+        return [_lr_of(self.model.optimizer)]
 
     @property
     def steps_per_epoch(self) -> int | None:
@@ -243,10 +248,10 @@ class LRFinder(keras.callbacks.Callback):
         _check_model(self.model)
         self.result = None
         model = self.model
-        lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
         self._session = FinderSession(self.options, snapshot=lambda: snapshot_model(model),
                                       restore=lambda snap: restore_model(model, snap), optimizer=model.optimizer,
-                                      base_lrs=[lr], steps_per_epoch=self.params.get("steps") if self.params else None)
+                                      base_lrs=[_lr_of(model.optimizer)],
+                                      steps_per_epoch=self.params.get("steps") if self.params else None)
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         if self._session is not None and not self._session.done:

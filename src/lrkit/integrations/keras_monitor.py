@@ -222,4 +222,3 @@ class LrMonitor(keras.callbacks.Callback):
             return "lr not changed"
         opt.learning_rate = lr
         return f"lr x{factor:.2g} -> {lr:.3g}"
-

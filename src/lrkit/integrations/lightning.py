@@ -96,7 +96,6 @@ class _Attached:
 
     def __enter__(self) -> _Attached:
         m = self.module
-        self._prev_trainer = m._trainer
         self._had = {name: name in m.__dict__ for name in ("log", "log_dict")}
         m.trainer = self.trainer
         m.log = _ignore_log
@@ -211,8 +210,9 @@ def find_lr(
     ``train_dataloader`` run inside the snapshot: the RNGs are put back, so the data split and order of a later
     ``fit`` or a second call are the same); a module that builds its layers in ``configure_model`` has them built
     first. Accumulation, gradient clipping (by norm) and mixed precision come from ``trainer``. Weights, buffers,
-    RNGs and the trainer's loop state are left exactly as they were; the module is attached to ``trainer``. ``apply`` (True: the module's ``lr`` or ``learning_rate`` attribute/hparam; or
-    its name) sets it to the pick (unchanged when there is none), which ``configure_optimizers`` then reads.
+    RNGs and the trainer's loop state are left exactly as they were; the module is attached to ``trainer``.
+    ``apply`` (True: the module's ``lr`` or ``learning_rate`` attribute/hparam; or its name) sets it to the pick
+    (unchanged when there is none), which ``configure_optimizers`` then reads.
     ``options`` (an :class:`lrkit.FinderOptions`) with ``overrides`` by field name, as in
     :func:`lrkit.torch.find_lr` (default: the adaptive test within 200 steps); ``val_loader``: batches whose
     ``training_step`` loss is judged every ``val_every`` steps on one ramp.

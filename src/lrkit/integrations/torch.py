@@ -64,6 +64,15 @@ def _describe(batch: Any) -> str:
     return type(batch).__name__
 
 
+def _groups_at(lr: float, base_lrs: Sequence[float], ranges: Sequence[Sequence[float]] | None,
+               mode: str) -> list[float]:
+    """Every param group's lr when group 0's is ``lr``: each on its own ramp (``ranges``, see
+    :func:`lrkit.finder.group_lrs`), else the groups' ratios in ``base_lrs`` kept."""
+    if ranges is not None:
+        return group_lrs(lr, ranges, mode)
+    return [base * (lr / base_lrs[0]) for base in base_lrs]
+
+
 def _one_shot(data: Any) -> bool:
     """Whether ``data`` is an iterator (a generator, ``iter(loader)``...), which cannot start again."""
     return isinstance(data, Iterator)
@@ -102,33 +111,32 @@ def _group_lr(group: Mapping[str, Any]) -> Any:
     return float(lr) if isinstance(lr, torch.Tensor) else lr
 
 
-def scale_lr(optimizer: Any, factor: float, scheduler: Any = None) -> None:
-    """Multiply every param group's lr by ``factor`` (and a scheduler's base lrs, so it keeps the change)."""
-    for g in optimizer.param_groups:
+def _scale_groups(optimizer: Any, factors: Sequence[float], scheduler: Any = None) -> None:
+    """Multiply each param group's lr by its factor (and a scheduler's base lr for it, so it keeps the change)."""
+    for g, factor in zip(optimizer.param_groups, factors):
         g["lr"] = g["lr"] * factor
         if "initial_lr" in g:
             g["initial_lr"] = g["initial_lr"] * factor
     if scheduler is not None and hasattr(scheduler, "base_lrs"):
-        scheduler.base_lrs = [b * factor for b in scheduler.base_lrs]
+        scheduler.base_lrs = [b * factor for b, factor in zip(scheduler.base_lrs, factors)]
+
+
+def scale_lr(optimizer: Any, factor: float, scheduler: Any = None) -> None:
+    """Multiply every param group's lr by ``factor`` (and a scheduler's base lrs, so it keeps the change)."""
+    _scale_groups(optimizer, [factor] * len(optimizer.param_groups), scheduler)
 
 
 def apply_lr(optimizer: Any, lr: float | Sequence[float], scheduler: Any = None) -> None:
     """Make ``lr`` the first param group's lr, keeping the ratios between groups, and a scheduler's base lrs
     with them (see :func:`scale_lr`): how every adapter applies a range test's pick to a torch optimiser. A list
     (one lr per group, e.g. ``result.group_suggestions``) sets each group's own."""
+    groups = optimizer.param_groups
     if isinstance(lr, Sequence):
-        groups = optimizer.param_groups
         if len(lr) != len(groups):
             raise LrkitError(f"{len(lr)} lrs for {len(groups)} param groups; give one per group")
-        for k, (g, v) in enumerate(zip(groups, lr)):
-            factor = float(v) / float(_group_lr(g))
-            g["lr"] = g["lr"] * factor
-            if "initial_lr" in g:
-                g["initial_lr"] = g["initial_lr"] * factor
-            if scheduler is not None and hasattr(scheduler, "base_lrs"):
-                scheduler.base_lrs[k] = scheduler.base_lrs[k] * factor
+        _scale_groups(optimizer, [float(v) / float(_group_lr(g)) for g, v in zip(groups, lr)], scheduler)
         return
-    scale_lr(optimizer, float(lr) / float(_group_lr(optimizer.param_groups[0])), scheduler)
+    scale_lr(optimizer, float(lr) / float(_group_lr(groups[0])), scheduler)
 
 
 def snapshot_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: Any = None,
@@ -297,9 +305,7 @@ class TorchStepper:
         """One optimiser step at ``lr`` (ratios between param groups kept, or each group on its own ramp); the
         mean loss of its micro-batches, or None when the step was skipped (the GradScaler found inf gradients, or
         ``loss_fn`` returned None for a batch, as Lightning skips a ``training_step`` that returns None)."""
-        lrs = (group_lrs(lr, self._ranges, self._mode) if self._ranges is not None
-               else [base * (lr / self._base_lrs[0]) for base in self._base_lrs])
-        for g, value in zip(self.optimizer.param_groups, lrs):
+        for g, value in zip(self.optimizer.param_groups, _groups_at(lr, self._base_lrs, self._ranges, self._mode)):
             g["lr"] = value
         if not self.model.training:  # a model left in eval mode trains; submodules the user froze stay frozen
             self.model.train()
@@ -529,12 +535,9 @@ class LRFinder(SessionFront):
         self.session.close()
 
     def _set_lr(self) -> None:
-        lr, ranges = self.session.lr, self.session.group_ranges
-        lrs = (group_lrs(lr, ranges, self.session.options.mode) if ranges is not None
-               else [base * (lr / self._base_lrs[0]) for base in self._base_lrs])
+        lrs = _groups_at(self.session.lr, self._base_lrs, self.session.group_ranges, self.session.options.mode)
         for g, value in zip(self.optimizer.param_groups, lrs):
             g["lr"] = value
-
 
 
 __all__ = ["LRFinder", "TorchStepper", "apply_lr", "find_lr", "restore_state", "scale_lr", "snapshot_state"]
