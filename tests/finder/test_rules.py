@@ -339,3 +339,12 @@ def test_the_robust_fit_of_a_long_curve_is_linear_in_memory_and_agrees_with_the_
     assert np.max(np.abs(grid.fitted - exact.fitted)) < 1e-3 * np.ptp(exact.fitted)
     assert (grid.lr_diverge, grid.lr_min, grid.diverged) == (exact.lr_diverge, exact.lr_min, exact.diverged)
     assert grid_pick.lr == exact_pick.lr and abs(np.log10(fit.lr_diverge / exact.lr_diverge)) < 0.01
+
+
+@pytest.mark.parametrize("bad", [{"skip_start": -1}, {"skip_end": 2.5}, {"skip_start": True}, {"mode": "cosine"}])
+def test_suggest_refuses_skips_that_are_not_counts_and_an_unknown_ramp_mode(bad):
+    lrs = np.logspace(-6, 0, 60)
+    losses = 2.0 - 0.5 * np.tanh(np.log10(lrs) + 3) + np.where(lrs > 0.1, 10 * (lrs - 0.1), 0)
+    name = next(iter(bad))
+    with pytest.raises(LrkitError, match=f"{name} must be"):
+        suggest(lrs, losses, "steepest", **bad)

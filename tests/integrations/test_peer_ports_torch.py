@@ -373,3 +373,14 @@ def test_lightning_a_frozen_backbone_filtered_in_configure_optimizers_works_and_
     assert len(res.lrs) == 10
     t.fit(model)
     assert all(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_group_ramps_for_another_number_of_param_groups_are_refused_before_any_step():
+    from lrkit.torch import TorchStepper
+
+    model, opt, crit, loader, _ = xor_task(groups=True)
+    before = [p.detach().clone() for p in model.parameters()]
+    stepper = TorchStepper(model, opt, crit, loader)
+    with pytest.raises(LrkitError, match="3 \\(start_lr, end_lr\\) pairs for 2 param groups"):
+        stepper.use_group_ramps([(1e-6, 1.0), (1e-7, 0.1), (1e-8, 0.01)], "exponential")
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
